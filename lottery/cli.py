@@ -1,0 +1,232 @@
+"""The ``lottery`` command: ``server``, ``agency`` and ``export``.
+
+Exit status: 0 when the command did all it was asked; 1 when it ran but did
+not (the round failed, rows were rejected, the store failed); 2 for a bad
+command line or configuration value.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .client import AsyncAgency
+from .config import (
+    AgencyConfig,
+    ServerConfig,
+    load_agency_config,
+    load_server_config,
+    parse_address,
+)
+from .csvfiles import write_bets_csv
+from .errors import AgencyError, ConfigError, InvalidBet, LotteryError, StoreError
+from .log import FORMATS, LEVELS, configure, get_logger
+from .server import Server
+from .store import DB_FILENAME, SYNC_MODES, SQLiteStore
+
+__all__ = ["main"]
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+# tp0 ej5: an agency with no bets file sends the one bet these variables hold.
+TP0_SINGLE_BET_ENV = ("NOMBRE", "APELLIDO", "DOCUMENTO", "NACIMIENTO", "NUMERO")
+
+
+def loop_factory(name: str = "auto") -> Callable[[], asyncio.AbstractEventLoop]:
+    """uvloop's loop when installed (or asked for), else asyncio's own."""
+    if name in ("auto", "uvloop"):
+        try:
+            import uvloop
+        except ImportError:
+            if name == "uvloop":
+                raise ConfigError("--loop uvloop: uvloop is not installed") from None
+        else:
+            return uvloop.new_event_loop
+    return asyncio.new_event_loop
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="config file (server: config.ini, agency: config.yaml)")
+    parser.add_argument("--log-level", type=str.upper, choices=LEVELS)
+    parser.add_argument("--log-format", choices=FORMATS)
+    parser.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default="auto")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lottery", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"lottery {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    server = commands.add_parser("server", help="run the central server")
+    server.add_argument("--host", help="address to listen on (default 0.0.0.0)")
+    server.add_argument("--port", help="TCP port (default 12345; 0 picks a free one)")
+    server.add_argument("--agencies", help="N, the agencies of the round (default 5)")
+    server.add_argument("--data-dir", help="where the store lives (default ./data)")
+    server.add_argument("--listen-backlog")
+    server.add_argument("--winning-number", help="the number that wins (default 7574)")
+    server.add_argument("--sync", type=str.upper, choices=SYNC_MODES, help="default FULL")
+    server.add_argument("--limit-connections", help="default 2N+16; must be ≥ N")
+    server.add_argument("--timeout-idle", help="seconds before a silent connection is closed")
+    server.add_argument("--timeout-winners", help="seconds a winners query waits for the draw")
+    server.add_argument("--timeout-graceful-shutdown", help="seconds to finish work on SIGTERM")
+    server.add_argument("--max-group-bets", help="most bets in one commit")
+    _common(server)
+
+    agency = commands.add_parser("agency", help="run one agency: send bets, get winners")
+    agency.add_argument("--id", help="this agency's id, 1..N")
+    agency.add_argument("--server", dest="server_address", help="HOST:PORT of the server")
+    agency.add_argument("--bets", help="the agency's CSV file")
+    agency.add_argument("--batch-max-amount", help="most bets per batch (default 200)")
+    agency.add_argument("--max-in-flight", help="batches sent before acks return (default 8)")
+    agency.add_argument("--timeout", help="seconds for connecting and each reply")
+    agency.add_argument("--winners-attempts", help="tries of the winners query (default 5)")
+    agency.add_argument("--winners-base-delay", help="first back-off, seconds (default 0.5)")
+    _common(agency)
+
+    export = commands.add_parser("export", help="write the stored bets as tp0's bets.csv")
+    export.add_argument("--data-dir", required=True)
+    export.add_argument("--csv", required=True, help="output file")
+    return parser
+
+
+def _flags(args: argparse.Namespace) -> dict[str, Any]:
+    return {k: v for k, v in vars(args).items() if v is not None}
+
+
+# -- server ---------------------------------------------------------------------------------
+
+
+async def _serve(config: ServerConfig) -> None:
+    server = Server(config)
+    await server.start()
+    loop = asyncio.get_running_loop()
+    main_task = asyncio.current_task()
+    signals = 0
+
+    def on_signal() -> None:
+        # First signal: graceful shutdown. Second: stop waiting for it.
+        nonlocal signals
+        signals += 1
+        if signals == 1:
+            server.close()
+        elif main_task is not None:
+            main_task.cancel()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal)
+    try:
+        await server.serve_forever()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+
+
+def run_server(args: argparse.Namespace) -> int:
+    config = load_server_config(_flags(args), os.environ, args.config)
+    configure(config.log_level, config.log_format)
+    with asyncio.Runner(loop_factory=loop_factory(args.loop)) as runner:
+        try:
+            runner.run(_serve(config))
+        except OSError as exc:  # e.g. the port is taken
+            get_logger().error("server", result="fail", error=str(exc))
+            return EXIT_FAILED
+        except asyncio.CancelledError:  # a second signal: stop without waiting
+            get_logger().warning("shutdown", result="fail", motivo="forced by a second signal")
+            return EXIT_FAILED
+    return EXIT_OK
+
+
+# -- agency ---------------------------------------------------------------------------------
+
+
+def _single_bet_from_env() -> tuple[str, ...] | None:
+    values = tuple(os.environ.get(name, "") for name in TP0_SINGLE_BET_ENV)
+    return values if all(values) else None
+
+
+async def _agency_round(config: AgencyConfig) -> int:
+    log = get_logger(agencia=config.id)
+    host, port = parse_address(config.server_address)
+    single = None if config.bets else _single_bet_from_env()
+    if not config.bets and single is None:
+        raise ConfigError(
+            "no bets: pass --bets FILE (or CLI_BETS_FILE), or set " + " ".join(TP0_SINGLE_BET_ENV)
+        )
+    agency = AsyncAgency(
+        config.id,
+        host,
+        port,
+        batch_max_amount=config.batch_max_amount,
+        max_in_flight=config.max_in_flight,
+        timeout=config.timeout,
+        winners_attempts=config.winners_attempts,
+        winners_base_delay=config.winners_base_delay,
+    )
+    rejected = 0
+    async with agency:
+        if single is not None:
+            await agency.send_bet(single)
+            await agency.notify()
+            winners = await agency.winners()
+        else:
+            result = await agency.run(config.bets)
+            winners, rejected = result.winners, len(result.report.rejected)
+            log.info(
+                "apuestas_enviadas", result="success", cantidad=result.report.acknowledged,
+                omitidas=result.report.skipped,
+            )  # fmt: skip
+    log.info("ganadores", result="success", dnis=" ".join(winners) or "-")
+    if rejected:
+        log.error("apuestas_rechazadas", result="fail", cantidad=rejected)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def run_agency(args: argparse.Namespace) -> int:
+    config = load_agency_config(_flags(args), os.environ, args.config)
+    configure(config.log_level, config.log_format)
+    with asyncio.Runner(loop_factory=loop_factory(args.loop)) as runner:
+        try:
+            return runner.run(_agency_round(config))
+        except InvalidBet as exc:
+            get_logger().error("apuesta_enviada", result="fail", error=str(exc))
+            return EXIT_FAILED
+        except AgencyError as exc:
+            get_logger(agencia=config.id).error("ronda", result="fail", error=str(exc))
+            return EXIT_FAILED
+
+
+# -- export ---------------------------------------------------------------------------------
+
+
+def run_export(args: argparse.Namespace) -> int:
+    configure()
+    if not (Path(args.data_dir) / DB_FILENAME).exists():
+        raise ConfigError(f"--data-dir {args.data_dir}: no {DB_FILENAME} there")
+    store = SQLiteStore(args.data_dir)
+    try:
+        with open(args.csv, "w", newline="", encoding="utf-8") as out:
+            count = write_bets_csv(store.bets(), out)
+    finally:
+        store.close()
+    get_logger().info("export", result="success", cantidad=count, archivo=args.csv)
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    commands = {"server": run_server, "agency": run_agency, "export": run_export}
+    try:
+        return commands[args.command](args)
+    except ConfigError as exc:
+        print(f"lottery {args.command}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (StoreError, LotteryError, OSError) as exc:
+        print(f"lottery {args.command}: {exc}", file=sys.stderr)
+        return EXIT_FAILED

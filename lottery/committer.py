@@ -1,0 +1,147 @@
+"""Group commit: the bridge between the event loop and the blocking store.
+
+`Committer` owns the store's single worker thread. Connection handlers call
+`submit` with a batch and await the returned future; a background task takes
+*every* batch pending at that moment and commits them in one transaction, in
+the store thread. Batches that arrive while that commit runs wait for the next
+one. With many agencies sending at once, one fsync then covers many batches,
+and no batch is acknowledged before the transaction holding it is on disk.
+
+A group is capped at `max_group_bets` bets so that, with hundreds of agencies,
+one huge transaction cannot hold every acknowledgement back for long.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import functools
+from collections.abc import Callable
+from operator import methodcaller
+from typing import TypeVar
+
+from .errors import StoreError
+from .store import Outcome, PendingBatch, Store
+
+__all__ = ["CommitResult", "Committer"]
+
+T = TypeVar("T")
+
+#: What a submitted batch's future resolves to: the store's verdict, or the
+#: error that made its whole group fail (nothing of that group was stored).
+CommitResult = Outcome | StoreError
+
+
+class Committer:
+    """Runs a `Store` on its own thread and commits batches in groups.
+
+    Args:
+        open_store: builds the store; called on the store thread, since SQLite
+            connections belong to the thread that opened them.
+        max_group_bets: the most bets one transaction takes.
+    """
+
+    def __init__(self, open_store: Callable[[], Store], *, max_group_bets: int = 32768) -> None:
+        self._open_store = open_store
+        self._max_group_bets = max_group_bets
+        self._executor = concurrent.futures.ThreadPoolExecutor(1, "lottery-store")
+        self._store: Store | None = None
+        self._pending: list[tuple[PendingBatch, asyncio.Future[CommitResult]]] = []
+        self._wakeup = asyncio.Event()
+        self._closing = False
+        self._task: asyncio.Task[None] | None = None
+        # Why a lock, in a single-threaded event loop: every other piece of
+        # shared state here (the pending list, the barrier's counter) changes
+        # in plain synchronous code, which no other coroutine can interleave
+        # with. A commit and the draw are different: each is a critical
+        # section with an await in the middle (the store thread's work), and
+        # other coroutines run during that await. The lock makes sure the
+        # "drawn?" check and the draw it guards happen as one step (so two
+        # callers cannot both draw), and that the store is never closed, nor
+        # the draw made, halfway through a commit.
+        self._lock = asyncio.Lock()
+        self.commits = 0
+        self.batches_committed = 0
+
+    async def start(self) -> None:
+        """Open the store on its thread and start the commit task."""
+        self._store = await self._in_thread(self._open_store)
+        self._task = asyncio.create_task(self._commit_loop(), name="lottery-committer")
+
+    async def _in_thread(self, fn: Callable[..., T], *args: object) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, functools.partial(fn, *args))
+
+    async def call(self, fn: Callable[[Store], T]) -> T:
+        """Run ``fn(store)`` on the store thread (reads, mark_done...)."""
+        store = self._store
+        assert store is not None, "Committer.start() was not awaited"
+        return await self._in_thread(fn, store)
+
+    def submit(self, batch: PendingBatch) -> asyncio.Future[CommitResult]:
+        """Queue ``batch`` for the next commit; the future resolves after it."""
+        future: asyncio.Future[CommitResult] = asyncio.get_running_loop().create_future()
+        if self._closing:
+            future.set_result(StoreError("the server is shutting down"))
+            return future
+        self._pending.append((batch, future))
+        self._wakeup.set()
+        return future
+
+    def _take_group(self) -> list[tuple[PendingBatch, asyncio.Future[CommitResult]]]:
+        size = taken = 0
+        for batch, _ in self._pending:
+            size += len(batch.records)
+            taken += 1
+            if size >= self._max_group_bets:
+                break
+        group, self._pending = self._pending[:taken], self._pending[taken:]
+        return group
+
+    async def _commit_loop(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self._pending:
+                group = self._take_group()
+                async with self._lock:
+                    results: list[CommitResult]
+                    try:
+                        batches = [batch for batch, _ in group]
+                        outcomes = await self.call(methodcaller("commit", batches))
+                        results = list(outcomes)
+                        self.commits += 1
+                        self.batches_committed += len(group)
+                    except StoreError as exc:
+                        results = [exc] * len(group)
+                    except Exception as exc:  # a bug, not a disk fault: refuse, stay up
+                        results = [StoreError(f"commit failed unexpectedly: {exc!r}")] * len(group)
+                for (_, future), result in zip(group, results, strict=True):
+                    if not future.done():  # its connection may have been cancelled
+                        future.set_result(result)
+            if self._closing:
+                return
+
+    async def draw(self, winning_number: int) -> dict[int, list[str]] | None:
+        """Make the draw unless it was made already.
+
+        Returns:
+            Each agency's winning documents, or None if the draw had been made
+            before (by another caller, or before a restart).
+        """
+        async with self._lock:
+            if await self.call(lambda s: s.drawn()):
+                return None
+            return await self.call(lambda s: s.draw(winning_number))
+
+    async def close(self) -> None:
+        """Commit what is pending, then close the store and its thread."""
+        self._closing = True
+        self._wakeup.set()
+        if self._task is not None:
+            await self._task
+        async with self._lock:
+            if self._store is not None:
+                await self.call(lambda s: s.close())
+                self._store = None
+        self._executor.shutdown(wait=True)

@@ -1,0 +1,286 @@
+"""Settings of the server and of an agency, and where they come from.
+
+Each setting is looked up in order: command-line flag, environment variable,
+config file, default (tp0's precedence). The names are tp0's: the server's
+``config.ini`` ``[DEFAULT]`` section and environment use ``SERVER_PORT``,
+``SERVER_LISTEN_BACKLOG``, ``LOGGING_LEVEL``...; the agency's ``config.yaml``
+uses ``server.address``, ``log.level``, ``batch.maxAmount`` and its environment
+``CLI_ID``, ``CLI_SERVER_ADDRESS``, ``CLI_LOG_LEVEL``, ``CLI_BATCH_MAXAMOUNT``.
+
+A bad value raises `ConfigError` with one line saying which setting, from
+which source, and what is wrong.
+"""
+
+from __future__ import annotations
+
+import configparser
+import dataclasses
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import ConfigError
+from .log import FORMATS, LEVELS
+from .store import SYNC_MODES
+
+__all__ = [
+    "AGENCY_OPTIONS",
+    "SERVER_OPTIONS",
+    "AgencyConfig",
+    "Option",
+    "ServerConfig",
+    "load_agency_config",
+    "load_server_config",
+    "parse_address",
+]
+
+DEFAULT_PORT = 12345
+DEFAULT_BATCH_MAX_AMOUNT = 200
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Everything `lottery.server.Server` needs to know."""
+
+    agencies: int = 5
+    host: str = "0.0.0.0"
+    port: int = DEFAULT_PORT
+    data_dir: str = "./data"
+    listen_backlog: int = 128
+    winning_number: int = 7574
+    sync: str = "FULL"
+    #: 0 means automatic: the agencies plus room for reconnects and tools.
+    limit_connections: int = 0
+    timeout_idle: float = 60.0
+    timeout_winners: float = 30.0
+    timeout_graceful_shutdown: float = 5.0
+    max_group_bets: int = 32768
+    log_level: str = "INFO"
+    log_format: str = "console"
+
+    def __post_init__(self) -> None:
+        if self.limit_connections and self.limit_connections < self.agencies:
+            raise ConfigError(
+                f"limit_connections={self.limit_connections} is below the {self.agencies} "
+                "agencies, which all stay connected while they wait for the draw"
+            )
+
+    @property
+    def connection_limit(self) -> int:
+        return self.limit_connections or self.agencies * 2 + 16
+
+
+@dataclass(frozen=True)
+class AgencyConfig:
+    """Everything `lottery agency` needs to know."""
+
+    id: int = 0
+    server_address: str = f"127.0.0.1:{DEFAULT_PORT}"
+    bets: str = ""
+    batch_max_amount: int = DEFAULT_BATCH_MAX_AMOUNT
+    max_in_flight: int = 8
+    timeout: float = 30.0
+    winners_attempts: int = 5
+    winners_base_delay: float = 0.5
+    log_level: str = "INFO"
+    log_format: str = "console"
+
+
+# -- value parsers: text in, value out, ValueError with a plain reason -----------
+
+
+def integer(low: int, high: int | None = None) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        try:
+            value = int(str(raw).strip())
+        except ValueError:
+            raise ValueError(f"{raw!r} is not an integer") from None
+        if value < low or (high is not None and value > high):
+            bound = f"from {low} to {high}" if high is not None else f"at least {low}"
+            raise ValueError(f"{value} must be {bound}")
+        return value
+
+    return parse
+
+
+def seconds(raw: str) -> float:
+    try:
+        value = float(str(raw).strip())
+    except ValueError:
+        raise ValueError(f"{raw!r} is not a number of seconds") from None
+    if not value > 0:
+        raise ValueError(f"{value} must be more than 0 seconds")
+    return value
+
+
+def choice(*allowed: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = str(raw).strip()
+        for option in allowed:
+            if value.lower() == option.lower():
+                return option
+        raise ValueError(f"{raw!r} is not one of {', '.join(allowed)}")
+
+    return parse
+
+
+def text(raw: str) -> str:
+    value = str(raw).strip()
+    if not value:
+        raise ValueError("is empty")
+    return value
+
+
+def parse_address(raw: str) -> tuple[str, int]:
+    """``HOST:PORT`` → (host, port)."""
+    host, sep, port = str(raw).strip().rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"{raw!r} is not HOST:PORT")
+    return host.strip("[]"), integer(1, 65535)(port)
+
+
+def address(raw: str) -> str:
+    parse_address(raw)
+    return str(raw).strip()
+
+
+@dataclass(frozen=True)
+class Option:
+    """One setting: its field, environment variable, config-file key and parser."""
+
+    field: str
+    env: str
+    file_key: str
+    parse: Callable[[str], Any]
+
+
+SERVER_OPTIONS = (
+    Option("agencies", "AGENCIES", "AGENCIES", integer(1, 100_000)),
+    Option("host", "SERVER_HOST", "SERVER_HOST", text),
+    Option("port", "SERVER_PORT", "SERVER_PORT", integer(0, 65535)),
+    Option("data_dir", "SERVER_DATA_DIR", "SERVER_DATA_DIR", text),
+    Option("listen_backlog", "SERVER_LISTEN_BACKLOG", "SERVER_LISTEN_BACKLOG", integer(1)),
+    Option("winning_number", "WINNING_NUMBER", "WINNING_NUMBER", integer(0, 9999)),
+    Option("sync", "SERVER_SYNC", "SERVER_SYNC", choice(*SYNC_MODES)),
+    Option("limit_connections", "SERVER_LIMIT_CONNECTIONS", "SERVER_LIMIT_CONNECTIONS", integer(0)),
+    Option("timeout_idle", "SERVER_TIMEOUT_IDLE", "SERVER_TIMEOUT_IDLE", seconds),
+    Option("timeout_winners", "SERVER_TIMEOUT_WINNERS", "SERVER_TIMEOUT_WINNERS", seconds),
+    Option(
+        "timeout_graceful_shutdown",
+        "SERVER_TIMEOUT_GRACEFUL_SHUTDOWN",
+        "SERVER_TIMEOUT_GRACEFUL_SHUTDOWN",
+        seconds,
+    ),
+    Option("max_group_bets", "SERVER_MAX_GROUP_BETS", "SERVER_MAX_GROUP_BETS", integer(1)),
+    Option("log_level", "LOGGING_LEVEL", "LOGGING_LEVEL", choice(*LEVELS)),
+    Option("log_format", "LOG_FORMAT", "LOG_FORMAT", choice(*FORMATS)),
+)
+
+AGENCY_OPTIONS = (
+    Option("id", "CLI_ID", "id", integer(1, 2**32 - 1)),
+    Option("server_address", "CLI_SERVER_ADDRESS", "server.address", address),
+    Option("bets", "CLI_BETS_FILE", "bets.file", text),
+    Option("batch_max_amount", "CLI_BATCH_MAXAMOUNT", "batch.maxAmount", integer(1, 65535)),
+    Option("max_in_flight", "CLI_BATCH_MAXINFLIGHT", "batch.maxInFlight", integer(1, 1024)),
+    Option("timeout", "CLI_TIMEOUT", "server.timeout", seconds),
+    Option("winners_attempts", "CLI_WINNERS_ATTEMPTS", "winners.attempts", integer(1, 100)),
+    Option("winners_base_delay", "CLI_WINNERS_BASEDELAY", "winners.baseDelay", seconds),
+    Option("log_level", "CLI_LOG_LEVEL", "log.level", choice(*LEVELS)),
+    Option("log_format", "CLI_LOG_FORMAT", "log.format", choice(*FORMATS)),
+)
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def resolve(
+    options: tuple[Option, ...],
+    flags: Mapping[str, Any],
+    env: Mapping[str, str],
+    file_values: Mapping[str, Any],
+    file_name: str,
+) -> dict[str, Any]:
+    """Pick each option's value by precedence: flag > environment > file.
+
+    Options found nowhere are left out, so the dataclass default applies.
+    """
+    values: dict[str, Any] = {}
+    for opt in options:
+        sources = (
+            (_flag(opt.field), flags.get(opt.field)),
+            (f"environment variable {opt.env}", env.get(opt.env)),
+            (f"{file_name} {opt.file_key}", file_values.get(opt.file_key)),
+        )
+        for where, raw in sources:
+            if raw is None or raw == "":
+                continue
+            try:
+                values[opt.field] = opt.parse(raw)
+            except ValueError as exc:
+                raise ConfigError(f"{where}: {exc}") from None
+            break
+    return values
+
+
+def _read_ini(path: str | None) -> dict[str, str]:
+    if not path:
+        return {}
+    parser = configparser.ConfigParser()
+    parser.optionxform = str  # type: ignore[assignment,method-assign]  # keep tp0's upper case
+    try:
+        with open(path, encoding="utf-8") as f:
+            parser.read_file(f)
+    except (OSError, configparser.Error) as exc:
+        raise ConfigError(f"config file {path}: {exc}") from None
+    return dict(parser["DEFAULT"])
+
+
+def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, name + "."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def _read_yaml(path: str | None) -> dict[str, Any]:
+    if not path:
+        return {}
+    import yaml  # only agencies with a config file pay for the import
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"config file {path}: {exc}") from None
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"config file {path}: expected a mapping at the top level")
+    return _flatten(data)
+
+
+def load_server_config(
+    flags: Mapping[str, Any], env: Mapping[str, str], config_file: str | None = None
+) -> ServerConfig:
+    """The server's settings from flags, environment and ``config.ini``."""
+    file_values = _read_ini(config_file)
+    values = resolve(SERVER_OPTIONS, flags, env, file_values, config_file or "")
+    return ServerConfig(**values)
+
+
+def load_agency_config(
+    flags: Mapping[str, Any], env: Mapping[str, str], config_file: str | None = None
+) -> AgencyConfig:
+    """An agency's settings from flags, environment and ``config.yaml``."""
+    file_values = _read_yaml(config_file)
+    values = resolve(AGENCY_OPTIONS, flags, env, file_values, config_file or "")
+    if "id" not in values:
+        raise ConfigError("agency id is missing: pass --id or set CLI_ID")
+    return AgencyConfig(**values)
+
+
+def field_names(cls: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]

@@ -1,0 +1,143 @@
+"""The bet and its validation rules.
+
+`Bet` is the value type. `validate_fields` checks the five text fields of an
+agency file row and says which field is wrong and why. The rules also exist as
+regular-expression fragments (`FIELD_PATTERNS`) so that the wire protocol can
+check a whole batch in one C-level regex pass and only fall back to
+`validate_fields` to explain a failure; both must agree, and the tests check
+that they do.
+
+Birthdates stay ISO text (``YYYY-MM-DD``) from the file to the store and back:
+nothing ever turns them into a timestamp, so no time zone can move them a day.
+"""
+
+from __future__ import annotations
+
+import datetime
+import functools
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from .errors import InvalidBet
+
+__all__ = [
+    "FIELDS",
+    "FIELD_PATTERNS",
+    "Bet",
+    "birthdate_problem",
+    "validate_fields",
+]
+
+#: The agency-file columns, in order (tp0's layout).
+FIELDS = ("first_name", "last_name", "document", "birthdate", "number")
+
+MAX_NAME_LENGTH = 100
+# C0 controls, DEL and C1 controls. The wire protocol uses two C0 controls as
+# separators, so forbidding them in names is also what keeps framing unambiguous.
+# Surrogates are what undecodable bytes become when a file is read with
+# errors="surrogateescape": refusing them here turns bad UTF-8 into a bad row.
+_CONTROL = "\x00-\x1f\x7f-\x9f\ud800-\udfff"
+
+#: One regex fragment per field, in FIELDS order. They accept exactly what
+#: `validate_fields` accepts, except the calendar check of the birthdate.
+FIELD_PATTERNS = (
+    f"[^{_CONTROL}]{{1,{MAX_NAME_LENGTH}}}",
+    f"[^{_CONTROL}]{{1,{MAX_NAME_LENGTH}}}",
+    "[0-9]{1,10}",
+    "[0-9]{4}-[0-9]{2}-[0-9]{2}",
+    "[0-9]{1,4}",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Bet:
+    """One customer's bet, as the central stores it.
+
+    ``agency`` is never read from a bet's payload: the server takes it from the
+    connection's handshake, so an agency can only file bets as itself.
+    """
+
+    agency: int
+    first_name: str
+    last_name: str
+    document: str
+    birthdate: str
+    number: int
+
+    @classmethod
+    def from_fields(cls, agency: int, fields: Sequence[str]) -> Bet:
+        """Build a bet from an agency-file row, validating every field.
+
+        Raises:
+            InvalidBet: naming the first field that breaks a rule.
+        """
+        validate_fields(fields)
+        first, last, document, birthdate, number = fields
+        return cls(agency, first, last, document, birthdate, int(number))
+
+    def fields(self) -> tuple[str, str, str, str, str]:
+        """The five agency-file columns of this bet, as text."""
+        return (self.first_name, self.last_name, self.document, self.birthdate, str(self.number))
+
+
+def _name_problem(value: str) -> str | None:
+    if not value:
+        return "is empty"
+    if len(value) > MAX_NAME_LENGTH:
+        return f"has {len(value)} characters, more than {MAX_NAME_LENGTH}"
+    for ch in value:
+        code = ord(ch)
+        if code < 0x20 or 0x7F <= code <= 0x9F:
+            return f"contains the control character U+{code:04X}"
+        if 0xD800 <= code <= 0xDFFF:
+            return "is not valid UTF-8"
+    return None
+
+
+def _is_ascii_digits(value: str) -> bool:
+    return value.isascii() and value.isdigit()
+
+
+@functools.lru_cache(maxsize=65536)
+def birthdate_problem(value: str, today: str) -> str | None:
+    """Why ``value`` is not a valid birthdate on day ``today`` (ISO), or None.
+
+    Cached: a lottery's bets share a few tens of thousands of distinct birthdates.
+    """
+    if len(value) != 10 or value[4] != "-" or value[7] != "-":
+        return f"{value!r} is not an ISO date YYYY-MM-DD"
+    if not all(_is_ascii_digits(p) for p in (value[:4], value[5:7], value[8:])):
+        return f"{value!r} is not an ISO date YYYY-MM-DD"
+    try:
+        datetime.date.fromisoformat(value)
+    except ValueError:
+        return f"{value!r} is not a real date"
+    if value > today:  # ISO dates compare correctly as text
+        return f"{value} is in the future"
+    return None
+
+
+def validate_fields(fields: Sequence[str], today: str | None = None) -> None:
+    """Check an agency-file row of five text fields.
+
+    Args:
+        fields: first_name, last_name, document, birthdate, number.
+        today: ISO date that counts as today (default: the local date).
+
+    Raises:
+        InvalidBet: naming the first offending field and the reason.
+    """
+    if len(fields) != len(FIELDS):
+        raise InvalidBet("row", f"has {len(fields)} fields, expected {len(FIELDS)}")
+    first, last, document, birthdate, number = fields
+    for name, value in (("first_name", first), ("last_name", last)):
+        problem = _name_problem(value)
+        if problem:
+            raise InvalidBet(name, problem)
+    if not (1 <= len(document) <= 10 and _is_ascii_digits(document)):
+        raise InvalidBet("document", f"{document!r} is not 1 to 10 digits")
+    problem = birthdate_problem(birthdate, today or datetime.date.today().isoformat())
+    if problem:
+        raise InvalidBet("birthdate", problem)
+    if not (1 <= len(number) <= 4 and _is_ascii_digits(number)):
+        raise InvalidBet("number", f"{number!r} is not an integer from 0 to 9999")

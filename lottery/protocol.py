@@ -1,0 +1,552 @@
+"""The wire protocol, sans-I/O: bytes in, messages out, and back.
+
+Nothing here touches a socket or an event loop, so the whole protocol can be
+tested and fuzzed with plain bytes. The entry points are:
+
+- `encode(message)` turns any message into the bytes of one or more frames.
+- `ServerProtocol` is what the central runs per connection: feed it bytes with
+  `receive_data`, then pull messages with `next_event` until it returns None.
+  It enforces the order of frames (handshake first, no bets after done).
+- `ClientProtocol` is the agency's side: it decodes the server's replies.
+- `encode_record` turns a bet's five fields into wire bytes, validating them.
+
+Frame layout (docs/PROTOCOL.md has every frame byte by byte)::
+
+    +----------------+------+------------------+
+    | length: u32 BE | type | body (length B)  |
+    +----------------+------+------------------+
+
+A whole frame is at most `MAX_FRAME_SIZE` (8 KiB, as tp0 asks of a batch). The
+length is checked as soon as the 5-byte header is in, so a peer announcing a
+huge frame is refused before a single byte of its body is buffered.
+
+Bets travel as records: the five agency-file fields, UTF-8, separated by
+0x1F (unit separator) and each record ended by 0x1E (record separator). Those
+are control characters, which no valid field may contain, so framing can never
+be confused by a name such as ``"O'Hara, Jr."``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import enum
+import re
+import struct
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+from .errors import InvalidBatch, InvalidBet, ProtocolError
+from .models import FIELD_PATTERNS, birthdate_problem, validate_fields
+
+__all__ = [
+    "BATCH_OVERHEAD",
+    "MAX_FRAME_SIZE",
+    "PROTOCOL_VERSION",
+    "Ack",
+    "Batch",
+    "ClientProtocol",
+    "Done",
+    "Error",
+    "ErrorCode",
+    "FrameDecoder",
+    "FrameType",
+    "Hello",
+    "Message",
+    "NotReady",
+    "Record",
+    "ServerProtocol",
+    "ServerState",
+    "SingleBet",
+    "Welcome",
+    "Winners",
+    "WinnersQuery",
+    "encode",
+    "encode_batch",
+    "encode_record",
+]
+
+PROTOCOL_VERSION = 1
+MAX_FRAME_SIZE = 8192
+
+HEADER = struct.Struct("!IB")  # body length, frame type
+MAX_BODY_SIZE = MAX_FRAME_SIZE - HEADER.size
+_HELLO = struct.Struct("!BI")  # version, agency
+_WELCOME = struct.Struct("!IQ")  # last committed sequence, committed bets
+_SEQ = struct.Struct("!I")  # sequence (single bet, ack)
+_BATCH = struct.Struct("!IH")  # sequence, bet count
+_ERROR = struct.Struct("!H")  # error code, then a UTF-8 message
+_WINNERS = struct.Struct("!BH")  # last-frame flag, document count
+#: Bytes a batch frame spends besides its records.
+BATCH_OVERHEAD = HEADER.size + _BATCH.size
+MAX_SEQ = 2**32 - 1
+MAX_AGENCY = 2**32 - 1
+
+FS = "\x1f"  # between the fields of a record
+RS = "\x1e"  # after each record
+_RECORD_RE = re.compile(FS.join(f"({p})" for p in FIELD_PATTERNS) + RS)
+_RECORDS_RE = re.compile("(?:" + FS.join(f"(?:{p})" for p in FIELD_PATTERNS) + RS + ")+")
+_DOCUMENTS_RE = re.compile(f"(?:[0-9]{{1,10}}(?:{FS}[0-9]{{1,10}})*)?")
+
+#: A bet's five agency-file fields, as text.
+Record = tuple[str, str, str, str, str]
+
+
+class FrameType(enum.IntEnum):
+    """The type byte of each frame. Client frames are below 0x80."""
+
+    HELLO = 0x01
+    BET = 0x02
+    BATCH = 0x03
+    DONE = 0x04
+    WINNERS_QUERY = 0x05
+    WELCOME = 0x81
+    ACK = 0x82
+    ERROR = 0x83
+    WINNERS = 0x84
+    NOT_READY = 0x85
+
+
+class ErrorCode(enum.IntEnum):
+    """The code carried by an ERROR frame."""
+
+    BAD_FRAME = 1  # the bytes break the protocol; the server closes the connection
+    OUT_OF_ORDER = 2  # a frame the connection's state does not allow
+    INVALID_BET = 3  # the batch holds an invalid bet; nothing of it was stored
+    STORAGE = 4  # the store failed; the batch was not stored, resend it later
+    TOO_MANY_CONNECTIONS = 5  # the server is at its connection limit
+    SHUTTING_DOWN = 6  # the server is stopping
+    BAD_SEQUENCE = 7  # a batch sequence skipped ahead of the last committed one
+    BAD_VERSION = 8  # the handshake's protocol version is not spoken here
+    UNKNOWN_AGENCY = 9  # the agency id is outside 1..N
+
+
+# -- messages -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """Client → server, first frame: who is speaking, in which protocol version."""
+
+    agency: int
+    version: int = PROTOCOL_VERSION
+
+
+@dataclass(frozen=True, slots=True)
+class Welcome:
+    """Server → client, the handshake's answer: how far this agency already got.
+
+    A batch whose sequence is at most ``last_seq`` is already stored; an agency
+    restarted mid-file skips its first ``committed_bets`` bets.
+    """
+
+    last_seq: int
+    committed_bets: int
+
+
+@dataclass(frozen=True, slots=True)
+class SingleBet:
+    """Client → server: one bet (tp0 ej5), acknowledged like a batch of one."""
+
+    seq: int
+    record: Record
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """Client → server: a numbered batch of bets; ``seq`` counts up per agency."""
+
+    seq: int
+    records: Sequence[Record]
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    """Client → server: this agency has sent all its bets."""
+
+
+@dataclass(frozen=True, slots=True)
+class WinnersQuery:
+    """Client → server: which of my bets won?"""
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """Server → client: the batch ``seq`` is durably stored (0 acknowledges DONE)."""
+
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class Error:
+    """Server → client: a request was refused, with a code and a plain message."""
+
+    code: int
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Winners:
+    """Server → client: winning documents; long lists span frames until ``last``."""
+
+    documents: tuple[str, ...]
+    last: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class NotReady:
+    """Server → client: the draw has not happened yet; ask again later."""
+
+
+Message = (
+    Hello | Welcome | SingleBet | Batch | Done | WinnersQuery | Ack | Error | Winners | NotReady
+)
+
+
+# -- encoding -------------------------------------------------------------------
+
+
+def _frame(ftype: FrameType, body: bytes = b"") -> bytes:
+    if len(body) > MAX_BODY_SIZE:
+        raise ValueError(f"{ftype.name} body of {len(body)} bytes exceeds {MAX_BODY_SIZE}")
+    return HEADER.pack(len(body), ftype) + body
+
+
+def encode_record(fields: Sequence[str], today: str | None = None) -> bytes:
+    """Validate a bet's five fields and return its wire record.
+
+    Raises:
+        InvalidBet: naming the first offending field and the reason.
+    """
+    today = today or datetime.date.today().isoformat()
+    if len(fields) == 5:
+        text = FS.join(fields) + RS
+        if _RECORD_RE.fullmatch(text) and birthdate_problem(fields[3], today) is None:
+            return text.encode()
+    validate_fields(fields, today)
+    # validate_fields accepts only what the pattern accepts (tested), so a row
+    # reaching this line would be a bug in one of them.
+    raise InvalidBet("row", "does not match the record pattern")
+
+
+def encode_batch(seq: int, records: Sequence[bytes]) -> bytes:
+    """The BATCH frame for already-encoded records (see `encode_record`)."""
+    return _frame(FrameType.BATCH, _BATCH.pack(seq, len(records)) + b"".join(records))
+
+
+def _encode_winners(documents: Sequence[str]) -> bytes:
+    # A winners list may outgrow one frame; split it so every frame fits.
+    frames: list[bytes] = []
+    chunk: list[str] = []
+    size = _WINNERS.size
+    for doc in documents:
+        if size + len(doc) + 1 > MAX_BODY_SIZE:
+            frames.append(_winners_frame(chunk, last=False))
+            chunk, size = [], _WINNERS.size
+        chunk.append(doc)
+        size += len(doc) + 1
+    frames.append(_winners_frame(chunk, last=True))
+    return b"".join(frames)
+
+
+def _winners_frame(documents: Sequence[str], last: bool) -> bytes:
+    body = _WINNERS.pack(int(last), len(documents)) + FS.join(documents).encode()
+    return _frame(FrameType.WINNERS, body)
+
+
+def encode(message: Message) -> bytes:
+    """The bytes of ``message`` on the wire (Winners may take several frames)."""
+    match message:
+        case Hello(agency, version):
+            return _frame(FrameType.HELLO, _HELLO.pack(version, agency))
+        case Welcome(last_seq, committed):
+            return _frame(FrameType.WELCOME, _WELCOME.pack(last_seq, committed))
+        case SingleBet(seq, record):
+            return _frame(FrameType.BET, _SEQ.pack(seq) + (FS.join(record) + RS).encode())
+        case Batch(seq, records):
+            return encode_batch(seq, [(FS.join(r) + RS).encode() for r in records])
+        case Done():
+            return _frame(FrameType.DONE)
+        case WinnersQuery():
+            return _frame(FrameType.WINNERS_QUERY)
+        case Ack(seq):
+            return _frame(FrameType.ACK, _SEQ.pack(seq))
+        case Error(code, text):
+            raw = text.encode()[: MAX_BODY_SIZE - _ERROR.size]
+            return _frame(FrameType.ERROR, _ERROR.pack(code) + raw)
+        case Winners(documents):
+            return _encode_winners(documents)
+        case NotReady():
+            return _frame(FrameType.NOT_READY)
+    raise TypeError(f"not a protocol message: {message!r}")
+
+
+# -- decoding -------------------------------------------------------------------
+
+
+class FrameDecoder:
+    """Splits a byte stream into (type, body) frames.
+
+    Call `receive_data` with whatever arrived, then `next_frame` until it
+    returns None (it needs more bytes). `receive_eof` says the stream ended.
+    """
+
+    def __init__(self, accepted: frozenset[int]) -> None:
+        self._accepted = accepted
+        self._buffer = bytearray()
+        self._pos = 0  # bytes of _buffer already consumed; compacted lazily
+
+    def receive_data(self, data: bytes) -> None:
+        if self._pos:
+            del self._buffer[: self._pos]
+            self._pos = 0
+        self._buffer += data
+
+    def receive_eof(self) -> None:
+        """Raises ProtocolError if the stream stopped in the middle of a frame."""
+        pending = len(self._buffer) - self._pos
+        if pending:
+            raise ProtocolError(f"connection closed in the middle of a frame ({pending} bytes)")
+
+    def next_frame(self) -> tuple[int, bytes] | None:
+        """The next whole frame's type and body, or None if more bytes are needed.
+
+        Raises:
+            ProtocolError: oversized length or a frame type not accepted here.
+                The stream cannot be resynchronised afterwards.
+        """
+        buf, pos = self._buffer, self._pos
+        if len(buf) - pos < HEADER.size:
+            return None
+        length, ftype = HEADER.unpack_from(buf, pos)
+        if length > MAX_BODY_SIZE:
+            raise ProtocolError(
+                f"frame announces {length + HEADER.size} bytes, "
+                f"over the {MAX_FRAME_SIZE}-byte limit"
+            )
+        if ftype not in self._accepted:
+            raise ProtocolError(f"unexpected frame type 0x{ftype:02x}")
+        end = pos + HEADER.size + length
+        if len(buf) < end:
+            return None
+        body = bytes(buf[pos + HEADER.size : end])
+        self._pos = end
+        if end == len(buf):
+            buf.clear()
+            self._pos = 0
+        return ftype, body
+
+
+def _explain_records(text: str, today: str) -> InvalidBatch | ProtocolError:
+    """Why ``text`` is not a valid sequence of records (the slow, exact path)."""
+    if not text.endswith(RS):
+        return ProtocolError("records must end with the record separator 0x1E")
+    for index, raw in enumerate(text[:-1].split(RS)):
+        try:
+            validate_fields(raw.split(FS), today)
+        except InvalidBet as exc:
+            return InvalidBatch(index, exc)
+    return ProtocolError("malformed records")
+
+
+def _decode_records(data: bytes, today: str) -> list[Record]:
+    try:
+        text = data.decode()
+    except UnicodeDecodeError as exc:
+        raise ProtocolError(
+            f"records are not valid UTF-8 ({exc.reason} at byte {exc.start})"
+        ) from None
+    if not _RECORDS_RE.fullmatch(text):
+        raise _explain_records(text, today)
+    records: list[Record] = _RECORD_RE.findall(text)
+    # Dates repeat a lot; check each distinct one once (results are cached too).
+    for birthdate in {r[3] for r in records}:
+        problem = birthdate_problem(birthdate, today)
+        if problem:
+            index = next(i for i, r in enumerate(records) if r[3] == birthdate)
+            raise InvalidBatch(index, InvalidBet("birthdate", problem))
+    return records
+
+
+def _unpack(layout: struct.Struct, body: bytes, name: str) -> tuple[int, ...]:
+    if len(body) != layout.size:
+        raise ProtocolError(f"{name} body must be {layout.size} bytes, got {len(body)}")
+    return layout.unpack(body)
+
+
+def _decode_hello(body: bytes) -> Hello:
+    version, agency = _unpack(_HELLO, body, "HELLO")
+    return Hello(agency, version)
+
+
+def _decode_bet(body: bytes, today: str) -> SingleBet:
+    if len(body) < _SEQ.size:
+        raise ProtocolError("BET body too short for its sequence")
+    (seq,) = _SEQ.unpack_from(body)
+    try:
+        records = _decode_records(body[_SEQ.size :], today)
+    except InvalidBatch as exc:
+        exc.count = 1
+        raise
+    if len(records) != 1:
+        raise ProtocolError(f"BET must hold exactly one bet, got {len(records)}")
+    return SingleBet(seq, records[0])
+
+
+def _decode_batch(body: bytes, today: str) -> Batch:
+    if len(body) < _BATCH.size:
+        raise ProtocolError("BATCH body too short for its header")
+    seq, count = _BATCH.unpack_from(body)
+    if count == 0:
+        raise ProtocolError("BATCH holds no bets")
+    try:
+        records = _decode_records(body[_BATCH.size :], today)
+    except InvalidBatch as exc:
+        exc.count = count
+        raise
+    if len(records) != count:
+        raise ProtocolError(f"BATCH announces {count} bets but holds {len(records)}")
+    return Batch(seq, records)
+
+
+def _decode_empty(body: bytes, name: str) -> None:
+    if body:
+        raise ProtocolError(f"{name} takes no body, got {len(body)} bytes")
+
+
+def _decode_winners(body: bytes) -> Winners:
+    if len(body) < _WINNERS.size:
+        raise ProtocolError("WINNERS body too short for its header")
+    last, count = _WINNERS.unpack_from(body)
+    try:
+        text = body[_WINNERS.size :].decode("ascii")
+    except UnicodeDecodeError:
+        raise ProtocolError("WINNERS documents must be ASCII digits") from None
+    if not _DOCUMENTS_RE.fullmatch(text):
+        raise ProtocolError("WINNERS documents must be digits separated by 0x1F")
+    documents = tuple(text.split(FS)) if text else ()
+    if len(documents) != count:
+        raise ProtocolError(f"WINNERS announces {count} documents but holds {len(documents)}")
+    return Winners(documents, bool(last))
+
+
+class ServerState(enum.Enum):
+    """Where a connection is, seen from the server."""
+
+    HANDSHAKE = "handshake"
+    OPEN = "open"
+    DONE = "done"
+
+
+# Every legal move of a connection, in one table: state -> frame -> next state.
+# A frame missing from its state's row is refused as out of order.
+_SERVER_TRANSITIONS: dict[ServerState, dict[int, ServerState]] = {
+    ServerState.HANDSHAKE: {FrameType.HELLO: ServerState.OPEN},
+    ServerState.OPEN: {
+        FrameType.BET: ServerState.OPEN,
+        FrameType.BATCH: ServerState.OPEN,
+        FrameType.DONE: ServerState.DONE,
+        FrameType.WINNERS_QUERY: ServerState.OPEN,
+    },
+    ServerState.DONE: {
+        FrameType.DONE: ServerState.DONE,
+        FrameType.WINNERS_QUERY: ServerState.DONE,
+    },
+}
+_CLIENT_FRAMES = frozenset(t for t in FrameType if t < 0x80)
+_SERVER_FRAMES = frozenset(t for t in FrameType if t >= 0x80)
+
+
+class ServerProtocol:
+    """The central's view of one connection.
+
+    Feed bytes with `receive_data` (and `receive_eof` at the end), then call
+    `next_event` until it returns None. A `ProtocolError` means the stream is
+    broken: answer with an error frame and close. An `InvalidBatch` (a subclass)
+    means one well-formed batch held a bad bet: refuse it and carry on.
+    """
+
+    def __init__(self) -> None:
+        self.state = ServerState.HANDSHAKE
+        self._decoder = FrameDecoder(_CLIENT_FRAMES)
+
+    def receive_data(self, data: bytes) -> None:
+        self._decoder.receive_data(data)
+
+    def receive_eof(self) -> None:
+        self._decoder.receive_eof()
+
+    def next_event(self, today: str | None = None) -> Message | None:
+        """The next message from the agency, or None when more bytes are needed.
+
+        Raises:
+            ProtocolError: the bytes break the protocol or arrive out of order.
+            InvalidBatch: a batch or single bet holds an invalid bet.
+        """
+        frame = self._decoder.next_frame()
+        if frame is None:
+            return None
+        ftype, body = frame
+        next_state = _SERVER_TRANSITIONS[self.state].get(ftype)
+        if next_state is None:
+            raise ProtocolError(
+                f"{FrameType(ftype).name} is not allowed in state {self.state.value}"
+            )
+        message = self._decode(ftype, body, today or datetime.date.today().isoformat())
+        self.state = next_state
+        return message
+
+    @staticmethod
+    def _decode(ftype: int, body: bytes, today: str) -> Message:
+        if ftype == FrameType.BATCH:
+            return _decode_batch(body, today)
+        if ftype == FrameType.BET:
+            return _decode_bet(body, today)
+        if ftype == FrameType.HELLO:
+            return _decode_hello(body)
+        if ftype == FrameType.DONE:
+            _decode_empty(body, "DONE")
+            return Done()
+        _decode_empty(body, "WINNERS_QUERY")
+        return WinnersQuery()
+
+
+class ClientProtocol:
+    """The agency's view of one connection: decodes the server's replies."""
+
+    def __init__(self) -> None:
+        self._decoder = FrameDecoder(_SERVER_FRAMES)
+
+    def receive_data(self, data: bytes) -> None:
+        self._decoder.receive_data(data)
+
+    def receive_eof(self) -> None:
+        self._decoder.receive_eof()
+
+    def next_event(self) -> Message | None:
+        """The next reply from the server, or None when more bytes are needed.
+
+        Raises:
+            ProtocolError: the server's bytes break the protocol.
+        """
+        frame = self._decoder.next_frame()
+        if frame is None:
+            return None
+        ftype, body = frame
+        if ftype == FrameType.ACK:
+            return Ack(*_unpack(_SEQ, body, "ACK"))
+        if ftype == FrameType.WELCOME:
+            return Welcome(*_unpack(_WELCOME, body, "WELCOME"))
+        if ftype == FrameType.WINNERS:
+            return _decode_winners(body)
+        if ftype == FrameType.NOT_READY:
+            _decode_empty(body, "NOT_READY")
+            return NotReady()
+        if len(body) < _ERROR.size:
+            raise ProtocolError("ERROR body too short for its code")
+        (code,) = _ERROR.unpack_from(body)
+        return Error(code, body[_ERROR.size :].decode(errors="replace"))
+
+    def events(self) -> Iterator[Message]:
+        """Every whole message buffered so far."""
+        while (event := self.next_event()) is not None:
+            yield event

@@ -1,0 +1,476 @@
+"""The central server: accept agencies, store their bets, draw once, answer winners.
+
+Entry point: `Server` (``async with Server(config) as server: await
+server.serve_forever()``). Its pieces:
+
+- the accept callback (`Server._accept`) refuses connections past the limit
+  with an error frame, and otherwise runs one `Handler` per connection;
+- a `Handler` runs two tasks in a `TaskGroup`: the reader turns bytes into
+  messages (through the sans-I/O `ServerProtocol`) and queues a reply slot for
+  each; the writer fills the slots in order (awaiting the batch's commit, the
+  draw...) and writes them, so acks go out in the order batches came in while
+  the reader keeps pipelining;
+- the `Committer` group-commits batches on the store thread;
+- the `DrawBarrier` opens when every agency is done, and the draw runs once.
+
+Shutdown (`close()`, plain and safe to call twice; `wait_closed()` waits):
+stop accepting, wake every winners query, stop each reader, let each writer
+flush the batches already in flight for up to ``timeout_graceful_shutdown``
+seconds, cancel what is left, then commit what is pending and close the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import functools
+from dataclasses import dataclass
+from typing import Any
+
+from .barrier import DrawBarrier
+from .committer import Committer
+from .config import ServerConfig
+from .errors import InvalidBatch, ProtocolError, StoreError
+from .log import get_logger
+from .protocol import (
+    PROTOCOL_VERSION,
+    Ack,
+    Batch,
+    Done,
+    Error,
+    ErrorCode,
+    Hello,
+    Message,
+    NotReady,
+    Record,
+    ServerProtocol,
+    SingleBet,
+    Welcome,
+    Winners,
+    WinnersQuery,
+    encode,
+)
+from .store import Outcome, PendingBatch, SQLiteStore
+
+__all__ = ["Handler", "Server"]
+
+READ_SIZE = 65536
+#: Replies a connection may have pending before its reader stops reading. This
+#: bounds the batches one agency has waiting for a commit (backpressure).
+MAX_PENDING_REPLIES = 64
+CLOSE_TIMEOUT = 1.0
+
+
+class Server:
+    """The lottery's central server. See the module docstring.
+
+    Args:
+        config: the settings.
+        open_store: builds the store (default: `SQLiteStore` in
+            ``config.data_dir``); called on the store thread.
+    """
+
+    def __init__(self, config: ServerConfig, open_store: Any = None) -> None:
+        self.config = config
+        self._log = get_logger()
+        self._committer = Committer(
+            open_store
+            or functools.partial(
+                SQLiteStore, config.data_dir, config.agencies, config.winning_number, config.sync
+            ),
+            max_group_bets=config.max_group_bets,
+        )
+        self.barrier = DrawBarrier(config.agencies)
+        self._winners: dict[int, tuple[str, ...]] = {}
+        self._handlers: set[Handler] = set()
+        self._listener: asyncio.Server | None = None
+        self._shutdown_task: asyncio.Task[None] | None = None
+        self._closed = asyncio.Event()
+
+    # -- life cycle ----------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open the store, rebuild the barrier from it, and start listening."""
+        cfg = self.config
+        await self._committer.start()
+        done = await self._committer.call(lambda s: s.done_agencies())
+        drawn = await self._committer.call(lambda s: s.drawn())
+        self.barrier = DrawBarrier(cfg.agencies, done, drawn)
+        if drawn:
+            winners = await self._committer.call(lambda s: s.winners(cfg.winning_number))
+            self._winners = {a: tuple(d) for a, d in winners.items()}
+        elif self.barrier.opened:  # every agency was done when the server stopped
+            await self._draw()
+        self._listener = await asyncio.start_server(
+            self._accept, cfg.host, cfg.port, backlog=cfg.listen_backlog
+        )
+        self._log.info(
+            "config",
+            result="success",
+            port=self.port,
+            listen_backlog=cfg.listen_backlog,
+            logging_level=cfg.log_level,
+            agencies=cfg.agencies,
+            data_dir=cfg.data_dir,
+            sync=cfg.sync,
+            agencies_done=len(done),
+            drawn=drawn,
+        )
+
+    @property
+    def port(self) -> int:
+        """The port listened on (useful with port 0)."""
+        assert self._listener is not None, "the server is not started"
+        return int(self._listener.sockets[0].getsockname()[1])
+
+    async def __aenter__(self) -> Server:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.close()
+        await self.wait_closed()
+
+    async def serve_forever(self) -> None:
+        """Serve until `close()` has been called and shutdown has finished."""
+        await self._closed.wait()
+
+    def close(self) -> None:
+        """Start a graceful shutdown. Plain, and safe to call more than once."""
+        if self._shutdown_task is None:
+            self._shutdown_task = asyncio.get_running_loop().create_task(
+                self._shutdown(), name="lottery-shutdown"
+            )
+
+    async def wait_closed(self) -> None:
+        """Wait until a shutdown started by `close()` has finished."""
+        if self._shutdown_task is not None:
+            await asyncio.shield(self._shutdown_task)
+
+    async def _shutdown(self) -> None:
+        log = self._log
+        log.info("shutdown", result="in_progress", connections=len(self._handlers))
+        if self._listener is not None:
+            self._listener.close()
+            log.info("close_resource", result="success", resource="listener")
+        self.barrier.shutdown()
+        handlers = list(self._handlers)
+        for handler in handlers:
+            handler.stop_reading()
+        tasks = [h.task for h in handlers if h.task is not None]
+        if tasks:
+            _, late = await asyncio.wait(tasks, timeout=self.config.timeout_graceful_shutdown)
+            for task in late:
+                task.cancel()
+            if late:
+                await asyncio.wait(late, timeout=CLOSE_TIMEOUT)
+                log.warning("shutdown", result="in_progress", cancelled_connections=len(late))
+        await self._committer.close()
+        log.info("close_resource", result="success", resource="store")
+        self._closed.set()
+        log.info("shutdown", result="success")
+
+    # -- shared round state ----------------------------------------------------------
+
+    @property
+    def committer(self) -> Committer:
+        return self._committer
+
+    def winners_of(self, agency: int) -> tuple[str, ...]:
+        return self._winners.get(agency, ())
+
+    async def agency_done(self, agency: int) -> None:
+        """Durably record ``agency`` as done; the last one to arrive runs the draw."""
+        await self._committer.call(lambda s: s.mark_done(agency))
+        self._log.info("agencia_lista", result="success", agencia=agency)
+        if self.barrier.arrive(agency):
+            await self._draw()
+
+    async def _draw(self) -> None:
+        number = self.config.winning_number
+        started = asyncio.get_running_loop().time()
+        try:
+            winners = await self._committer.draw(number)
+        except StoreError as exc:
+            self._log.error("sorteo", result="fail", error=str(exc))
+            return
+        if winners is None:  # made before: by another caller, or before a restart
+            winners = await self._committer.call(lambda s: s.winners(number))
+        else:
+            self._log.info(
+                "sorteo",
+                result="success",
+                cant_ganadores=sum(len(d) for d in winners.values()),
+                segundos=round(asyncio.get_running_loop().time() - started, 3),
+            )
+        self._winners = {a: tuple(d) for a, d in winners.items()}
+        self.barrier.set_drawn()
+
+    # -- connections -------------------------------------------------------------------
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        refusal: tuple[ErrorCode, str] | None = None
+        if self._shutdown_task is not None:
+            refusal = (ErrorCode.SHUTTING_DOWN, "the server is shutting down")
+        elif len(self._handlers) >= self.config.connection_limit:
+            refusal = (
+                ErrorCode.TOO_MANY_CONNECTIONS,
+                f"the server is at its limit of {self.config.connection_limit} connections",
+            )
+        if refusal is not None:
+            self._log.warning("accept_connections", result="fail", motivo=refusal[1])
+            with contextlib.suppress(OSError, TimeoutError):
+                writer.write(encode(Error(*refusal)))
+                async with asyncio.timeout(CLOSE_TIMEOUT):
+                    await writer.drain()
+            await _close_writer(writer)
+            return
+        handler = Handler(self, reader, writer)
+        self._handlers.add(handler)
+        try:
+            await handler.run()
+        finally:
+            self._handlers.discard(handler)
+
+
+async def _close_writer(writer: asyncio.StreamWriter) -> None:
+    writer.close()
+    with contextlib.suppress(OSError, TimeoutError):
+        async with asyncio.timeout(CLOSE_TIMEOUT):
+            await writer.wait_closed()
+
+
+# What the reader queues for the writer, one per reply, in arrival order.
+@dataclass(slots=True)
+class _BatchReply:
+    future: asyncio.Future[Any]
+    seq: int
+    count: int
+    single: Record | None  # the bet, when it came alone (tp0 ej5)
+
+
+@dataclass(slots=True)
+class _FixedReply:
+    message: Message
+    log_fail: int = 0  # a refused batch's bet count, logged as apuesta_recibida fail
+
+
+class _DoneReply:
+    pass
+
+
+class _WinnersReply:
+    pass
+
+
+_Reply = _BatchReply | _FixedReply | _DoneReply | _WinnersReply
+_END = None  # the reader has stopped: the writer ends after what is queued
+
+
+class Handler:
+    """One agency connection: a reader task and a writer task.
+
+    The reader may run up to `MAX_PENDING_REPLIES` requests ahead of the
+    writer; a semaphore (not the queue) enforces that bound, so the reader's
+    final end marker always fits and never blocks.
+    """
+
+    def __init__(
+        self, server: Server, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        self._server = server
+        self._reader = reader
+        self._writer = writer
+        self._protocol = ServerProtocol()
+        self._replies: asyncio.Queue[_Reply | None] = asyncio.Queue(MAX_PENDING_REPLIES + 1)
+        self._slots = asyncio.Semaphore(MAX_PENDING_REPLIES)
+        self._reader_task: asyncio.Task[None] | None = None
+        self.task: asyncio.Task[Any] | None = None
+        self.agency: int | None = None
+        peer = writer.get_extra_info("peername")
+        self._log = get_logger(ip=peer[0] if peer else "?")
+
+    def __repr__(self) -> str:
+        return (
+            f"<Handler agency={self.agency} state={self._protocol.state.value} "
+            f"pending={self._replies.qsize()}>"
+        )
+
+    def stop_reading(self) -> None:
+        """Shutdown: read no more requests; the writer finishes those in flight."""
+        if self._reader_task is not None:
+            self._reader_task.cancel()
+
+    async def run(self) -> None:
+        self.task = asyncio.current_task()
+        self._log.info("accept_connections", result="success")
+        try:
+            async with asyncio.TaskGroup() as tg:
+                self._reader_task = tg.create_task(self._read_loop())
+                tg.create_task(self._write_loop())
+        finally:
+            await _close_writer(self._writer)
+            self._log.info(
+                "close_resource", result="success", resource="connection", agencia=self.agency
+            )
+
+    # -- reader --------------------------------------------------------------------------
+
+    async def _queue(self, reply: _Reply) -> None:
+        await self._slots.acquire()
+        self._replies.put_nowait(reply)
+
+    async def _read_loop(self) -> None:
+        idle = self._server.config.timeout_idle
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout(idle):
+                        data = await self._reader.read(READ_SIZE)
+                except TimeoutError:
+                    if self._replies.qsize():  # e.g. a winners query waiting for the draw
+                        continue
+                    self._log.info("idle_timeout", result="success", agencia=self.agency)
+                    return
+                if not data:
+                    self._protocol.receive_eof()
+                    return
+                self._protocol.receive_data(data)
+                await self._handle_frames()
+        except ProtocolError as exc:
+            code = ErrorCode.OUT_OF_ORDER if "not allowed" in str(exc) else exc.code
+            self._log.warning("protocolo", result="fail", agencia=self.agency, error=str(exc))
+            await self._queue(_FixedReply(Error(code, str(exc))))
+        except _CloseConnection:
+            pass
+        except OSError:
+            pass  # the peer went away; nothing of it is half-stored
+        finally:
+            self._replies.put_nowait(_END)
+
+    async def _handle_frames(self) -> None:
+        today = datetime.date.today().isoformat()
+        while True:
+            try:
+                message = self._protocol.next_event(today)
+            except InvalidBatch as exc:
+                self._log.warning("apuesta_invalida", result="fail", error=str(exc))
+                await self._queue(_FixedReply(Error(ErrorCode.INVALID_BET, str(exc)), exc.count))
+                continue
+            if message is None:
+                return
+            await self._dispatch(message)
+
+    async def _dispatch(self, message: Message) -> None:
+        if isinstance(message, Batch):
+            await self._submit(message.seq, message.records, None)
+        elif isinstance(message, SingleBet):
+            await self._submit(message.seq, (message.record,), message.record)
+        elif isinstance(message, Done):
+            await self._queue(_DoneReply())
+        elif isinstance(message, WinnersQuery):
+            await self._queue(_WinnersReply())
+        elif isinstance(message, Hello):
+            await self._handshake(message)
+
+    async def _submit(self, seq: int, records: Any, single: Record | None) -> None:
+        assert self.agency is not None  # the protocol allows bets only after HELLO
+        await self._slots.acquire()
+        future = self._server.committer.submit(PendingBatch(self.agency, seq, records))
+        self._replies.put_nowait(_BatchReply(future, seq, len(records), single))
+
+    async def _handshake(self, hello: Hello) -> None:
+        agencies = self._server.config.agencies
+        if hello.version != PROTOCOL_VERSION:
+            refusal = Error(ErrorCode.BAD_VERSION, f"protocol version {hello.version} unknown")
+        elif not 1 <= hello.agency <= agencies:
+            refusal = Error(
+                ErrorCode.UNKNOWN_AGENCY, f"agency {hello.agency} is not in 1..{agencies}"
+            )
+        else:
+            self.agency = hello.agency
+            self._log = self._log.bind(agencia=hello.agency)
+            last_seq, committed = await self._server.committer.call(
+                lambda s: s.progress(hello.agency)
+            )
+            self._log.info("handshake", result="success", last_seq=last_seq, bets=committed)
+            await self._queue(_FixedReply(Welcome(last_seq, committed)))
+            return
+        self._log.warning("handshake", result="fail", motivo=refusal.message)
+        await self._queue(_FixedReply(refusal))
+        raise _CloseConnection
+
+    # -- writer --------------------------------------------------------------------------
+
+    async def _write_loop(self) -> None:
+        idle = self._server.config.timeout_idle
+        try:
+            while (reply := await self._replies.get()) is not _END:
+                data = await self._answer(reply)
+                self._writer.write(data)
+                async with asyncio.timeout(idle):
+                    await self._writer.drain()
+                self._slots.release()
+        except (OSError, TimeoutError):
+            # The peer is gone or stopped reading: nothing more can reach it.
+            if self._reader_task is not None:
+                self._reader_task.cancel()
+
+    async def _answer(self, reply: _Reply) -> bytes:
+        if isinstance(reply, _BatchReply):
+            return self._answer_batch(reply, await reply.future)
+        if isinstance(reply, _FixedReply):
+            if reply.log_fail:
+                self._log.info("apuesta_recibida", result="fail", cantidad=reply.log_fail)
+            return encode(reply.message)
+        if isinstance(reply, _DoneReply):
+            return await self._answer_done()
+        return await self._answer_winners()
+
+    def _answer_batch(self, reply: _BatchReply, result: Any) -> bytes:
+        log = self._log
+        if result is Outcome.STORED:
+            if reply.single is not None:
+                bet = reply.single
+                log.info("apuesta_almacenada", result="success", dni=bet[2], numero=int(bet[4]))
+            else:
+                log.info("apuesta_recibida", result="success", cantidad=reply.count)
+            return encode(Ack(reply.seq))
+        if result is Outcome.DUPLICATE:
+            log.debug("apuesta_duplicada", result="success", seq=reply.seq)
+            return encode(Ack(reply.seq))
+        log.info("apuesta_recibida", result="fail", cantidad=reply.count)
+        if result is Outcome.GAP:
+            return encode(
+                Error(ErrorCode.BAD_SEQUENCE, f"batch {reply.seq} skips ahead of the last stored")
+            )
+        return encode(Error(ErrorCode.STORAGE, f"batch {reply.seq} was not stored: {result}"))
+
+    async def _answer_done(self) -> bytes:
+        assert self.agency is not None
+        try:
+            await self._server.agency_done(self.agency)
+        except StoreError as exc:
+            self._log.error("agencia_lista", result="fail", error=str(exc))
+            return encode(Error(ErrorCode.STORAGE, str(exc)))
+        return encode(Ack(0))
+
+    async def _answer_winners(self) -> bytes:
+        assert self.agency is not None
+        barrier = self._server.barrier
+        try:
+            async with asyncio.timeout(self._server.config.timeout_winners):
+                drawn = await barrier.wait_drawn()
+        except TimeoutError:
+            self._log.info("consulta_ganadores", result="in_progress", faltan=barrier.missing)
+            return encode(NotReady())
+        if not drawn:
+            return encode(Error(ErrorCode.SHUTTING_DOWN, "the server is shutting down"))
+        winners = self._server.winners_of(self.agency)
+        self._log.info("consulta_ganadores", result="success", cant_ganadores=len(winners))
+        return encode(Winners(winners))
+
+
+class _CloseConnection(Exception):
+    """Internal: the handshake was refused; stop reading after queuing the error."""
