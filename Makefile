@@ -1,0 +1,42 @@
+# One target per job; CI runs the same commands (.ci/run calls `make test`).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+N      ?= 5
+PORT   ?= 12345
+DATA   ?= demo
+
+.PHONY: install run run-server run-clients test lint format clean
+
+# The venv is rebuilt whenever pyproject.toml changes.
+$(VENV)/.installed: pyproject.toml
+	PYTHON=$(PYTHON) scripts/install
+	@touch $@
+
+install: $(VENV)/.installed
+
+## make run: a whole demo round (server + 5 agencies), winners and bets/s
+run: $(VENV)/.installed
+	$(BIN)/python scripts/demo_round.py --data $(DATA)
+
+## make run-server: the central server on 127.0.0.1:$(PORT) for N agencies
+run-server: $(VENV)/.installed
+	$(BIN)/lottery server --host 127.0.0.1 --port $(PORT) --agencies $(N) --data-dir data
+
+## make run-clients N=5: N agencies sending $(DATA)/agency-<id>.csv to 127.0.0.1:$(PORT)
+run-clients: $(VENV)/.installed
+	PORT=$(PORT) N=$(N) DATA=$(DATA) BIN=$(BIN) scripts/run_clients
+
+test: $(VENV)/.installed
+	BIN=$(BIN) scripts/test
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check lottery tests scripts
+	$(BIN)/ruff format --check lottery tests scripts
+
+format: $(VENV)/.installed
+	$(BIN)/ruff format lottery tests scripts
+	$(BIN)/ruff check --fix lottery tests scripts
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache .hypothesis data demo

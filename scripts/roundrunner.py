@@ -1,0 +1,185 @@
+"""Run whole rounds with real ``lottery`` processes on loopback.
+
+Used by ``make run`` (scripts/demo_round.py), the benchmark and the end-to-end
+tests, so that all three start servers and agencies the same way:
+
+    server = start_server(data_dir, agencies=5, log_path=...)
+    agencies = [start_agency(i, server.port, bets_file, log_path=...) for i in ...]
+    results = wait_agencies(agencies, timeout=60)
+    stop_server(server)
+
+The server listens on port 0; its ``action: config`` log line says which port
+it got, so rounds never collide on a fixed port.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+__all__ = [
+    "AgencyProcess",
+    "ServerProcess",
+    "lottery_command",
+    "start_agency",
+    "start_server",
+    "stop_server",
+    "wait_agencies",
+]
+
+_PORT_RE = re.compile(r"action: config \| result: success \| port: (\d+)")
+_WINNERS_RE = re.compile(r"action: ganadores \| result: success \| agencia: (\d+) \| dnis: (.*)$")
+
+
+def lottery_command() -> list[str]:
+    """The ``lottery`` console script beside this Python, else ``python -m lottery``."""
+    script = Path(sys.executable).parent / "lottery"
+    if script.exists():
+        return [str(script)]
+    found = shutil.which("lottery")
+    return [found] if found else [sys.executable, "-m", "lottery"]
+
+
+@dataclass
+class ServerProcess:
+    proc: subprocess.Popen[str]
+    port: int
+    lines: list[str] = field(default_factory=list)  # every log line so far
+    _pump: threading.Thread | None = None
+
+    def log(self) -> str:
+        return "\n".join(self.lines)
+
+
+def _pump_lines(stream: IO[str], lines: list[str], copy: IO[str] | None) -> None:
+    for line in stream:
+        lines.append(line.rstrip("\n"))
+        if copy is not None:
+            copy.write(line)
+            copy.flush()
+
+
+def start_server(
+    data_dir: str | os.PathLike[str],
+    agencies: int,
+    *,
+    extra_args: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
+    log_file: IO[str] | None = None,
+    timeout: float = 15.0,
+) -> ServerProcess:
+    """Start ``lottery server`` on 127.0.0.1, port 0; return once it listens."""
+    cmd = [
+        *lottery_command(), "server", "--host", "127.0.0.1", "--port", "0",
+        "--agencies", str(agencies), "--data-dir", str(data_dir), *extra_args,
+    ]  # fmt: skip
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        encoding="utf-8",
+        env={**os.environ, **(env or {})},
+    )
+    assert proc.stderr is not None
+    lines: list[str] = []
+    deadline = time.monotonic() + timeout
+    port = None
+    # Read the log until the config line names the port (readline blocks until
+    # a line or EOF, so this waits on the process itself, not on a timer).
+    while port is None:
+        line = proc.stderr.readline()
+        if not line or time.monotonic() > deadline:
+            proc.kill()
+            proc.wait()
+            proc.stderr.close()
+            raise RuntimeError("server did not start:\n" + "".join(lines) + line)
+        lines.append(line.rstrip("\n"))
+        if log_file is not None:
+            log_file.write(line)
+        match = _PORT_RE.search(line)
+        if match:
+            port = int(match.group(1))
+    pump = threading.Thread(target=_pump_lines, args=(proc.stderr, lines, log_file), daemon=True)
+    pump.start()
+    return ServerProcess(proc, port, lines, pump)
+
+
+def stop_server(server: ServerProcess, timeout: float = 10.0) -> int:
+    """SIGTERM the server and wait for it; returns its exit status."""
+    if server.proc.poll() is None:
+        server.proc.send_signal(signal.SIGTERM)
+    try:
+        code = server.proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        server.proc.kill()
+        code = server.proc.wait()
+    if server._pump is not None:
+        server._pump.join(timeout)
+    if server.proc.stderr is not None:
+        server.proc.stderr.close()
+    return code
+
+
+@dataclass
+class AgencyProcess:
+    agency: int
+    proc: subprocess.Popen[str]
+    output: str = ""
+    returncode: int | None = None
+
+    @property
+    def winners(self) -> list[str] | None:
+        """The documents from the agency's ``action: ganadores`` line, if any."""
+        for line in self.output.splitlines():
+            match = _WINNERS_RE.search(line)
+            if match:
+                text = match.group(2).strip()
+                return [] if text == "-" else text.split()
+        return None
+
+
+def start_agency(
+    agency: int,
+    port: int,
+    bets: str | os.PathLike[str] | None,
+    *,
+    extra_args: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
+) -> AgencyProcess:
+    """Start ``lottery agency`` against 127.0.0.1:port."""
+    cmd = [*lottery_command(), "agency", "--id", str(agency), "--server", f"127.0.0.1:{port}"]
+    if bets is not None:
+        cmd += ["--bets", str(bets)]
+    proc = subprocess.Popen(
+        [*cmd, *extra_args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        encoding="utf-8",
+        env={**os.environ, **(env or {})},
+    )
+    return AgencyProcess(agency, proc)
+
+
+def wait_agencies(agencies: Sequence[AgencyProcess], timeout: float = 120.0) -> None:
+    """Wait for every agency to exit (killing any still running at the deadline)."""
+    deadline = time.monotonic() + timeout
+    for agency in agencies:
+        try:
+            out, _ = agency.proc.communicate(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            agency.proc.kill()
+            out, _ = agency.proc.communicate()
+        agency.output = out
+        agency.returncode = agency.proc.returncode
