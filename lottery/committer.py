@@ -91,10 +91,12 @@ class Committer:
     def _take_group(self) -> list[tuple[PendingBatch, asyncio.Future[CommitResult]]]:
         size = taken = 0
         for batch, _ in self._pending:
+            # Stop before the batch that would pass the cap; a group always
+            # takes at least one batch, even one larger than the cap.
+            if taken and size + len(batch.records) > self._max_group_bets:
+                break
             size += len(batch.records)
             taken += 1
-            if size >= self._max_group_bets:
-                break
         group, self._pending = self._pending[:taken], self._pending[taken:]
         return group
 

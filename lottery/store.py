@@ -140,21 +140,27 @@ class SQLiteStore:
             # isolation_level=None: we issue BEGIN/COMMIT ourselves, so one
             # group of batches is exactly one transaction.
             self._db = sqlite3.connect(self.path, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute(f"PRAGMA synchronous={synchronous.upper()}")
-            self._db.executescript(_SCHEMA)
-            self._db.execute(
-                f"CREATE INDEX IF NOT EXISTS winners_{int(winning_number)} "
-                f"ON bets(agency) WHERE number = {int(winning_number)}"
-            )
-            if agencies is not None:
-                self._check_agencies(agencies)
-            self._progress = {
-                agency: (last_seq, count)
-                for agency, last_seq, count in self._db.execute(
-                    "SELECT agency, last_seq, committed_bets FROM agencies"
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute(f"PRAGMA synchronous={synchronous.upper()}")
+                self._db.executescript(_SCHEMA)
+                self._db.execute(
+                    f"CREATE INDEX IF NOT EXISTS winners_{int(winning_number)} "
+                    f"ON bets(agency) WHERE number = {int(winning_number)}"
                 )
-            }
+                if agencies is not None:
+                    self._check_agencies(agencies)
+                self._progress = {
+                    agency: (last_seq, count)
+                    for agency, last_seq, count in self._db.execute(
+                        "SELECT agency, last_seq, committed_bets FROM agencies"
+                    )
+                }
+            except BaseException:
+                # A store that fails to open (corrupt file, other agency count)
+                # must not leak its connection and the file handles behind it.
+                self._db.close()
+                raise
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open {self.path}: {exc}") from exc
 
