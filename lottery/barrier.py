@@ -49,7 +49,7 @@ class DrawBarrier:
         if agencies < 1:
             raise ValueError("a round needs at least one agency")
         self.agencies = agencies
-        self._done: set[int] = set(done)
+        self._done: set[int] = {a for a in done if 1 <= a <= agencies}
         self.opened = len(self._done) >= agencies
         self.drawn = drawn
         self.closed = False
@@ -63,7 +63,13 @@ class DrawBarrier:
         Returns:
             True for exactly one call: the one whose agency completes the set.
             That caller must run the draw and then call `set_drawn`.
+
+        Raises:
+            ValueError: ``agency`` is not one of 1..N (the server checks ids in
+                the handshake, so this would be a bug).
         """
+        if not 1 <= agency <= self.agencies:
+            raise ValueError(f"agency {agency} is not in 1..{self.agencies}")
         if agency in self._done or self.opened:
             return False
         self._done.add(agency)

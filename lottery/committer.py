@@ -65,7 +65,11 @@ class Committer:
 
     async def start(self) -> None:
         """Open the store on its thread and start the commit task."""
-        self._store = await self._in_thread(self._open_store)
+        try:
+            self._store = await self._in_thread(self._open_store)
+        except BaseException:
+            self._executor.shutdown(wait=False)
+            raise
         self._task = asyncio.create_task(self._commit_loop(), name="lottery-committer")
 
     async def _in_thread(self, fn: Callable[..., T], *args: object) -> T:
@@ -110,8 +114,9 @@ class Committer:
                     results: list[CommitResult]
                     try:
                         batches = [batch for batch, _ in group]
-                        outcomes = await self.call(methodcaller("commit", batches))
-                        results = list(outcomes)
+                        results = list(await self.call(methodcaller("commit", batches)))
+                        if len(results) != len(group):
+                            raise RuntimeError(f"{len(results)} outcomes for {len(group)} batches")
                         self.commits += 1
                         self.batches_committed += len(group)
                     except StoreError as exc:

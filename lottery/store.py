@@ -22,6 +22,7 @@ What the store guarantees, and the server builds on:
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import os
 import sqlite3
@@ -110,6 +111,14 @@ CREATE TABLE IF NOT EXISTS settings (
     value TEXT NOT NULL
 );
 """
+
+
+@contextlib.contextmanager
+def _reading(what: str) -> Iterator[None]:
+    try:
+        yield
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot read {what}: {exc}") from exc
 
 
 class SQLiteStore:
@@ -233,10 +242,13 @@ class SQLiteStore:
             raise StoreError(f"cannot record agency {agency} as done: {exc}") from exc
 
     def done_agencies(self) -> set[int]:
-        return {a for (a,) in self._db.execute("SELECT agency FROM agencies WHERE done = 1")}
+        with _reading("the done agencies"):
+            rows = self._db.execute("SELECT agency FROM agencies WHERE done = 1").fetchall()
+        return {a for (a,) in rows}
 
     def drawn(self) -> bool:
-        row = self._db.execute("SELECT value FROM settings WHERE name = 'drawn'").fetchone()
+        with _reading("the draw state"):
+            row = self._db.execute("SELECT value FROM settings WHERE name = 'drawn'").fetchone()
         return row is not None
 
     def draw(self, winning_number: int) -> dict[int, list[str]]:
@@ -249,6 +261,10 @@ class SQLiteStore:
         return self.winners(winning_number)
 
     def winners(self, winning_number: int) -> dict[int, list[str]]:
+        with _reading("the winners"):
+            return self._winners(winning_number)
+
+    def _winners(self, winning_number: int) -> dict[int, list[str]]:
         result: dict[int, list[str]] = {}
         # A literal (not a parameter) so SQLite can use the partial index, and
         # ordered as that index is (agency, then rowid) so no sort is needed.
