@@ -8,7 +8,11 @@ one. With many agencies sending at once, one fsync then covers many batches,
 and no batch is acknowledged before the transaction holding it is on disk.
 
 A group is capped at `max_group_bets` bets so that, with hundreds of agencies,
-one huge transaction cannot hold every acknowledgement back for long.
+one huge transaction cannot hold every acknowledgement back for long. The
+pending list is bounded too: once `max_pending_bets` bets wait for a commit,
+handlers await `wait_for_room` before reading more, and the backpressure
+reaches the agencies through TCP. A batch's wait is then at most about two
+commits, however many agencies send at once.
 """
 
 from __future__ import annotations
@@ -39,11 +43,23 @@ class Committer:
         open_store: builds the store; called on the store thread, since SQLite
             connections belong to the thread that opened them.
         max_group_bets: the most bets one transaction takes.
+        max_pending_bets: bets that may wait for a commit before `wait_for_room`
+            makes submitters wait (default: twice ``max_group_bets``).
     """
 
-    def __init__(self, open_store: Callable[[], Store], *, max_group_bets: int = 32768) -> None:
+    def __init__(
+        self,
+        open_store: Callable[[], Store],
+        *,
+        max_group_bets: int = 8192,
+        max_pending_bets: int | None = None,
+    ) -> None:
         self._open_store = open_store
         self._max_group_bets = max_group_bets
+        self._max_pending_bets = max_pending_bets or 2 * max_group_bets
+        self._pending_bets = 0
+        self._room = asyncio.Event()
+        self._room.set()
         self._executor = concurrent.futures.ThreadPoolExecutor(1, "lottery-store")
         self._store: Store | None = None
         self._pending: list[tuple[PendingBatch, asyncio.Future[CommitResult]]] = []
@@ -82,6 +98,12 @@ class Committer:
         assert store is not None, "Committer.start() was not awaited"
         return await self._in_thread(fn, store)
 
+    async def wait_for_room(self) -> None:
+        """Wait until the pending bets are under the bound (backpressure)."""
+        while self._pending_bets >= self._max_pending_bets:
+            self._room.clear()
+            await self._room.wait()
+
     def submit(self, batch: PendingBatch) -> asyncio.Future[CommitResult]:
         """Queue ``batch`` for the next commit; the future resolves after it."""
         future: asyncio.Future[CommitResult] = asyncio.get_running_loop().create_future()
@@ -89,6 +111,7 @@ class Committer:
             future.set_result(StoreError("the server is shutting down"))
             return future
         self._pending.append((batch, future))
+        self._pending_bets += len(batch.records)
         self._wakeup.set()
         return future
 
@@ -102,6 +125,9 @@ class Committer:
             size += len(batch.records)
             taken += 1
         group, self._pending = self._pending[:taken], self._pending[taken:]
+        self._pending_bets -= size
+        if self._pending_bets < self._max_pending_bets:
+            self._room.set()
         return group
 
     async def _commit_loop(self) -> None:

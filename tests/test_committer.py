@@ -263,6 +263,21 @@ async def test_max_group_bets_caps_a_group(make_committer: MakeCommitter, fake: 
         assert len(group) == 1 or sum(len(b.records) for b in group) <= 10
 
 
+async def test_pending_bets_are_bounded(make_committer: MakeCommitter, fake: FakeStore) -> None:
+    """Once max_pending_bets wait for a commit, wait_for_room blocks until a group is taken."""
+    committer = await make_committer(max_group_bets=4, max_pending_bets=4)
+    fake.commit_gate.clear()
+    first = committer.submit(batch(1, 1, bets=4))
+    await wait_for_thread_event(fake.commit_entered)  # the first group is taken: room again
+    await settled(committer.wait_for_room())
+    queued = [committer.submit(batch(2, 1, bets=2)), committer.submit(batch(3, 1, bets=2))]
+    room = asyncio.ensure_future(committer.wait_for_room())
+    assert await still_pending(room)
+    fake.commit_gate.set()  # the first commit ends; the loop takes the next group
+    await settled(room)
+    assert await settled(asyncio.gather(first, *queued)) == [Outcome.STORED] * 3
+
+
 # -- failures -----------------------------------------------------------------
 
 
