@@ -15,11 +15,11 @@ it got, so rounds never collide on a fixed port.
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -31,14 +31,25 @@ __all__ = [
     "AgencyProcess",
     "ServerProcess",
     "lottery_command",
+    "parse_log_line",
     "start_agency",
     "start_server",
     "stop_server",
     "wait_agencies",
 ]
 
-_PORT_RE = re.compile(r"action: config \| result: success \| port: (\d+)")
-_WINNERS_RE = re.compile(r"action: ganadores \| result: success \| agencia: (\d+) \| dnis: (.*)$")
+
+def parse_log_line(line: str) -> dict[str, str]:
+    """The ``key: value`` fields of a tp0 log line (``action``, ``result``...)."""
+    start = line.find("action: ")
+    if start < 0:
+        return {}
+    fields = {}
+    for part in line[start:].split(" | "):
+        key, sep, value = part.partition(": ")
+        if sep:
+            fields[key.strip()] = value
+    return fields
 
 
 def lottery_command() -> list[str]:
@@ -107,9 +118,9 @@ def start_server(
         lines.append(line.rstrip("\n"))
         if log_file is not None:
             log_file.write(line)
-        match = _PORT_RE.search(line)
-        if match:
-            port = int(match.group(1))
+        fields = parse_log_line(line)
+        if fields.get("action") == "config" and fields.get("result") == "success":
+            port = int(fields["port"])
     pump = threading.Thread(target=_pump_lines, args=(proc.stderr, lines, log_file), daemon=True)
     pump.start()
     return ServerProcess(proc, port, lines, pump)
@@ -135,6 +146,7 @@ def stop_server(server: ServerProcess, timeout: float = 10.0) -> int:
 class AgencyProcess:
     agency: int
     proc: subprocess.Popen[str]
+    output_file: IO[str]
     output: str = ""
     returncode: int | None = None
 
@@ -142,10 +154,10 @@ class AgencyProcess:
     def winners(self) -> list[str] | None:
         """The documents from the agency's ``action: ganadores`` line, if any."""
         for line in self.output.splitlines():
-            match = _WINNERS_RE.search(line)
-            if match:
-                text = match.group(2).strip()
-                return [] if text == "-" else text.split()
+            fields = parse_log_line(line)
+            if fields.get("action") == "ganadores" and fields.get("result") == "success":
+                text = fields.get("dnis", "").strip()
+                return [] if text in ("", "-") else text.split()
         return None
 
 
@@ -161,15 +173,18 @@ def start_agency(
     cmd = [*lottery_command(), "agency", "--id", str(agency), "--server", f"127.0.0.1:{port}"]
     if bets is not None:
         cmd += ["--bets", str(bets)]
+    # A file, not a pipe: an agency that logs a lot (many rejected rows) must
+    # not block on a full pipe while we wait for another agency.
+    output = tempfile.TemporaryFile("w+", encoding="utf-8")  # noqa: SIM115 - closed by wait_agencies
     proc = subprocess.Popen(
         [*cmd, *extra_args],
-        stdout=subprocess.PIPE,
+        stdout=output,
         stderr=subprocess.STDOUT,
         text=True,
         encoding="utf-8",
         env={**os.environ, **(env or {})},
     )
-    return AgencyProcess(agency, proc)
+    return AgencyProcess(agency, proc, output)
 
 
 def wait_agencies(agencies: Sequence[AgencyProcess], timeout: float = 120.0) -> None:
@@ -177,9 +192,11 @@ def wait_agencies(agencies: Sequence[AgencyProcess], timeout: float = 120.0) -> 
     deadline = time.monotonic() + timeout
     for agency in agencies:
         try:
-            out, _ = agency.proc.communicate(timeout=max(0.1, deadline - time.monotonic()))
+            agency.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             agency.proc.kill()
-            out, _ = agency.proc.communicate()
-        agency.output = out
+            agency.proc.wait()
+        agency.output_file.seek(0)
+        agency.output = agency.output_file.read()
+        agency.output_file.close()
         agency.returncode = agency.proc.returncode

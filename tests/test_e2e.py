@@ -29,6 +29,7 @@ from roundrunner import (
     AgencyProcess,
     ServerProcess,
     lottery_command,
+    parse_log_line,
     start_agency,
     start_server,
     stop_server,
@@ -115,9 +116,13 @@ def test_three_agencies_winners_at_chosen_rows(tmp_path: Path) -> None:
     _assert_healthy(server, agencies, status)
     assert _winner_counts(agencies) == [2, 1, 0]
     for agency in agencies:
-        assert f"action: consulta_ganadores | result: success | agencia: {agency.agency}" in (
-            agency.output
-        )
+        lines = [parse_log_line(line) for line in agency.output.splitlines()]
+        answered = [
+            f["cant_ganadores"]
+            for f in lines
+            if f.get("action") == "consulta_ganadores" and f.get("result") == "success"
+        ]
+        assert answered == [str(len(agency.winners or []))]
     assert sorted(_export(tmp_path)) == sorted(_input_bets(files))
 
 
