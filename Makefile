@@ -6,7 +6,7 @@ N      ?= 5
 PORT   ?= 12345
 DATA   ?= demo
 
-.PHONY: install run run-server run-clients test lint format clean
+.PHONY: install run run-server run-clients test lint format bench clean
 
 # The venv is rebuilt whenever pyproject.toml changes.
 $(VENV)/.installed: pyproject.toml
@@ -31,12 +31,16 @@ test: $(VENV)/.installed
 	BIN=$(BIN) scripts/test
 
 lint: $(VENV)/.installed
-	$(BIN)/ruff check lottery tests scripts
-	$(BIN)/ruff format --check lottery tests scripts
+	$(BIN)/ruff check lottery tests scripts benchmarks
+	$(BIN)/ruff format --check lottery tests scripts benchmarks
 
 format: $(VENV)/.installed
-	$(BIN)/ruff format lottery tests scripts
-	$(BIN)/ruff check --fix lottery tests scripts
+	$(BIN)/ruff format lottery tests scripts benchmarks
+	$(BIN)/ruff check --fix lottery tests scripts benchmarks
+
+## make bench: 5 agencies x 200,000 bets, ours vs the threaded baseline vs server alone
+bench: $(VENV)/.installed
+	$(BIN)/python scripts/bench.py $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache .hypothesis data demo
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache .hypothesis data demo bench-data
