@@ -1,7 +1,8 @@
 """The two tp0 CSV layouts: agency files in, the central's ``bets.csv`` out.
 
 - Agency file: ``first_name,last_name,document,birthdate,number``, UTF-8, LF or
-  CRLF line ends, RFC 4180 quoting (so a name may hold commas and quotes).
+  CRLF line ends, RFC 4180 quoting (so a name may hold commas and quotes),
+  one row per line (no valid field holds a line break).
   `AgencyFileReader` reads it in chunks and reports each bad row with its line.
 - ``bets.csv``: ``agency,first_name,last_name,document,birthdate,number``, the
   layout tp0's ``store_bets`` writes (csv module defaults: minimal quoting,
@@ -57,8 +58,8 @@ class AgencyFileReader:
         self._file: IO[str] = open(  # noqa: SIM115 - closed by close() / at EOF
             self.path, newline="", encoding="utf-8-sig", errors="surrogateescape"
         )
-        self._reader = csv.reader(self._file, strict=True)
         self._name = os.fspath(self.path)
+        self._line = 0
 
     def read_chunk(self) -> list[bytes]:
         """Up to ``chunk_size`` valid records; an empty list means end of file."""
@@ -66,15 +67,19 @@ class AgencyFileReader:
         if self._file.closed:
             return records
         append = records.append
-        reader, today = self._reader, self.today
+        readline, today = self._file.readline, self.today
         while len(records) < self.chunk_size:
-            try:
-                row = next(reader)
-            except StopIteration:
+            line = readline()
+            if not line:
                 self.close()
                 break
+            self._line += 1
+            # One physical line at a time: no valid field holds a line break, so
+            # an unterminated quote spoils its own line, not every line after it.
+            try:
+                row = next(csv.reader((line,), strict=True), [])
             except csv.Error as exc:
-                self._reject(reader.line_num, f"not valid CSV ({exc})")
+                self._reject(self._line, f"not valid CSV ({exc})")
                 continue
             if not row:  # blank line, e.g. a trailing newline
                 continue
@@ -82,7 +87,7 @@ class AgencyFileReader:
             try:
                 append(encode_record(row, today))
             except InvalidBet as exc:
-                self._reject(reader.line_num, str(exc))
+                self._reject(self._line, str(exc))
         return records
 
     def _reject(self, line: int, reason: str) -> None:

@@ -359,11 +359,10 @@ def _decode_records(data: bytes, today: str) -> list[Record]:
         raise _explain_records(text, today)
     records: list[Record] = _RECORD_RE.findall(text)
     # Dates repeat a lot; check each distinct one once (results are cached too).
-    for birthdate in {r[3] for r in records}:
-        problem = birthdate_problem(birthdate, today)
-        if problem:
-            index = next(i for i, r in enumerate(records) if r[3] == birthdate)
-            raise InvalidBatch(index, InvalidBet("birthdate", problem))
+    bad = {d: p for d in {r[3] for r in records} if (p := birthdate_problem(d, today))}
+    if bad:  # report the first bad bet, as the slow path does, not a set-order one
+        index = next(i for i, r in enumerate(records) if r[3] in bad)
+        raise InvalidBatch(index, InvalidBet("birthdate", bad[records[index][3]]))
     return records
 
 
