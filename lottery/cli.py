@@ -53,8 +53,10 @@ def loop_factory(name: str = "auto") -> Callable[[], asyncio.AbstractEventLoop]:
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="config file (server: config.ini, agency: config.yaml)")
-    parser.add_argument("--log-level", type=str.upper, choices=LEVELS)
-    parser.add_argument("--log-format", choices=FORMATS)
+    # Values are checked by lottery.config, not argparse, so that a bad one is
+    # the same one-line error (exit 2) as one from the environment or a file.
+    parser.add_argument("--log-level", help=", ".join(LEVELS) + " (default INFO)")
+    parser.add_argument("--log-format", help=", ".join(FORMATS) + " (default console)")
     parser.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default="auto")
 
 
@@ -70,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--data-dir", help="where the store lives (default ./data)")
     server.add_argument("--listen-backlog")
     server.add_argument("--winning-number", help="the number that wins (default 7574)")
-    server.add_argument("--sync", type=str.upper, choices=SYNC_MODES, help="default FULL")
+    server.add_argument("--sync", help=", ".join(SYNC_MODES) + " (default FULL)")
     server.add_argument("--limit-connections", help="default 2N+16; must be ≥ N")
     server.add_argument("--timeout-idle", help="seconds before a silent connection is closed")
     server.add_argument("--timeout-winners", help="seconds a winners query waits for the draw")

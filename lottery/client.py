@@ -355,6 +355,12 @@ class AsyncAgency:
             self._skip = reply.committed_bets
         self._log.debug("handshake", result="success", last_seq=reply.last_seq)
 
+    async def _first_handshake(self) -> None:
+        # The first handshake says where an earlier run of this agency stopped:
+        # it must come before any bet is numbered or skipped.
+        if not self._connected_once:
+            await self.connect()
+
     async def _reconnect(self) -> None:
         await self._drop_connection()
         self.reconnects += 1
@@ -396,6 +402,7 @@ class AsyncAgency:
         """
         fields = bet.fields() if isinstance(bet, Bet) else tuple(bet)
         encode_record(fields)  # validates, raising InvalidBet before anything is sent
+        await self._first_handshake()
         if self._skip:  # stored by an earlier run of this agency
             self._skip -= 1
         else:
@@ -426,6 +433,7 @@ class AsyncAgency:
             ConnectionLost: the server stayed unreachable.
             ServerRefused: the server refused a batch.
         """
+        await self._first_handshake()
         reader: _ChunkReader
         if isinstance(source, str | os.PathLike):
             reader = await asyncio.to_thread(AgencyFileReader, source)

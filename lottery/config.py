@@ -146,12 +146,16 @@ def address(raw: str) -> str:
 
 @dataclass(frozen=True)
 class Option:
-    """One setting: its field, environment variable, config-file key and parser."""
+    """One setting: its field, environment variable, config-file key and parser.
+
+    ``flag`` is its command-line flag, when not ``--`` plus the field's name.
+    """
 
     field: str
     env: str
     file_key: str
     parse: Callable[[str], Any]
+    flag: str | None = None
 
 
 SERVER_OPTIONS = (
@@ -178,7 +182,7 @@ SERVER_OPTIONS = (
 
 AGENCY_OPTIONS = (
     Option("id", "CLI_ID", "id", integer(1, 2**32 - 1)),
-    Option("server_address", "CLI_SERVER_ADDRESS", "server.address", address),
+    Option("server_address", "CLI_SERVER_ADDRESS", "server.address", address, flag="--server"),
     Option("bets", "CLI_BETS_FILE", "bets.file", text),
     Option("batch_max_amount", "CLI_BATCH_MAXAMOUNT", "batch.maxAmount", integer(1, 65535)),
     Option("max_in_flight", "CLI_BATCH_MAXINFLIGHT", "batch.maxInFlight", integer(1, 1024)),
@@ -208,7 +212,7 @@ def resolve(
     values: dict[str, Any] = {}
     for opt in options:
         sources = (
-            (_flag(opt.field), flags.get(opt.field)),
+            (opt.flag or _flag(opt.field), flags.get(opt.field)),
             (f"environment variable {opt.env}", env.get(opt.env)),
             (f"{file_name} {opt.file_key}", file_values.get(opt.file_key)),
         )

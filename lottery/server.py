@@ -94,17 +94,21 @@ class Server:
         """Open the store, rebuild the barrier from it, and start listening."""
         cfg = self.config
         await self._committer.start()
-        done = await self._committer.call(lambda s: s.done_agencies())
-        drawn = await self._committer.call(lambda s: s.drawn())
-        self.barrier = DrawBarrier(cfg.agencies, done, drawn)
-        if drawn:
-            winners = await self._committer.call(lambda s: s.winners(cfg.winning_number))
-            self._winners = {a: tuple(d) for a, d in winners.items()}
-        elif self.barrier.opened:  # every agency was done when the server stopped
-            await self._draw()
-        self._listener = await asyncio.start_server(
-            self._accept, cfg.host, cfg.port, backlog=cfg.listen_backlog
-        )
+        try:
+            done = await self._committer.call(lambda s: s.done_agencies())
+            drawn = await self._committer.call(lambda s: s.drawn())
+            self.barrier = DrawBarrier(cfg.agencies, done, drawn)
+            if drawn:
+                winners = await self._committer.call(lambda s: s.winners(cfg.winning_number))
+                self._winners = {a: tuple(d) for a, d in winners.items()}
+            elif self.barrier.opened:  # every agency was done when the server stopped
+                await self._draw()
+            self._listener = await asyncio.start_server(
+                self._accept, cfg.host, cfg.port, backlog=cfg.listen_backlog
+            )
+        except BaseException:  # e.g. the port is taken: close the store and its thread
+            await self._committer.close()
+            raise
         self._log.info(
             "config",
             result="success",
@@ -285,9 +289,12 @@ class Handler:
         self._protocol = ServerProtocol()
         self._replies: asyncio.Queue[_Reply | None] = asyncio.Queue(MAX_PENDING_REPLIES + 1)
         self._slots = asyncio.Semaphore(MAX_PENDING_REPLIES)
+        self._unanswered = 0  # replies queued or being answered, not yet written
+        self._last_reply = 0.0  # loop time of the last reply written
         self._reader_task: asyncio.Task[None] | None = None
         self.task: asyncio.Task[Any] | None = None
         self.agency: int | None = None
+        self._agency_was_done = False  # at the handshake: its bets are all in
         peer = writer.get_extra_info("peername")
         self._log = get_logger(ip=peer[0] if peer else "?")
 
@@ -319,6 +326,7 @@ class Handler:
 
     async def _queue(self, reply: _Reply) -> None:
         await self._slots.acquire()
+        self._unanswered += 1
         self._replies.put_nowait(reply)
 
     async def _read_loop(self) -> None:
@@ -329,7 +337,11 @@ class Handler:
                     async with asyncio.timeout(idle):
                         data = await self._reader.read(READ_SIZE)
                 except TimeoutError:
-                    if self._replies.qsize():  # e.g. a winners query waiting for the draw
+                    # Not idle while a request is unanswered (e.g. a winners
+                    # query waiting for the draw, already off the queue), nor
+                    # until the peer has had `idle` seconds after the last reply.
+                    since_reply = asyncio.get_running_loop().time() - self._last_reply
+                    if self._unanswered or since_reply < idle:
                         continue
                     self._log.info("idle_timeout", result="success", agencia=self.agency)
                     return
@@ -363,6 +375,12 @@ class Handler:
             await self._dispatch(message)
 
     async def _dispatch(self, message: Message) -> None:
+        if isinstance(message, Batch | SingleBet) and self._agency_was_done:
+            # Done is per agency, not per connection: no bets after it, even
+            # on a new connection (they would miss the draw).
+            raise ProtocolError(
+                f"{type(message).__name__} is not allowed: agency {self.agency} is done"
+            )
         if isinstance(message, Batch):
             await self._submit(message.seq, message.records, None)
         elif isinstance(message, SingleBet):
@@ -377,6 +395,7 @@ class Handler:
     async def _submit(self, seq: int, records: Any, single: Record | None) -> None:
         assert self.agency is not None  # the protocol allows bets only after HELLO
         await self._slots.acquire()
+        self._unanswered += 1
         future = self._server.committer.submit(PendingBatch(self.agency, seq, records))
         self._replies.put_nowait(_BatchReply(future, seq, len(records), single))
 
@@ -390,6 +409,7 @@ class Handler:
             )
         else:
             self.agency = hello.agency
+            self._agency_was_done = hello.agency in self._server.barrier.done
             self._log = self._log.bind(agencia=hello.agency)
             last_seq, committed = await self._server.committer.call(
                 lambda s: s.progress(hello.agency)
@@ -411,6 +431,8 @@ class Handler:
                 self._writer.write(data)
                 async with asyncio.timeout(idle):
                     await self._writer.drain()
+                self._unanswered -= 1
+                self._last_reply = asyncio.get_running_loop().time()
                 self._slots.release()
         except (OSError, TimeoutError):
             # The peer is gone or stopped reading: nothing more can reach it.

@@ -1,0 +1,360 @@
+"""Shared test helpers: real servers on loopback, raw connections, proxies, bets."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import os
+import struct
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lottery.config import ServerConfig
+from lottery.protocol import ClientProtocol, Hello, Message, Welcome, encode
+from lottery.server import Server
+from lottery.store import SQLiteStore
+
+from .conftest import UNIT
+
+__all__ = [
+    "LOOPBACK",
+    "REPLY_TIMEOUT",
+    "WINNING_NUMBER",
+    "CuttableProxy",
+    "RawConnection",
+    "StoredBet",
+    "data_dir_of",
+    "fake_server",
+    "log_events",
+    "make_rows",
+    "raw_connection",
+    "running_server",
+    "split_frames",
+    "stored_bets",
+    "write_agency_file",
+]
+
+LOOPBACK = "127.0.0.1"
+WINNING_NUMBER = 7574
+#: How long a test waits for something that should happen promptly.
+REPLY_TIMEOUT = 5 * UNIT
+
+#: A stored bet as `SQLiteStore.bets` yields it.
+StoredBet = tuple[int, str, str, str, str, int]
+Row = tuple[str, str, str, str, str]
+
+
+def data_dir_of(tmp_path: Path) -> Path:
+    """The data directory `running_server` uses under ``tmp_path`` by default."""
+    return tmp_path / "data"
+
+
+@asynccontextmanager
+async def running_server(tmp_path: Path, **config: Any) -> AsyncIterator[Server]:
+    """A started `Server` on 127.0.0.1, port 0, that is always shut down after.
+
+    ``config`` overrides `ServerConfig` fields; by default the round has two
+    agencies, the store lives in ``tmp_path / "data"`` and commits with
+    ``sync="OFF"`` (durability is the store's tests' business, not speed's).
+    """
+    config.setdefault("agencies", 2)
+    config.setdefault("data_dir", str(data_dir_of(tmp_path)))
+    config.setdefault("sync", "OFF")
+    server = Server(ServerConfig(host=LOOPBACK, port=0, **config))
+    await server.start()
+    try:
+        yield server
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+def stored_bets(data_dir: str | os.PathLike[str]) -> list[StoredBet]:
+    """Every bet in a (stopped) server's data directory, in storage order."""
+    store = SQLiteStore(data_dir)
+    try:
+        return [tuple(row) for row in store.bets()]  # type: ignore[misc]
+    finally:
+        store.close()
+
+
+def make_rows(
+    count: int, *, start: int = 0, winners: Iterable[int] = (), name: str = "Ana"
+) -> list[Row]:
+    """``count`` valid five-field rows with distinct documents.
+
+    Rows whose index (counted from 0, before ``start`` is added) is in
+    ``winners`` bet on the winning number; the others never do.
+    """
+    winning = set(winners)
+    rows: list[Row] = []
+    for i in range(count):
+        number = WINNING_NUMBER if i in winning else (i % 7000) + 1
+        rows.append((name, "Pérez", str(30_000_000 + start + i), "1990-05-17", str(number)))
+    return rows
+
+
+def write_agency_file(path: Path, rows: Iterable[Iterable[str]]) -> Path:
+    """Write ``rows`` as an agency CSV file (tp0's layout, CRLF) and return its path."""
+    import csv
+
+    with path.open("w", newline="", encoding="utf-8") as f:
+        csv.writer(f, lineterminator="\r\n").writerows(rows)
+    return path
+
+
+# -- logs ------------------------------------------------------------------------------------
+
+
+def parse_log_line(line: str) -> dict[str, str]:
+    """A tp0 line's ``key: value`` fields (``action``, ``result``...), or {} for another line."""
+    start = line.find("action: ")
+    if start < 0:
+        return {}
+    fields: dict[str, str] = {}
+    for part in line[start:].split(" | "):
+        key, _, value = part.partition(": ")
+        fields[key] = value
+    return fields
+
+
+def log_events(stream: io.StringIO, action: str, **fields: object) -> list[dict[str, str]]:
+    """The logged events named ``action`` whose fields include ``fields`` (as text)."""
+    wanted = {key: str(value) for key, value in fields.items()}
+    events = (parse_log_line(line) for line in stream.getvalue().splitlines())
+    return [
+        event
+        for event in events
+        if event.get("action") == action and all(event.get(k) == v for k, v in wanted.items())
+    ]
+
+
+# -- raw connections -------------------------------------------------------------------
+
+
+class RawConnection:
+    """A client connection speaking raw frames, decoded with `ClientProtocol`."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self._protocol = ClientProtocol()
+
+    @classmethod
+    async def open(cls, port: int) -> RawConnection:
+        async with asyncio.timeout(REPLY_TIMEOUT):
+            reader, writer = await asyncio.open_connection(LOOPBACK, port)
+        return cls(reader, writer)
+
+    async def send(self, *items: Message | bytes) -> None:
+        """Write the messages (encoded) or raw bytes in one write, then drain."""
+        self.writer.write(b"".join(i if isinstance(i, bytes) else encode(i) for i in items))
+        async with asyncio.timeout(REPLY_TIMEOUT):
+            await self.writer.drain()
+
+    async def receive(self, timeout: float = REPLY_TIMEOUT) -> Message:
+        """The next message from the server; fails on EOF or after ``timeout``."""
+        async with asyncio.timeout(timeout):
+            while (message := self._protocol.next_event()) is None:
+                data = await self.reader.read(65536)
+                if not data:
+                    raise AssertionError("the server closed the connection")
+                self._protocol.receive_data(data)
+        return message
+
+    async def expect_eof(self, timeout: float = REPLY_TIMEOUT) -> None:
+        """Wait until the server closes the connection, with nothing more to read."""
+        leftover = self._protocol.next_event()
+        assert leftover is None, f"unexpected message before EOF: {leftover!r}"
+        async with asyncio.timeout(timeout):
+            while data := await self.reader.read(65536):
+                self._protocol.receive_data(data)
+                leftover = self._protocol.next_event()
+                assert leftover is None, f"unexpected message before EOF: {leftover!r}"
+
+    async def hello(self, agency: int) -> Welcome:
+        """Shake hands as ``agency``; returns the WELCOME."""
+        await self.send(Hello(agency))
+        reply = await self.receive()
+        assert isinstance(reply, Welcome), reply
+        return reply
+
+    async def close(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(OSError):
+            await self.writer.wait_closed()
+
+
+@asynccontextmanager
+async def raw_connection(port: int, agency: int | None = None) -> AsyncIterator[RawConnection]:
+    """A `RawConnection` (after a handshake as ``agency``, if given), always closed."""
+    conn = await RawConnection.open(port)
+    try:
+        if agency is not None:
+            await conn.hello(agency)
+        yield conn
+    finally:
+        await conn.close()
+
+
+# -- frames on the wire ------------------------------------------------------------------
+
+_HEADER = struct.Struct("!IB")
+
+
+def split_frames(data: bytes) -> tuple[list[tuple[int, bytes]], bytes]:
+    """Split ``data`` into whole (type, frame bytes) pairs and the unfinished rest."""
+    frames: list[tuple[int, bytes]] = []
+    pos = 0
+    while len(data) - pos >= _HEADER.size:
+        length, ftype = _HEADER.unpack_from(data, pos)
+        end = pos + _HEADER.size + length
+        if end > len(data):
+            break
+        frames.append((ftype, data[pos:end]))
+        pos = end
+    return frames, data[pos:]
+
+
+# -- a proxy that can cut connections ------------------------------------------------------
+
+
+@dataclass
+class CuttableProxy:
+    """A TCP proxy to ``target_port`` that can cut a connection mid-stream.
+
+    ``cut_after`` maps a connection's number (from 0) to how many bytes of the
+    server's replies it forwards before cutting that connection (both sides).
+    Every client→server frame that passes is recorded in ``client_frames``, and
+    by connection number in ``sent``; the server's forwarded frames in ``received``.
+    """
+
+    target_port: int
+    cut_after: dict[int, int] = field(default_factory=dict)
+    connections: int = 0
+    cuts: int = 0
+    client_frames: list[tuple[int, bytes]] = field(default_factory=list)
+    sent: dict[int, list[tuple[int, bytes]]] = field(default_factory=dict)
+    received: dict[int, list[tuple[int, bytes]]] = field(default_factory=dict)
+    _server: asyncio.Server | None = None
+    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def __aenter__(self) -> CuttableProxy:
+        self._server = await asyncio.start_server(self._handle, LOOPBACK, 0)
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(self._tasks)
+
+    async def _handle(self, c_reader: asyncio.StreamReader, c_writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)  # type: ignore[arg-type]
+        number = self.connections
+        self.connections += 1
+        budget = self.cut_after.get(number)
+        self.sent[number], self.received[number] = [], []
+        s_writer: asyncio.StreamWriter | None = None
+        try:
+            s_reader, s_writer = await asyncio.open_connection(LOOPBACK, self.target_port)
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._upstream(c_reader, s_writer, number))
+                down = tg.create_task(self._downstream(s_reader, c_writer, budget, number))
+                await down
+                raise _Cut
+        except* _Cut:
+            pass
+        except* (OSError, asyncio.CancelledError):
+            pass
+        finally:
+            for writer in (c_writer, s_writer):
+                if writer is not None:
+                    writer.close()
+                    with contextlib.suppress(OSError, asyncio.CancelledError):
+                        await writer.wait_closed()
+            self._tasks.discard(task)  # type: ignore[arg-type]
+
+    async def _upstream(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, number: int
+    ) -> None:
+        pending = b""
+        while data := await reader.read(65536):
+            frames, pending = split_frames(pending + data)
+            self.client_frames.extend(frames)
+            self.sent[number].extend(frames)
+            writer.write(data)
+            await writer.drain()
+        writer.write_eof()
+
+    async def _downstream(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        budget: int | None,
+        number: int,
+    ) -> None:
+        """Forward server→client bytes; return once ``budget`` bytes passed (the cut)."""
+        forwarded = b""
+        while data := await reader.read(65536):
+            cut = budget is not None and len(data) >= budget
+            if budget is not None:
+                data = data[:budget]
+                budget -= len(data)
+            forwarded += data
+            self.received[number] = split_frames(forwarded)[0]
+            writer.write(data)
+            await writer.drain()
+            if cut:
+                self.cuts += 1
+                return
+        # The server closed: the caller passes that on.
+
+
+class _Cut(Exception):
+    """Internal: the proxy's downstream side ended; close the whole connection."""
+
+
+# -- fake servers ------------------------------------------------------------------------
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+@asynccontextmanager
+async def fake_server(handle: Handler) -> AsyncIterator[int]:
+    """Serve ``handle`` on 127.0.0.1, port 0; yields the port; cleans up every connection."""
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def wrapper(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        tasks.add(task)  # type: ignore[arg-type]
+        try:
+            await handle(reader, writer)
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError, asyncio.CancelledError):
+                await writer.wait_closed()
+            tasks.discard(task)  # type: ignore[arg-type]
+
+    server = await asyncio.start_server(wrapper, LOOPBACK, 0)
+    try:
+        yield int(server.sockets[0].getsockname()[1])
+    finally:
+        server.close()
+        for task in list(tasks):
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
