@@ -6,8 +6,11 @@ tp0's black-box tests read log lines of the form::
 
 so that line is an interface. Code logs an event name (the action), a
 ``result`` and key-value fields; `Tp0Renderer` turns them into that line,
-replacing any ``|`` inside a value so the line splits unambiguously. With
-``fmt="json"`` the same event is one JSON object per line.
+replacing any ``|`` inside a value so the line splits unambiguously. The
+fields a logger is bound with (`CONTEXT_FIELDS`: who is speaking) close the
+line, so an event's own fields follow ``result`` exactly as tp0 wrote them
+(``result: success | dni: D | numero: N``). With ``fmt="json"`` the same event
+is one JSON object per line.
 
 Only entry points call `configure`; library modules just call `get_logger`.
 """
@@ -21,10 +24,14 @@ from typing import Any, TextIO
 
 import structlog
 
-__all__ = ["FORMATS", "LEVELS", "Tp0Renderer", "configure", "get_logger"]
+__all__ = ["CONTEXT_FIELDS", "FORMATS", "LEVELS", "Tp0Renderer", "configure", "get_logger"]
 
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 FORMATS = ("console", "json")
+
+
+#: Context fields, moved to the end of a console line.
+CONTEXT_FIELDS = ("ip", "agencia")
 
 
 def _clean(value: object) -> str:
@@ -40,7 +47,8 @@ class Tp0Renderer:
         result = event.pop("result", None)
         if result is not None:
             parts.append(f"result: {_clean(result)}")
-        parts.extend(f"{key}: {_clean(value)}" for key, value in event.items())
+        context = [(key, event.pop(key)) for key in CONTEXT_FIELDS if key in event]
+        parts.extend(f"{key}: {_clean(value)}" for key, value in (*event.items(), *context))
         return f"{timestamp} {method.upper():<8} {' | '.join(parts)}"
 
 

@@ -314,19 +314,19 @@ def test_renderer_replaces_pipes_and_newlines_in_values() -> None:
     assert line.endswith("action: apuesta/rara | result: fail/x | motivo: a / b c d")
 
 
-def test_renderer_puts_bound_context_right_after_result() -> None:
-    """Bound context (ip, agencia) comes first after ``result``, as the README documents."""
+def test_renderer_puts_the_event_fields_right_after_result() -> None:
+    """tp0's fields follow ``result`` directly; bound context (ip, agencia) closes the line."""
     stream = io.StringIO()
     configure("INFO", "console", stream)
     get_logger(ip="127.0.0.1").bind(agencia=1).info(
-        "apuesta_recibida", result="success", cantidad=3
+        "apuesta_almacenada", result="success", dni="30904465", numero=7574
     )
     assert (
         stream.getvalue()
         .rstrip("\n")
         .endswith(
-            " INFO     action: apuesta_recibida | result: success | ip: 127.0.0.1 | agencia: 1"
-            " | cantidad: 3"
+            " INFO     action: apuesta_almacenada | result: success | dni: 30904465"
+            " | numero: 7574 | ip: 127.0.0.1 | agencia: 1"
         )
     )
 
