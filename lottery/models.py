@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import datetime
 import functools
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from .errors import InvalidBet
@@ -25,6 +25,7 @@ __all__ = [
     "FIELD_PATTERNS",
     "Bet",
     "birthdate_problem",
+    "first_bad_birthdate",
     "validate_fields",
 ]
 
@@ -114,6 +115,31 @@ def birthdate_problem(value: str, today: str) -> str | None:
         return f"{value!r} is not a real date"
     if value > today:  # ISO dates compare correctly as text
         return f"{value} is in the future"
+    return None
+
+
+# Birthdates already found valid, per day (validity depends on "today"). Bets
+# share a few tens of thousands of distinct birthdates, so after the first
+# batches a whole batch's dates are checked by one C-level set difference.
+_valid_dates: dict[str, set[str]] = {}
+_VALID_DATES_MAX = 200_000  # bounds memory against a client sending every date
+
+
+def first_bad_birthdate(dates: Iterable[str], today: str) -> tuple[str, str] | None:
+    """The first of ``dates`` (in iteration order) that is not valid, and why."""
+    known = _valid_dates.get(today)
+    if known is None or len(known) > _VALID_DATES_MAX:
+        _valid_dates.clear()
+        known = _valid_dates[today] = set()
+    if isinstance(dates, set | frozenset) and dates <= known:
+        return None
+    for value in dates:
+        if value in known:
+            continue
+        problem = birthdate_problem(value, today)
+        if problem:
+            return value, problem
+        known.add(value)
     return None
 
 

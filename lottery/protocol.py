@@ -36,7 +36,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from .errors import InvalidBatch, InvalidBet, ProtocolError
-from .models import FIELD_PATTERNS, birthdate_problem, validate_fields
+from .models import FIELD_PATTERNS, birthdate_problem, first_bad_birthdate, validate_fields
 
 __all__ = [
     "BATCH_OVERHEAD",
@@ -63,6 +63,7 @@ __all__ = [
     "encode",
     "encode_batch",
     "encode_record",
+    "validate_records",
 ]
 
 PROTOCOL_VERSION = 1
@@ -85,6 +86,9 @@ FS = "\x1f"  # between the fields of a record
 RS = "\x1e"  # after each record
 _RECORD_RE = re.compile(FS.join(f"({p})" for p in FIELD_PATTERNS) + RS)
 _RECORDS_RE = re.compile("(?:" + FS.join(f"(?:{p})" for p in FIELD_PATTERNS) + RS + ")+")
+# Once _RECORDS_RE matched, this finds each record's birthdate, in order: no
+# other field can hold "-" next to a separator.
+_BIRTHDATES_RE = re.compile(f"{FS}([0-9]{{4}}-[0-9]{{2}}-[0-9]{{2}}){FS}[0-9]{{1,4}}{RS}")
 _DOCUMENTS_RE = re.compile(f"(?:[0-9]{{1,10}}(?:{FS}[0-9]{{1,10}})*)?")
 
 #: A bet's five agency-file fields, as text.
@@ -348,6 +352,28 @@ def _explain_records(text: str, today: str) -> InvalidBatch | ProtocolError:
     return ProtocolError("malformed records")
 
 
+def validate_records(text: str, today: str) -> int:
+    """Check a run of wire records (each ended by 0x1E) and return how many.
+
+    The whole run is checked by one regular expression and one pass over its
+    birthdates, both in C; only a failure takes the slow path that finds the
+    first bad bet and says why.
+
+    Raises:
+        InvalidBatch: naming the first invalid bet's index, field and reason.
+        ProtocolError: the text is not records at all.
+    """
+    if not _RECORDS_RE.fullmatch(text):
+        raise _explain_records(text, today)
+    dates = _BIRTHDATES_RE.findall(text)
+    if first_bad_birthdate(set(dates), today) is not None:
+        for index, value in enumerate(dates):  # report the first bad bet, by position
+            problem = birthdate_problem(value, today)
+            if problem:
+                raise InvalidBatch(index, InvalidBet("birthdate", problem))
+    return len(dates)
+
+
 def _decode_records(data: bytes, today: str) -> list[Record]:
     try:
         text = data.decode()
@@ -355,15 +381,9 @@ def _decode_records(data: bytes, today: str) -> list[Record]:
         raise ProtocolError(
             f"records are not valid UTF-8 ({exc.reason} at byte {exc.start})"
         ) from None
-    if not _RECORDS_RE.fullmatch(text):
-        raise _explain_records(text, today)
-    records: list[Record] = _RECORD_RE.findall(text)
-    # Dates repeat a lot; check each distinct one once (results are cached too).
-    bad = {d: p for d in {r[3] for r in records} if (p := birthdate_problem(d, today))}
-    if bad:  # report the first bad bet, as the slow path does, not a set-order one
-        index = next(i for i, r in enumerate(records) if r[3] in bad)
-        raise InvalidBatch(index, InvalidBet("birthdate", bad[records[index][3]]))
-    return records
+    validate_records(text, today)
+    # After validate_records every record has exactly five fields.
+    return [tuple(record.split(FS)) for record in text[:-1].split(RS)]  # type: ignore[misc]
 
 
 def _unpack(layout: struct.Struct, body: bytes, name: str) -> tuple[int, ...]:
@@ -377,10 +397,17 @@ def _decode_hello(body: bytes) -> Hello:
     return Hello(agency, version)
 
 
+def _check_seq(seq: int) -> None:
+    # Sequences start at 1: a 0 would look "already stored" and be acked unstored.
+    if seq == 0:
+        raise ProtocolError("sequence 0 is not valid; an agency's sequences start at 1")
+
+
 def _decode_bet(body: bytes, today: str) -> SingleBet:
     if len(body) < _SEQ.size:
         raise ProtocolError("BET body too short for its sequence")
     (seq,) = _SEQ.unpack_from(body)
+    _check_seq(seq)
     try:
         records = _decode_records(body[_SEQ.size :], today)
     except InvalidBatch as exc:
@@ -395,6 +422,7 @@ def _decode_batch(body: bytes, today: str) -> Batch:
     if len(body) < _BATCH.size:
         raise ProtocolError("BATCH body too short for its header")
     seq, count = _BATCH.unpack_from(body)
+    _check_seq(seq)
     if count == 0:
         raise ProtocolError("BATCH holds no bets")
     try:

@@ -230,7 +230,7 @@ valid_records = st.tuples(
 
 
 @FUZZ
-@given(seq=st.integers(0, 2**32 - 1), records=st.lists(valid_records, min_size=1, max_size=8))
+@given(seq=st.integers(1, 2**32 - 1), records=st.lists(valid_records, min_size=1, max_size=8))
 def test_any_valid_batch_round_trips(seq: int, records: list[Record]) -> None:
     """A batch of any valid bets (unicode names included) decodes to the same bets."""
     encoded = [encode_record(r, TODAY) for r in records]
@@ -489,6 +489,8 @@ def test_the_transition_table_covers_every_state() -> None:
         (frame(FrameType.BET, b"\x00\x00"), "too short"),
         (frame(FrameType.BATCH, b"\x00\x00\x00\x01\x00"), "too short"),
         (batch_frame(1, 0, b""), "no bets"),
+        (batch_frame(0, 1, raw_record(rec())), "sequence 0"),
+        (frame(FrameType.BET, struct.pack("!I", 0) + raw_record(rec())), "sequence 0"),
         (batch_frame(1, 1, b""), "0x1E"),
         (batch_frame(1, 3, raw_record(rec()) * 2), "announces 3 bets but holds 2"),
         (batch_frame(1, 1, raw_record(rec()) * 2), "announces 1 bets but holds 2"),
@@ -508,7 +510,7 @@ def test_the_transition_table_covers_every_state() -> None:
     ],
 )
 def test_malformed_bodies_are_protocol_errors(data: bytes, reason: str) -> None:
-    """Bad bodies (wrong counts, empty batch, non-UTF-8, missing separators) are refused."""
+    """Bad bodies (wrong counts, empty batch, sequence 0, non-UTF-8, no separators) are refused."""
     proto = opened()
     proto.receive_data(data)
     with pytest.raises(ProtocolError, match=reason) as info:
