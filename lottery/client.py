@@ -39,7 +39,7 @@ from collections.abc import Awaitable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from .csvfiles import AgencyFileReader, RejectedRow
+from .csvfiles import AgencyFileReader, RecordBlock, RejectedRow
 from .errors import (
     ConnectionLost,
     InvalidBet,
@@ -50,9 +50,8 @@ from .errors import (
 from .log import get_logger
 from .models import Bet
 from .protocol import (
-    BATCH_OVERHEAD,
-    MAX_FRAME_SIZE,
     Ack,
+    BatchCutter,
     ClientProtocol,
     Done,
     Error,
@@ -65,15 +64,16 @@ from .protocol import (
     Winners,
     WinnersQuery,
     encode,
-    encode_batch,
+    encode_batch_data,
     encode_record,
+    skip_records,
 )
 
 __all__ = ["AsyncAgency", "RoundResult", "SendReport"]
 
 READ_SIZE = 65536
-#: Chunks of parsed records waiting for the batcher.
-RECORD_QUEUE_SIZE = 4
+#: Blocks of validated records waiting for the batcher.
+BLOCK_QUEUE_SIZE = 4
 # Refusals worth a reconnect: the server may have room or be back later.
 _RETRYABLE_CODES = {ErrorCode.TOO_MANY_CONNECTIONS, ErrorCode.SHUTTING_DOWN}
 
@@ -102,10 +102,10 @@ class _Outgoing:
     count: int
 
 
-class _ChunkReader(Protocol):
+class _BlockReader(Protocol):
     rejected: list[RejectedRow]
 
-    def read_chunk(self) -> list[bytes]: ...
+    def read_block(self) -> RecordBlock | None: ...
 
     def close(self) -> None: ...
 
@@ -120,7 +120,7 @@ class _IterableReader:
         self._today = datetime.date.today().isoformat()
         self.rejected: list[RejectedRow] = []
 
-    def read_chunk(self) -> list[bytes]:
+    def read_block(self) -> RecordBlock | None:
         records: list[bytes] = []
         for item in self._iterator:
             self._index += 1
@@ -131,7 +131,7 @@ class _IterableReader:
                 self.rejected.append(RejectedRow("<bets>", self._index, str(exc)))
             if len(records) >= self._chunk_size:
                 break
-        return records
+        return RecordBlock(b"".join(records), len(records)) if records else None
 
     def close(self) -> None:
         pass
@@ -434,18 +434,18 @@ class AsyncAgency:
             ServerRefused: the server refused a batch.
         """
         await self._first_handshake()
-        reader: _ChunkReader
+        reader: _BlockReader
         if isinstance(source, str | os.PathLike):
             reader = await asyncio.to_thread(AgencyFileReader, source)
         else:
             reader = _IterableReader(source)
         report = SendReport()
-        records: asyncio.Queue[list[bytes] | None] = asyncio.Queue(RECORD_QUEUE_SIZE)
+        blocks: asyncio.Queue[RecordBlock | None] = asyncio.Queue(BLOCK_QUEUE_SIZE)
         frames: asyncio.Queue[_Outgoing | None] = asyncio.Queue(self.max_in_flight)
         try:
             await _run_together(
-                self._read_records(reader, records),
-                self._cut_batches(records, frames, report),
+                self._read_blocks(reader, blocks),
+                self._cut_batches(blocks, frames, report),
                 self._send_batches(frames, report),
             )
         finally:
@@ -453,47 +453,43 @@ class AsyncAgency:
         report.rejected = list(reader.rejected)
         return report
 
-    async def _read_records(self, reader: _ChunkReader, out: asyncio.Queue[Any]) -> None:
+    async def _read_blocks(self, reader: _BlockReader, out: asyncio.Queue[Any]) -> None:
         logged = 0
         while True:
-            chunk = await asyncio.to_thread(reader.read_chunk)
+            # Reading and validating a block is blocking work: off the loop.
+            block = await asyncio.to_thread(reader.read_block)
             for row in reader.rejected[logged:]:
                 self._log.warning(
                     "apuesta_rechazada", result="fail", archivo=row.path, linea=row.line,
                     motivo=row.reason,
                 )  # fmt: skip
             logged = len(reader.rejected)
-            if not chunk:
+            if block is None:
                 break
-            await out.put(chunk)
+            await out.put(block)
         await out.put(None)
 
     async def _cut_batches(
-        self, inp: asyncio.Queue[list[bytes] | None], out: asyncio.Queue[Any], report: SendReport
+        self, inp: asyncio.Queue[RecordBlock | None], out: asyncio.Queue[Any], report: SendReport
     ) -> None:
-        max_amount = self.batch_max_amount
-        batch: list[bytes] = []
-        size = BATCH_OVERHEAD
-        while (chunk := await inp.get()) is not None:
-            if self._skip:
-                skipped = min(self._skip, len(chunk))
-                chunk = chunk[skipped:]
+        cutter = BatchCutter(self.batch_max_amount)
+        while (block := await inp.get()) is not None:
+            data = block.data
+            if self._skip:  # stored by an earlier run of this agency
+                data, skipped = skip_records(data, self._skip)
                 self._skip -= skipped
                 report.skipped += skipped
-            for record in chunk:
-                if batch and (len(batch) >= max_amount or size + len(record) > MAX_FRAME_SIZE):
-                    await out.put(self._make_batch(batch))
-                    batch, size = [], BATCH_OVERHEAD
-                batch.append(record)
-                size += len(record)
-        if batch:  # the last, short batch: never drop it
-            await out.put(self._make_batch(batch))
+            for records, count in cutter.feed(data):
+                await out.put(self._make_batch(records, count))
+        last = cutter.flush()
+        if last is not None:  # the last, short batch: never drop it
+            await out.put(self._make_batch(*last))
         await out.put(None)
 
-    def _make_batch(self, records: list[bytes]) -> _Outgoing:
+    def _make_batch(self, records: bytes, count: int) -> _Outgoing:
         seq = self._next_seq
         self._next_seq += 1
-        return _Outgoing(seq, encode_batch(seq, records), len(records))
+        return _Outgoing(seq, encode_batch_data(seq, records, count), count)
 
     async def _send_batches(self, frames: asyncio.Queue[Any], report: SendReport) -> None:
         window = _Window(self.max_in_flight)

@@ -3,7 +3,8 @@
 - Agency file: ``first_name,last_name,document,birthdate,number``, UTF-8, LF or
   CRLF line ends, RFC 4180 quoting (so a name may hold commas and quotes),
   one row per line (no valid field holds a line break).
-  `AgencyFileReader` reads it in chunks and reports each bad row with its line.
+  `AgencyFileReader` reads it in blocks of validated wire records and
+  reports each bad row with its line.
 - ``bets.csv``: ``agency,first_name,last_name,document,birthdate,number``, the
   layout tp0's ``store_bets`` writes (csv module defaults: minimal quoting,
   CRLF line ends). `write_bets_csv` / `read_bets_csv`.
@@ -15,15 +16,16 @@ from __future__ import annotations
 
 import csv
 import datetime
+import io
 import os
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import IO
 
-from .errors import InvalidBet
-from .protocol import encode_record
+from .errors import InvalidBet, ProtocolError
+from .protocol import FS, RS, encode_record, validate_records
 
-__all__ = ["AgencyFileReader", "RejectedRow", "read_bets_csv", "write_bets_csv"]
+__all__ = ["AgencyFileReader", "RecordBlock", "RejectedRow", "read_bets_csv", "write_bets_csv"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,63 +40,153 @@ class RejectedRow:
         return f"{self.path}:{self.line}: {self.reason}"
 
 
-@dataclass
-class AgencyFileReader:
-    """Reads an agency file as validated wire records, a chunk at a time.
+@dataclass(frozen=True, slots=True)
+class RecordBlock:
+    """Validated wire records, each ended by 0x1E, ready to be cut into batches."""
 
-    Each call to `read_chunk` returns up to ``chunk_size`` encoded records
-    (see `lottery.protocol.encode_record`) and an empty list at the end. Bad
-    rows are not returned; they are appended to `rejected`.
+    data: bytes
+    count: int
+
+
+# csv.writer settings that turn a parsed row into a wire record. QUOTE_NONE
+# with no escape character makes the writer refuse a field that holds a
+# separator, which validation would refuse anyway.
+_WIRE_DIALECT = {
+    "delimiter": FS,
+    "lineterminator": RS,
+    "quoting": csv.QUOTE_NONE,
+    "quotechar": None,
+    "escapechar": None,
+}
+_BOM = b"\xef\xbb\xbf"
+
+
+class AgencyFileReader:
+    """Reads an agency file as blocks of validated wire records.
+
+    `read_block` returns the next `RecordBlock` (about ``block_size`` bytes of
+    whole lines), or None at the end of the file. Bad rows are in no block:
+    they are appended to `rejected`, with their line number and the reason.
+
+    A block is converted in bulk, in C: a few ``str.replace`` calls turn plain
+    CSV into wire records (the csv module's reader and writer do it when the
+    block holds quotes), and one regular expression validates the lot. Only a
+    block holding a bad row is read again line by line, to say which and why.
+    Each physical line is one row: no valid field holds a line break, so an
+    unterminated quote spoils its own line and not the lines after it.
     """
 
-    path: str | os.PathLike[str]
-    chunk_size: int = 4096
-    today: str = field(default_factory=lambda: datetime.date.today().isoformat())
-    rejected: list[RejectedRow] = field(default_factory=list)
-    rows_read: int = 0
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        block_size: int = 1 << 18,
+        today: str | None = None,
+    ) -> None:
+        self.path = path
+        self.block_size = block_size
+        self.today = today or datetime.date.today().isoformat()
+        self.rejected: list[RejectedRow] = []
+        self.rows_read = 0
+        self._name = os.fspath(path)
+        self._file: IO[bytes] = open(path, "rb")  # noqa: SIM115 - closed by close() / at EOF
+        self._carry = b""  # the start of a line whose end is not read yet
+        self._line = 0  # lines handed out so far
+        self._at_start = True
 
-    def __post_init__(self) -> None:
-        # surrogateescape: a byte that is not UTF-8 fails its row, not the file.
-        self._file: IO[str] = open(  # noqa: SIM115 - closed by close() / at EOF
-            self.path, newline="", encoding="utf-8-sig", errors="surrogateescape"
-        )
-        self._name = os.fspath(self.path)
-        self._line = 0
+    def read_block(self) -> RecordBlock | None:
+        """The next block of valid records, or None at the end of the file."""
+        while raw := self._next_lines():
+            first_line = self._line + 1
+            self._line += raw.count(b"\n") + (not raw.endswith(b"\n"))
+            block = self._convert(raw) or self._convert_line_by_line(raw, first_line)
+            if block.count:
+                return block
+        return None
 
-    def read_chunk(self) -> list[bytes]:
-        """Up to ``chunk_size`` valid records; an empty list means end of file."""
-        records: list[bytes] = []
+    def _next_lines(self) -> bytes:
+        """Whole lines, about ``block_size`` bytes of them; b"" at the end."""
         if self._file.closed:
-            return records
-        append = records.append
-        readline, today = self._file.readline, self.today
-        while len(records) < self.chunk_size:
-            line = readline()
-            if not line:
+            return b""
+        data = self._carry
+        while True:
+            chunk = self._file.read(self.block_size)
+            if self._at_start:
+                self._at_start = False
+                chunk = chunk.removeprefix(_BOM)
+            if not chunk:  # end of file: the last line may lack its newline
                 self.close()
-                break
-            self._line += 1
-            # One physical line at a time: no valid field holds a line break, so
-            # an unterminated quote spoils its own line, not every line after it.
+                self._carry = b""
+                return data
+            data += chunk
+            cut = data.rfind(b"\n") + 1
+            if cut:  # else one line is longer than a block: read on
+                self._carry = data[cut:]
+                return data[:cut]
+
+    def _convert(self, raw: bytes) -> RecordBlock | None:
+        """The fast path: the whole block at once, or None if any row is bad."""
+        try:
+            text = raw.decode()
+        except UnicodeDecodeError:
+            return None
+        lines = text.count("\n") + (not text.endswith("\n"))
+        if '"' in text:
+            out = io.StringIO()
             try:
-                row = next(csv.reader((line,), strict=True), [])
-            except csv.Error as exc:
-                self._reject(self._line, f"not valid CSV ({exc})")
+                csv.writer(out, **_WIRE_DIALECT).writerows(  # type: ignore[arg-type]
+                    csv.reader(io.StringIO(text, newline=""), strict=True)
+                )
+            except csv.Error:
+                return None
+            body = out.getvalue()
+        else:
+            body = text.replace("\r\n", "\n")
+            if not body.endswith("\n"):
+                body += "\n"
+            body = body.replace(",", FS).replace("\n", RS)
+        if body.count(RS) != lines:  # a blank line, or a quoted field across lines
+            return None
+        try:
+            count = validate_records(body, self.today)
+        except ProtocolError:
+            return None
+        self.rows_read += count
+        return RecordBlock(body.encode(), count)
+
+    def _convert_line_by_line(self, raw: bytes, first_line: int) -> RecordBlock:
+        """The slow path: each line alone, so each bad row is named."""
+        records: list[bytes] = []
+        text = raw.decode(errors="surrogateescape")  # bad UTF-8 fails its own row
+        lines = text.split("\n")
+        if text.endswith("\n"):
+            lines.pop()
+        for number, line in enumerate(lines, first_line):
+            line = line.removesuffix("\r")
+            if not line:  # blank line
                 continue
-            if not row:  # blank line, e.g. a trailing newline
+            try:
+                row = next(csv.reader((line,), strict=True))
+            except csv.Error as exc:
+                self._reject(number, f"not valid CSV ({exc})")
                 continue
             self.rows_read += 1
             try:
-                append(encode_record(row, today))
+                records.append(encode_record(row, self.today))
             except InvalidBet as exc:
-                self._reject(self._line, str(exc))
-        return records
+                self._reject(number, str(exc))
+        return RecordBlock(b"".join(records), len(records))
 
     def _reject(self, line: int, reason: str) -> None:
         self.rejected.append(RejectedRow(self._name, line, reason))
 
     def close(self) -> None:
         self._file.close()
+
+    def __enter__(self) -> AgencyFileReader:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
 
 def write_bets_csv(rows: Iterable[Iterable[object]], out: IO[str]) -> int:

@@ -40,10 +40,13 @@ from .models import FIELD_PATTERNS, birthdate_problem, first_bad_birthdate, vali
 
 __all__ = [
     "BATCH_OVERHEAD",
+    "FS",
     "MAX_FRAME_SIZE",
     "PROTOCOL_VERSION",
+    "RS",
     "Ack",
     "Batch",
+    "BatchCutter",
     "ClientProtocol",
     "Done",
     "Error",
@@ -62,7 +65,9 @@ __all__ = [
     "WinnersQuery",
     "encode",
     "encode_batch",
+    "encode_batch_data",
     "encode_record",
+    "skip_records",
     "validate_records",
 ]
 
@@ -234,7 +239,85 @@ def encode_record(fields: Sequence[str], today: str | None = None) -> bytes:
 
 def encode_batch(seq: int, records: Sequence[bytes]) -> bytes:
     """The BATCH frame for already-encoded records (see `encode_record`)."""
-    return _frame(FrameType.BATCH, _BATCH.pack(seq, len(records)) + b"".join(records))
+    return encode_batch_data(seq, b"".join(records), len(records))
+
+
+def encode_batch_data(seq: int, data: bytes, count: int) -> bytes:
+    """The BATCH frame for ``count`` encoded records already joined in ``data``."""
+    return _frame(FrameType.BATCH, _BATCH.pack(seq, count) + data)
+
+
+_RS_BYTE = RS.encode()
+
+
+class BatchCutter:
+    """Cuts a stream of encoded records into batches, greedily.
+
+    Feed it runs of whole records (each ended by 0x1E) with `feed`; it returns
+    each batch as soon as it is full: at ``max_amount`` bets, or when the next
+    record would push the BATCH frame over `MAX_FRAME_SIZE`, whichever comes
+    first. So with small bets only the last batch, from `flush`, is short.
+    Batches may span fed runs. The cutting works on bytes with ``rfind`` and
+    ``count``, in C, not record by record.
+    """
+
+    def __init__(self, max_amount: int, max_frame: int = MAX_FRAME_SIZE) -> None:
+        if max_amount < 1:
+            raise ValueError("max_amount must be at least 1")
+        self.max_amount = max_amount
+        self.max_bytes = max_frame - BATCH_OVERHEAD  # room for records in one frame
+        self._parts: list[bytes] = []
+        self._size = 0
+        self._count = 0
+
+    def feed(self, data: bytes) -> list[tuple[bytes, int]]:
+        """Add records; returns the batches they filled, as (records, count)."""
+        batches: list[tuple[bytes, int]] = []
+        pos, end = 0, len(data)
+        while pos < end:
+            # The longest run of whole records from pos that still fits.
+            stop = data.rfind(_RS_BYTE, pos, pos + self.max_bytes - self._size) + 1
+            if stop <= pos:  # not even one more record fits: this batch is full
+                if not self._count:
+                    raise ValueError("a record is larger than a whole frame")
+                batches.append(self._take())
+                continue
+            count = data.count(_RS_BYTE, pos, stop)
+            wanted = self.max_amount - self._count
+            if count > wanted:  # the count limit comes first
+                stop = pos
+                for _ in range(wanted):
+                    stop = data.index(_RS_BYTE, stop) + 1
+                count = wanted
+            self._parts.append(data[pos:stop])
+            self._size += stop - pos
+            self._count += count
+            pos = stop
+            if self._count == self.max_amount:
+                batches.append(self._take())
+        return batches
+
+    def flush(self) -> tuple[bytes, int] | None:
+        """The last, possibly short, batch (None if nothing is left)."""
+        return self._take() if self._count else None
+
+    def _take(self) -> tuple[bytes, int]:
+        batch = (b"".join(self._parts), self._count)
+        self._parts, self._size, self._count = [], 0, 0
+        return batch
+
+
+def skip_records(data: bytes, count: int) -> tuple[bytes, int]:
+    """Drop up to ``count`` whole records from the start of ``data``.
+
+    Returns:
+        What is left, and how many records were dropped.
+    """
+    pos = skipped = 0
+    while skipped < count and pos < len(data):
+        pos = data.index(_RS_BYTE, pos) + 1
+        skipped += 1
+    return data[pos:], skipped
 
 
 def _encode_winners(documents: Sequence[str]) -> bytes:

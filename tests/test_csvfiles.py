@@ -14,13 +14,12 @@ from hypothesis import strategies as st
 
 from lottery.csvfiles import AgencyFileReader, RejectedRow, read_bets_csv, write_bets_csv
 from lottery.protocol import (
-    BATCH_OVERHEAD,
-    MAX_FRAME_SIZE,
     Batch,
+    BatchCutter,
     Hello,
     ServerProtocol,
     encode,
-    encode_batch,
+    encode_batch_data,
 )
 
 pytestmark = pytest.mark.timeout(30)
@@ -51,13 +50,19 @@ def decode(record: bytes) -> Row:
     return tuple(record[:-1].decode().split("\x1f"))
 
 
-def read_all(path: str | Path, chunk_size: int = 4096) -> tuple[list[Row], AgencyFileReader]:
-    """Every record of ``path`` read chunk by chunk, and the reader (for its rejected rows)."""
-    reader = AgencyFileReader(path, chunk_size=chunk_size, today=TODAY)
+def records_of(data: bytes) -> list[bytes]:
+    """The wire records of a block's data, each with its 0x1E."""
+    return [r + b"\x1e" for r in data.split(b"\x1e")[:-1]]
+
+
+def read_all(path: str | Path, block_size: int = 1 << 18) -> tuple[list[Row], AgencyFileReader]:
+    """Every record of ``path`` read block by block, and the reader (for its rejected rows)."""
+    reader = AgencyFileReader(path, block_size=block_size, today=TODAY)
     rows: list[Row] = []
-    while chunk := reader.read_chunk():
-        assert len(chunk) <= chunk_size
-        rows.extend(decode(r) for r in chunk)
+    while (block := reader.read_block()) is not None:
+        records = records_of(block.data)
+        assert block.count == len(records) > 0
+        rows.extend(decode(r) for r in records)
     return rows, reader
 
 
@@ -77,9 +82,9 @@ CARLA_ROW = ("Carla", "Sosa", "34407251", "2001-08-29", "1033")
 # -- quoting ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("chunk_size", [1, 2, 4096])
+@pytest.mark.parametrize("block_size", [1, 40, 1 << 18])
 def test_quoted_commas_and_doubled_quotes_are_one_field_each(
-    tmp_path: Path, chunk_size: int
+    tmp_path: Path, block_size: int
 ) -> None:
     """Quoted names with commas and "" escapes are read whole; no bet is dropped or repeated."""
     path = write(
@@ -92,7 +97,7 @@ def test_quoted_commas_and_doubled_quotes_are_one_field_each(
             CARLA,
         ),
     )
-    rows, reader = read_all(path, chunk_size)
+    rows, reader = read_all(path, block_size)
     assert rows == [
         ANA_ROW,
         ("Pérez, Juan", "O'Hara", "11111111", "1980-01-02", "1"),
@@ -190,7 +195,7 @@ def test_a_bad_row_is_reported_with_file_line_and_reason(
 def test_an_unterminated_quote_spoils_only_its_own_line(tmp_path: Path) -> None:
     """An opening quote never closed rejects its line; the lines after it are still read."""
     data = lines(ANA, '"Juan,Perez,11111111,1980-01-02,1', BETO, CARLA, '"Zoe,Ruiz')
-    rows, reader = read_all(write(tmp_path, data), chunk_size=2)
+    rows, reader = read_all(write(tmp_path, data), block_size=2)
     assert rows == [ANA_ROW, BETO_ROW, CARLA_ROW]
     assert [(r.line, r.reason) for r in reader.rejected] == [
         (2, "not valid CSV (unexpected end of data)"),
@@ -199,41 +204,56 @@ def test_an_unterminated_quote_spoils_only_its_own_line(tmp_path: Path) -> None:
 
 
 def test_many_bad_rows_are_all_reported_in_order(tmp_path: Path) -> None:
-    """Every bad row of a file is listed, in file order, and good ones fill the chunks."""
+    """Every bad row of a file is listed, in file order, and good ones fill the blocks."""
     text = []
     for i in range(1, 31):
         text.append(f"N{i},L{i},{i},1990-01-01,{i}" if i % 3 else f"N{i},L{i},x{i},1990-01-01,1")
-    rows, reader = read_all(write(tmp_path, lines(*text)), chunk_size=4)
+    rows, reader = read_all(write(tmp_path, lines(*text)), block_size=64)
     assert [r[2] for r in rows] == [str(i) for i in range(1, 31) if i % 3]
     assert [r.line for r in reader.rejected] == list(range(3, 31, 3))
     assert reader.rows_read == 30
 
 
-# -- chunking ----------------------------------------------------------------------------------
+# -- blocks ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("chunk_size", [1, 3, 4096])
-@pytest.mark.parametrize("count", [0, 1, 2, 3, 4, 6, 7, 4095, 4096, 4097, 8192])
-def test_chunking_loses_no_row(tmp_path: Path, chunk_size: int, count: int) -> None:
-    """Whether or not the row count is a multiple of chunk_size, every row comes out once."""
+@pytest.mark.parametrize("block_size", [1, 3, 100, 1 << 18])
+@pytest.mark.parametrize("count", [0, 1, 2, 3, 4, 6, 7, 4095, 4096, 4097])
+def test_blocks_lose_no_row(tmp_path: Path, block_size: int, count: int) -> None:
+    """Whatever the block size, every row comes out once, in order, in whole records."""
     text = [f"Name{i},Last{i},{i},1990-01-01,{i % 10000}" for i in range(count)]
-    reader = AgencyFileReader(write(tmp_path, lines(*text, end="\r\n")), chunk_size, TODAY)
-    chunks = []
-    while chunk := reader.read_chunk():
-        chunks.append(chunk)
-    assert [len(c) for c in chunks[:-1]] == [chunk_size] * (len(chunks) - 1)
-    assert [decode(r)[2] for c in chunks for r in c] == [str(i) for i in range(count)]
+    reader = AgencyFileReader(write(tmp_path, lines(*text, end="\r\n")), block_size, TODAY)
+    records = []
+    while (block := reader.read_block()) is not None:
+        assert block.count == len(records_of(block.data))
+        records.extend(records_of(block.data))
+    assert [decode(r)[2] for r in records] == [str(i) for i in range(count)]
     assert reader.rows_read == count
-    assert reader.read_chunk() == []
-    assert reader.read_chunk() == []
+    assert reader.read_block() is None
+    assert reader.read_block() is None
 
 
-def test_read_chunk_after_close_returns_nothing(tmp_path: Path) -> None:
-    """Closing the reader early ends it: read_chunk returns [] and close may be repeated."""
-    reader = AgencyFileReader(write(tmp_path, lines(ANA, BETO, CARLA)), 1, TODAY)
-    assert [decode(r) for r in reader.read_chunk()] == [ANA_ROW]
+def test_a_last_line_without_newline_is_read(tmp_path: Path) -> None:
+    """The file's last row counts even with no line end after it."""
+    rows, reader = read_all(write(tmp_path, (ANA + "\r\n" + BETO).encode()))
+    assert rows == [ANA_ROW, BETO_ROW]
+    assert reader.rejected == []
+
+
+@pytest.mark.parametrize("quoted", [False, True])
+def test_a_bad_row_does_not_spoil_the_good_rows_of_its_block(tmp_path: Path, quoted: bool) -> None:
+    """A block with one bad row keeps every good row of it, with or without quotes in it."""
+    first = '"Ana, la ""Tana""",Díaz,1,1999-03-17,1' if quoted else ANA
+    rows, reader = read_all(write(tmp_path, lines(first, "x,y,zz,1999-03-17,1", BETO)))
+    assert len(rows) == 2 and rows[1] == BETO_ROW
+    assert [r.line for r in reader.rejected] == [2]
+
+
+def test_read_block_after_close_returns_nothing(tmp_path: Path) -> None:
+    """Closing the reader early ends it: read_block returns None and close may be repeated."""
+    reader = AgencyFileReader(write(tmp_path, lines(ANA, BETO, CARLA)), 1 << 18, TODAY)
     reader.close()
-    assert reader.read_chunk() == []
+    assert reader.read_block() is None
     reader.close()
 
 
@@ -257,8 +277,10 @@ def test_reader_today_decides_what_is_in_the_future(tmp_path: Path) -> None:
     """The reader's ``today`` sets the future-birthdate cut-off."""
     path = write(tmp_path, lines("Ana,Diaz,1,2024-06-02,1"))
     assert read_all(path)[0] == []
-    reader = AgencyFileReader(path, today="2024-06-02")
-    assert [decode(r) for r in reader.read_chunk()] == [("Ana", "Diaz", "1", "2024-06-02", "1")]
+    with AgencyFileReader(path, today="2024-06-02") as reader:
+        block = reader.read_block()
+    assert block is not None
+    assert [decode(r) for r in records_of(block.data)] == [("Ana", "Diaz", "1", "2024-06-02", "1")]
 
 
 # -- bets.csv ----------------------------------------------------------------------------------
@@ -346,21 +368,19 @@ def test_every_row_of_the_tp0_dataset_is_read_and_sent(tmp_path: Path) -> None:
         server = ServerProtocol()
         server.receive_data(encode(Hello(1)))
         assert server.next_event(TODAY) == Hello(1)
-        batch: list[bytes] = []
-        size, seq, decoded = BATCH_OVERHEAD, 0, 0
-        while chunk := reader.read_chunk():
-            for record in [*chunk, b""]:  # the empty record flushes the last batch of the chunk
-                if batch and (not record or size + len(record) > MAX_FRAME_SIZE):
-                    seq += 1
-                    server.receive_data(encode_batch(seq, batch))
-                    message = server.next_event(TODAY)
-                    assert isinstance(message, Batch)
-                    assert len(message.records) == len(batch)
-                    decoded += len(batch)
-                    batch, size = [], BATCH_OVERHEAD
-                if record:
-                    batch.append(record)
-                    size += len(record)
+        cutter = BatchCutter(200)
+        batches = []
+        while (block := reader.read_block()) is not None:
+            batches += cutter.feed(block.data)
+        last = cutter.flush()
+        batches += [last] if last else []
+        decoded = 0
+        for seq, (data, count) in enumerate(batches, 1):
+            server.receive_data(encode_batch_data(seq, data, count))
+            message = server.next_event(TODAY)
+            assert isinstance(message, Batch)
+            assert len(message.records) == count
+            decoded += count
         assert reader.rejected == [], reader.rejected[:3]
         assert reader.rows_read == expected == decoded, name
         total += decoded

@@ -881,3 +881,71 @@ def test_the_protocol_doc_lists_every_error_code_and_transition() -> None:
         for ftype, after in row.items():
             line = rf"^\| {state.value} \| `{FrameType(ftype).name}` \| {after.value} \|"
             assert re.search(line, text, re.M), line
+
+
+# -- cutting records into batches ---------------------------------------------------------------
+
+
+def _records(sizes: Sequence[int]) -> list[bytes]:
+    """Records of the given total sizes (each ends with 0x1E), distinguishable by content."""
+    return [(f"{i:x}".rjust(size - 1, "a")).encode() + b"\x1e" for i, size in enumerate(sizes)]
+
+
+def _cut(cutter: protocol.BatchCutter, pieces: Sequence[bytes]) -> list[tuple[bytes, int]]:
+    batches = [b for piece in pieces for b in cutter.feed(piece)]
+    last = cutter.flush()
+    return batches + ([last] if last else [])
+
+
+def test_batches_are_cut_at_max_amount() -> None:
+    """With small records the count limit cuts: full batches, then one short last batch."""
+    records = _records([10] * 10)
+    batches = _cut(protocol.BatchCutter(3), [b"".join(records)])
+    assert [count for _, count in batches] == [3, 3, 3, 1]
+    assert b"".join(data for data, _ in batches) == b"".join(records)
+
+
+def test_batches_are_cut_before_the_frame_limit() -> None:
+    """With big records the 8 KiB limit cuts first: no frame ever passes MAX_FRAME_SIZE."""
+    records = _records([1000] * 20)
+    batches = _cut(protocol.BatchCutter(200), [b"".join(records)])
+    assert [count for _, count in batches] == [8, 8, 4]
+    for seq, (data, count) in enumerate(batches, 1):
+        assert len(protocol.encode_batch_data(seq, data, count)) <= MAX_FRAME_SIZE
+
+
+@FUZZ
+@given(
+    sizes=st.lists(st.integers(2, 900), min_size=1, max_size=60),
+    max_amount=st.integers(1, 30),
+    cuts=st.lists(st.integers(0, 60_000), max_size=6),
+)
+def test_cutting_is_greedy_and_loses_nothing(
+    sizes: list[int], max_amount: int, cuts: list[int]
+) -> None:
+    """However records arrive, batches keep each record once, in order, each as full as allowed."""
+    records = _records(sizes)
+    data = b"".join(records)
+    bounds = sorted({0, len(data), *(c for c in cuts if c < len(data))})
+    # Feed whole records only, split at record boundaries near the random cuts.
+    ends = sorted({data.find(b"\x1e", b) + 1 for b in bounds[1:-1]} - {0} | {len(data)})
+    pieces = [data[a:b] for a, b in itertools.pairwise([0, *ends])]
+    batches = _cut(protocol.BatchCutter(max_amount, max_frame=2048), pieces)
+    assert b"".join(d for d, _ in batches) == data
+    assert sum(c for _, c in batches) == len(records)
+    taken = 0
+    for i, (batch, count) in enumerate(batches):
+        assert count <= max_amount
+        assert len(batch) + protocol.BATCH_OVERHEAD <= 2048
+        taken += count
+        if i < len(batches) - 1:  # not the last: the next record did not fit, or it was full
+            nxt = len(records[taken])
+            assert count == max_amount or len(batch) + nxt + protocol.BATCH_OVERHEAD > 2048
+
+
+def test_skip_records_drops_whole_records_from_the_start() -> None:
+    """skip_records drops at most what is there, and says how many it dropped."""
+    data = b"".join(_records([5, 6, 7]))
+    assert protocol.skip_records(data, 2) == (data[11:], 2)
+    assert protocol.skip_records(data, 0) == (data, 0)
+    assert protocol.skip_records(data, 9) == (b"", 3)
