@@ -155,7 +155,7 @@ class Committer:
             if self._closing:
                 return
 
-    async def draw(self, winning_number: int) -> dict[int, list[str]] | None:
+    async def draw(self) -> dict[int, list[str]] | None:
         """Make the draw unless it was made already.
 
         Returns:
@@ -165,7 +165,7 @@ class Committer:
         async with self._lock:
             if await self.call(lambda s: s.drawn()):
                 return None
-            return await self.call(lambda s: s.draw(winning_number))
+            return await self.call(lambda s: s.draw())
 
     async def close(self) -> None:
         """Commit what is pending, then close the store and its thread."""

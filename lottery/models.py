@@ -1,7 +1,11 @@
 """The bet and its validation rules.
 
 `Bet` is the value type. `validate_fields` checks the five text fields of an
-agency file row and says which field is wrong and why. The rules also exist as
+agency file row and says which field is wrong and why. `Records` holds many
+bets as one text, the *record* form that the wire protocol carries and the
+store keeps: each bet's five fields joined by 0x1F (`FS`), each bet ended by
+0x1E (`RS`). Those are control characters, which no valid field may hold, so
+the form needs no quoting or escaping. The rules also exist as
 regular-expression fragments (`FIELD_PATTERNS`) so that the wire protocol can
 check a whole batch in one C-level regex pass and only fall back to
 `validate_fields` to explain a failure; both must agree, and the tests check
@@ -15,7 +19,7 @@ from __future__ import annotations
 
 import datetime
 import functools
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from .errors import InvalidBet
@@ -23,11 +27,22 @@ from .errors import InvalidBet
 __all__ = [
     "FIELDS",
     "FIELD_PATTERNS",
+    "FS",
+    "RS",
     "Bet",
+    "Record",
+    "Records",
     "birthdate_problem",
     "first_bad_birthdate",
     "validate_fields",
 ]
+
+#: Between the fields of a record, and after each record.
+FS = "\x1f"
+RS = "\x1e"
+
+#: A bet's five agency-file fields, as text.
+Record = tuple[str, str, str, str, str]
 
 #: The agency-file columns, in order (tp0's layout).
 FIELDS = ("first_name", "last_name", "document", "birthdate", "number")
@@ -79,6 +94,55 @@ class Bet:
     def fields(self) -> tuple[str, str, str, str, str]:
         """The five agency-file columns of this bet, as text."""
         return (self.first_name, self.last_name, self.document, self.birthdate, str(self.number))
+
+
+class Records(Sequence[Record]):
+    """Many bets in record form: one text, split into fields only on demand.
+
+    The server validates a batch's text in bulk and hands it to the store as
+    it is, so a million bets never become a million Python tuples; whoever
+    does want the fields (the export, a test) indexes or iterates as with a
+    list of `Record` tuples.
+    """
+
+    __slots__ = ("_rows", "count", "text")
+
+    def __init__(self, text: str, count: int) -> None:
+        self.text = text  # every record ended by RS
+        self.count = count
+        self._rows: list[Record] | None = None
+
+    @classmethod
+    def from_fields(cls, rows: Iterable[Sequence[str]]) -> Records:
+        """Join rows of five fields (not validated) into record form."""
+        joined = [FS.join(row) for row in rows]
+        return cls("".join(r + RS for r in joined), len(joined))
+
+    def rows(self) -> list[Record]:
+        if self._rows is None:
+            self._rows = [tuple(r.split(FS)) for r in self.text.split(RS)[:-1]]  # type: ignore[misc]
+        return self._rows
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, index: int) -> Record:  # type: ignore[override]
+        return self.rows()[index]
+
+    def __iter__(self) -> Iterator[Record]:
+        return iter(self.rows())
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Records):
+            return self.text == other.text
+        if isinstance(other, Sequence) and not isinstance(other, str):
+            return self.rows() == [tuple(row) for row in other]
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Records({self.rows()!r})"
 
 
 def _name_problem(value: str) -> str | None:

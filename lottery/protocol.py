@@ -36,7 +36,16 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from .errors import InvalidBatch, InvalidBet, ProtocolError
-from .models import FIELD_PATTERNS, birthdate_problem, first_bad_birthdate, validate_fields
+from .models import (
+    FIELD_PATTERNS,
+    FS,
+    RS,
+    Record,
+    Records,
+    birthdate_problem,
+    first_bad_birthdate,
+    validate_fields,
+)
 
 __all__ = [
     "BATCH_OVERHEAD",
@@ -87,17 +96,12 @@ BATCH_OVERHEAD = HEADER.size + _BATCH.size
 MAX_SEQ = 2**32 - 1
 MAX_AGENCY = 2**32 - 1
 
-FS = "\x1f"  # between the fields of a record
-RS = "\x1e"  # after each record
 _RECORD_RE = re.compile(FS.join(f"({p})" for p in FIELD_PATTERNS) + RS)
 _RECORDS_RE = re.compile("(?:" + FS.join(f"(?:{p})" for p in FIELD_PATTERNS) + RS + ")+")
 # Once _RECORDS_RE matched, this finds each record's birthdate, in order: no
 # other field can hold "-" next to a separator.
 _BIRTHDATES_RE = re.compile(f"{FS}([0-9]{{4}}-[0-9]{{2}}-[0-9]{{2}}){FS}[0-9]{{1,4}}{RS}")
 _DOCUMENTS_RE = re.compile(f"(?:[0-9]{{1,10}}(?:{FS}[0-9]{{1,10}})*)?")
-
-#: A bet's five agency-file fields, as text.
-Record = tuple[str, str, str, str, str]
 
 
 class FrameType(enum.IntEnum):
@@ -350,7 +354,9 @@ def encode(message: Message) -> bytes:
         case SingleBet(seq, record):
             return _frame(FrameType.BET, _SEQ.pack(seq) + (FS.join(record) + RS).encode())
         case Batch(seq, records):
-            return encode_batch(seq, [(FS.join(r) + RS).encode() for r in records])
+            if not isinstance(records, Records):
+                records = Records.from_fields(records)
+            return encode_batch_data(seq, records.text.encode(), len(records))
         case Done():
             return _frame(FrameType.DONE)
         case WinnersQuery():
@@ -457,16 +463,14 @@ def validate_records(text: str, today: str) -> int:
     return len(dates)
 
 
-def _decode_records(data: bytes, today: str) -> list[Record]:
+def _decode_records(data: bytes, today: str) -> Records:
     try:
         text = data.decode()
     except UnicodeDecodeError as exc:
         raise ProtocolError(
             f"records are not valid UTF-8 ({exc.reason} at byte {exc.start})"
         ) from None
-    validate_records(text, today)
-    # After validate_records every record has exactly five fields.
-    return [tuple(record.split(FS)) for record in text[:-1].split(RS)]  # type: ignore[misc]
+    return Records(text, validate_records(text, today))
 
 
 def _unpack(layout: struct.Struct, body: bytes, name: str) -> tuple[int, ...]:

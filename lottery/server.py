@@ -99,7 +99,7 @@ class Server:
             drawn = await self._committer.call(lambda s: s.drawn())
             self.barrier = DrawBarrier(cfg.agencies, done, drawn)
             if drawn:
-                winners = await self._committer.call(lambda s: s.winners(cfg.winning_number))
+                winners = await self._committer.call(lambda s: s.winners())
                 self._winners = {a: tuple(d) for a, d in winners.items()}
             elif self.barrier.opened:  # every agency was done when the server stopped
                 await self._draw()
@@ -192,15 +192,14 @@ class Server:
             await self._draw()
 
     async def _draw(self) -> None:
-        number = self.config.winning_number
         started = asyncio.get_running_loop().time()
         try:
-            winners = await self._committer.draw(number)
+            winners = await self._committer.draw()
         except StoreError as exc:
             self._log.error("sorteo", result="fail", error=str(exc))
             return
         if winners is None:  # made before: by another caller, or before a restart
-            winners = await self._committer.call(lambda s: s.winners(number))
+            winners = await self._committer.call(lambda s: s.winners())
         else:
             self._log.info(
                 "sorteo",

@@ -18,6 +18,14 @@ What the store guarantees, and the server builds on:
   reported `Outcome.DUPLICATE` and not stored again: resends are harmless.
 - Which agencies are done, and whether the draw happened, are stored too, so a
   restarted server neither forgets a done agency nor draws twice.
+
+`SQLiteStore` keeps each batch as one row holding its bets in record form
+(`lottery.models.Records`: fields joined by 0x1F, bets ended by 0x1E), the
+form the server has already validated. One row per batch instead of one per
+bet makes a commit several times cheaper; `bets()` splits the records again
+for the export. The winning bets are picked out as each batch is stored (a
+substring test, in C), so the draw reads a short `winners` table instead of
+every bet.
 """
 
 from __future__ import annotations
@@ -32,7 +40,7 @@ from pathlib import Path
 from typing import Protocol
 
 from .errors import ConfigError, StoreError
-from .protocol import Record
+from .models import FS, RS, Record, Records
 
 __all__ = ["DB_FILENAME", "SYNC_MODES", "Outcome", "PendingBatch", "SQLiteStore", "Store"]
 
@@ -54,7 +62,7 @@ class PendingBatch:
 
     agency: int
     seq: int
-    records: Sequence[Record]
+    records: Sequence[Record]  # a `Records` from the server; any rows will do
 
 
 class Store(Protocol):
@@ -76,11 +84,11 @@ class Store(Protocol):
 
     def drawn(self) -> bool: ...
 
-    def draw(self, winning_number: int) -> dict[int, list[str]]:
+    def draw(self) -> dict[int, list[str]]:
         """Mark the draw as made and return each agency's winning documents."""
         ...
 
-    def winners(self, winning_number: int) -> dict[int, list[str]]:
+    def winners(self) -> dict[int, list[str]]:
         """Each agency's winning documents (for a server restarted after the draw)."""
         ...
 
@@ -92,13 +100,16 @@ class Store(Protocol):
 
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS bets (
+CREATE TABLE IF NOT EXISTS batches (
     agency INTEGER NOT NULL,
-    first_name TEXT NOT NULL,
-    last_name TEXT NOT NULL,
-    document TEXT NOT NULL,
-    birthdate TEXT NOT NULL,
-    number INTEGER NOT NULL
+    seq INTEGER NOT NULL,
+    bets INTEGER NOT NULL,
+    records TEXT NOT NULL,  -- the bets in record form (lottery.models.Records)
+    PRIMARY KEY (agency, seq)
+);
+CREATE TABLE IF NOT EXISTS winners (
+    agency INTEGER NOT NULL,
+    document TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS agencies (
     agency INTEGER PRIMARY KEY,
@@ -128,8 +139,8 @@ class SQLiteStore:
         data_dir: directory for ``lottery.db`` (created if missing).
         agencies: the round's agency count; a data directory remembers it and
             refuses to be reopened with another one.
-        winning_number: the number that wins; a partial index keeps only the
-            winning bets, so the draw reads a few rows, not every bet.
+        winning_number: the number that wins. Winners are picked out as bets
+            are stored, so a data directory remembers its number too.
         synchronous: SQLite's ``synchronous`` pragma: FULL (default; an
             acknowledged batch survives power loss), NORMAL or OFF.
     """
@@ -153,12 +164,9 @@ class SQLiteStore:
                 self._db.execute("PRAGMA journal_mode=WAL")
                 self._db.execute(f"PRAGMA synchronous={synchronous.upper()}")
                 self._db.executescript(_SCHEMA)
-                self._db.execute(
-                    f"CREATE INDEX IF NOT EXISTS winners_{int(winning_number)} "
-                    f"ON bets(agency) WHERE number = {int(winning_number)}"
-                )
+                self.winning_number = self._setting("winning_number", winning_number)
                 if agencies is not None:
-                    self._check_agencies(agencies)
+                    self._setting("agencies", agencies)
                 self._progress = {
                     agency: (last_seq, count)
                     for agency, last_seq, count in self._db.execute(
@@ -173,15 +181,24 @@ class SQLiteStore:
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open {self.path}: {exc}") from exc
 
-    def _check_agencies(self, agencies: int) -> None:
-        row = self._db.execute("SELECT value FROM settings WHERE name = 'agencies'").fetchone()
+    def _setting(self, name: str, value: int) -> int:
+        """The round setting ``name``: recorded on first use, then it must match."""
+        row = self._db.execute("SELECT value FROM settings WHERE name = ?", (name,)).fetchone()
         if row is None:
-            self._db.execute("INSERT INTO settings VALUES ('agencies', ?)", (str(agencies),))
-        elif int(row[0]) != agencies:
+            self._db.execute("INSERT INTO settings VALUES (?, ?)", (name, str(value)))
+        elif int(row[0]) != value:
+            what = {"agencies": "of {} agencies", "winning_number": "won by number {}"}[name]
             raise ConfigError(
-                f"{self.path} holds a round of {row[0]} agencies, not {agencies}; "
+                f"{self.path} holds a round {what.format(row[0])}, not {what.format(value)}; "
                 "use another data directory"
             )
+        return value
+
+    def _winner_marks(self) -> tuple[str, ...]:
+        # The number field, with each zero padding that still reads as the
+        # winning number, between the separators around it: "\x1f7574\x1e".
+        digits = str(self.winning_number)
+        return tuple(f"{FS}{'0' * pad}{digits}{RS}" for pad in range(5 - len(digits)))
 
     def progress(self, agency: int) -> tuple[int, int]:
         return self._progress.get(agency, (0, 0))
@@ -193,6 +210,7 @@ class SQLiteStore:
         try:
             db.execute("BEGIN IMMEDIATE")
             try:
+                marks = self._winner_marks()
                 for batch in batches:
                     last_seq, count = progress.get(batch.agency, (0, 0))
                     if batch.seq <= last_seq:
@@ -201,14 +219,23 @@ class SQLiteStore:
                     if batch.seq != last_seq + 1:
                         outcomes.append(Outcome.GAP)
                         continue
-                    # The agency id is an int we own, never client text, so it
-                    # is safe in the SQL; the number column's INTEGER affinity
-                    # turns the wire's digits into an integer inside SQLite.
-                    db.executemany(
-                        f"INSERT INTO bets VALUES ({int(batch.agency)}, ?, ?, ?, ?, ?)",
-                        batch.records,
+                    records = batch.records
+                    if not isinstance(records, Records):
+                        records = Records.from_fields(records)
+                    db.execute(
+                        "INSERT INTO batches VALUES (?, ?, ?, ?)",
+                        (batch.agency, batch.seq, len(records), records.text),
                     )
-                    progress[batch.agency] = (batch.seq, count + len(batch.records))
+                    if any(mark in records.text for mark in marks):
+                        db.executemany(
+                            "INSERT INTO winners VALUES (?, ?)",
+                            [
+                                (batch.agency, r[2])
+                                for r in records
+                                if int(r[4]) == self.winning_number
+                            ],
+                        )
+                    progress[batch.agency] = (batch.seq, count + len(records))
                     outcomes.append(Outcome.STORED)
                 changed = [
                     (agency, *progress[agency])
@@ -251,32 +278,30 @@ class SQLiteStore:
             row = self._db.execute("SELECT value FROM settings WHERE name = 'drawn'").fetchone()
         return row is not None
 
-    def draw(self, winning_number: int) -> dict[int, list[str]]:
+    def draw(self) -> dict[int, list[str]]:
         try:
             self._db.execute(
-                "INSERT OR IGNORE INTO settings VALUES ('drawn', ?)", (winning_number,)
+                "INSERT OR IGNORE INTO settings VALUES ('drawn', ?)", (self.winning_number,)
             )
         except sqlite3.Error as exc:
             raise StoreError(f"cannot record the draw: {exc}") from exc
-        return self.winners(winning_number)
+        return self.winners()
 
-    def winners(self, winning_number: int) -> dict[int, list[str]]:
-        with _reading("the winners"):
-            return self._winners(winning_number)
-
-    def _winners(self, winning_number: int) -> dict[int, list[str]]:
+    def winners(self) -> dict[int, list[str]]:
         result: dict[int, list[str]] = {}
-        # A literal (not a parameter) so SQLite can use the partial index, and
-        # ordered as that index is (agency, then rowid) so no sort is needed.
-        for agency, document in self._db.execute(
-            f"SELECT agency, document FROM bets WHERE number = {int(winning_number)} "
-            "ORDER BY agency"
-        ):
-            result.setdefault(agency, []).append(document)
+        with _reading("the winners"):
+            rows = self._db.execute("SELECT agency, document FROM winners ORDER BY agency, rowid")
+            for agency, document in rows:
+                result.setdefault(agency, []).append(document)
         return result
 
     def bets(self) -> Iterator[tuple[int, str, str, str, str, int]]:
-        yield from self._db.execute("SELECT * FROM bets ORDER BY rowid")
+        with _reading("the bets"):
+            for agency, text in self._db.execute(
+                "SELECT agency, records FROM batches ORDER BY rowid"
+            ):
+                for first, last, document, birthdate, number in Records(text, 0):
+                    yield agency, first, last, document, birthdate, int(number)
 
     def close(self) -> None:
         self._db.close()

@@ -105,7 +105,7 @@ class FakeStore:
         self._enter("drawn")
         return self.is_drawn
 
-    def draw(self, winning_number: int) -> dict[int, list[str]]:
+    def draw(self) -> dict[int, list[str]]:
         self._enter("draw")
         self.draw_calls += 1
         self.draw_entered.set()
@@ -114,11 +114,11 @@ class FakeStore:
         if self.draw_failures:
             raise self.draw_failures.pop(0)
         self.is_drawn = True
-        return {1: [str(winning_number)]}
+        return {1: ["7574"]}
 
-    def winners(self, winning_number: int) -> dict[int, list[str]]:
+    def winners(self) -> dict[int, list[str]]:
         self._enter("winners")
-        return {1: [str(winning_number)]} if self.is_drawn else {}
+        return {1: ["7574"]} if self.is_drawn else {}
 
     def bets(self) -> Iterator[tuple[int, str, str, str, str, int]]:
         self._enter("bets")
@@ -338,11 +338,11 @@ async def test_concurrent_draws_run_the_store_draw_once(
     committer: Committer, fake: FakeStore
 ) -> None:
     """draw() runs the store's draw exactly once when many tasks call it at the same time."""
-    results = await settled(asyncio.gather(*(committer.draw(7574) for _ in range(20))))
+    results = await settled(asyncio.gather(*(committer.draw() for _ in range(20))))
     assert fake.draw_calls == 1
     assert [r for r in results if r is not None] == [{1: ["7574"]}]
     assert results.count(None) == 19
-    assert await committer.draw(7574) is None
+    assert await committer.draw() is None
     assert fake.draw_calls == 1
 
 
@@ -351,9 +351,9 @@ async def test_draw_callers_wait_for_the_running_draw(
 ) -> None:
     """Callers arriving while the draw runs wait for it and then get None, never a second draw."""
     fake.draw_gate.clear()
-    first = asyncio.create_task(committer.draw(7574))
+    first = asyncio.create_task(committer.draw())
     await wait_for_thread_event(fake.draw_entered)
-    others = [asyncio.create_task(committer.draw(7574)) for _ in range(5)]
+    others = [asyncio.create_task(committer.draw()) for _ in range(5)]
     assert await still_pending(first, *others)
     assert fake.draw_calls == 1
 
@@ -368,7 +368,7 @@ async def test_draw_after_a_restart_that_drew_returns_none(
 ) -> None:
     """If the store already holds a draw, draw() returns None without drawing again."""
     fake.is_drawn = True
-    assert await committer.draw(7574) is None
+    assert await committer.draw() is None
     assert fake.draw_calls == 0
 
 
@@ -376,8 +376,8 @@ async def test_failed_draw_can_be_retried(committer: Committer, fake: FakeStore)
     """A draw that raises StoreError reaches its caller and a later draw can still be made."""
     fake.draw_failures.append(StoreError("read-only"))
     with pytest.raises(StoreError, match="read-only"):
-        await committer.draw(7574)
-    assert await committer.draw(7574) == {1: ["7574"]}
+        await committer.draw()
+    assert await committer.draw() == {1: ["7574"]}
     assert fake.draw_calls == 2
 
 
@@ -386,7 +386,7 @@ async def test_draw_waits_for_a_running_commit(committer: Committer, fake: FakeS
     fake.commit_gate.clear()
     acked = committer.submit(batch(1, 1))
     await wait_for_thread_event(fake.commit_entered)
-    drawing = asyncio.create_task(committer.draw(7574))
+    drawing = asyncio.create_task(committer.draw())
     assert await still_pending(drawing)
     assert "drawn" not in fake.calls
 
@@ -462,7 +462,7 @@ async def test_store_is_opened_and_used_on_one_thread_off_the_loop(
     await committer.call(lambda s: s.mark_done(1))
     assert await committer.call(lambda s: s.done_agencies()) == {1}
     assert await committer.call(lambda s: s.progress(1)) == (0, 0)
-    await committer.draw(7574)
+    await committer.draw()
     await settled(committer.close())
 
     assert fake.calls[0] == "open"
@@ -488,8 +488,8 @@ async def test_committer_over_sqlite_store(tmp_path: Path) -> None:
             Outcome.GAP,
         ]
         assert await committer.call(lambda s: s.progress(1)) == (1, 2)
-        assert await committer.draw(7574) == {1: ["1"]}
-        assert await committer.draw(7574) is None
+        assert await committer.draw() == {1: ["1"]}
+        assert await committer.draw() is None
         pending = committer.submit(PendingBatch(2, 1, [rec("4")]))
     finally:
         await settled(committer.close())

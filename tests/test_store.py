@@ -180,7 +180,7 @@ def test_done_agencies_and_draw_survive_reopen(data_dir: Path) -> None:
     s.mark_done(1)
     s.mark_done(3)
     s.mark_done(3)
-    assert s.draw(WINNING) == {1: ["1"]}
+    assert s.draw() == {1: ["1"]}
     s.close()
 
     s = SQLiteStore(data_dir, AGENCIES, WINNING)
@@ -188,7 +188,7 @@ def test_done_agencies_and_draw_survive_reopen(data_dir: Path) -> None:
         assert s.done_agencies() == {1, 3}
         assert s.drawn()
         assert s.progress(1) == (1, 1)
-        assert s.winners(WINNING) == {1: ["1"]}
+        assert s.winners() == {1: ["1"]}
     finally:
         s.close()
 
@@ -207,7 +207,7 @@ def test_mark_done_keeps_progress_and_commits_keep_done(store: SQLiteStore) -> N
 def test_reopen_with_other_agency_count_raises_config_error(data_dir: Path) -> None:
     """A data directory remembers its round's agency count and refuses another one."""
     SQLiteStore(data_dir, 3).close()
-    with pytest.raises(ConfigError, match="3 agencies"):
+    with pytest.raises(ConfigError, match="of 3 agencies, not of 5 agencies"):
         SQLiteStore(data_dir, 5)
     SQLiteStore(data_dir, 3).close()  # the same count still opens
     SQLiteStore(data_dir).close()  # and so does an unspecified one
@@ -237,15 +237,22 @@ def test_refused_open_closes_its_connection(
 # -- atomic group commits -----------------------------------------------------
 
 
-def test_bad_record_in_a_later_batch_stores_none_of_the_group(store: SQLiteStore) -> None:
+def test_failure_in_a_later_batch_stores_none_of_the_group(
+    store: SQLiteStore, data_dir: Path
+) -> None:
     """A commit that fails in a later batch raises StoreError and stores nothing of its group."""
     store.commit([batch(1, 1, rec("0"))])
     before = rows(store)
-    bad: Any = ("only", "three", "fields")
+    with sqlite3.connect(data_dir / DB_FILENAME) as other:
+        other.execute(
+            "CREATE TRIGGER boom BEFORE INSERT ON batches WHEN NEW.agency = 3 "
+            "BEGIN SELECT RAISE(ABORT, 'injected failure'); END"
+        )
+    other.close()
     group = [
         batch(1, 2, rec("1"), rec("2")),
         batch(2, 1, rec("3")),
-        PendingBatch(3, 1, [rec("4"), bad]),
+        batch(3, 1, rec("4")),
     ]
     with pytest.raises(StoreError):
         store.commit(group)
@@ -266,7 +273,7 @@ def test_failing_insert_trigger_stores_none_of_the_group(
     """An insert that SQLite refuses midway through a group rolls back the whole group."""
     with sqlite3.connect(data_dir / DB_FILENAME) as other:
         other.execute(
-            "CREATE TRIGGER boom BEFORE INSERT ON bets WHEN NEW.document = 'boom' "
+            "CREATE TRIGGER boom BEFORE INSERT ON batches WHEN NEW.records LIKE '%boom%' "
             f"BEGIN SELECT RAISE({action}, 'injected failure'); END"
         )
     other.close()
@@ -361,31 +368,43 @@ def test_winners_groups_winning_documents_by_agency(store: SQLiteStore) -> None:
     )
     store.commit([batch(2, 2, rec("24", win)), batch(1, 2, rec("12", win))])
     expected = {1: ["12"], 2: ["21", "23", "24"], 3: ["31"]}
-    assert store.winners(WINNING) == expected
-    assert list(store.winners(WINNING)) == [1, 2, 3]  # agencies in order
-    assert store.winners(9999) == {}
+    assert store.winners() == expected
+    assert list(store.winners()) == [1, 2, 3]  # agencies in order
     assert not store.drawn()
-    assert store.draw(WINNING) == expected
+    assert store.draw() == expected
     assert store.drawn()
 
 
-def test_winners_query_uses_the_partial_index(store: SQLiteStore, data_dir: Path) -> None:
-    """The winners query reads the partial index of winning bets instead of scanning every bet."""
-    store.commit([batch(1, 1, *(rec(str(i), str(i)) for i in range(50)))])
+def test_the_draw_reads_the_winners_not_every_bet(store: SQLiteStore) -> None:
+    """Winners are picked out as batches are stored, so the draw never reads the batches."""
+    store.commit([batch(1, 1, *(rec(str(i), str(i)) for i in range(50)), rec("w", "7574"))])
     queries: list[str] = []
     store._db.set_trace_callback(queries.append)
     try:
-        store.winners(WINNING)
+        assert store.draw() == {1: ["w"]}
     finally:
         store._db.set_trace_callback(None)
-    [query] = [q for q in queries if "FROM bets" in q]
+    assert queries
+    assert not any("batches" in q for q in queries), queries
 
-    with sqlite3.connect(data_dir / DB_FILENAME) as other:
-        plan = [row[3] for row in other.execute(f"EXPLAIN QUERY PLAN {query}")]
-    other.close()
-    assert any(f"USING INDEX winners_{WINNING}" in step for step in plan), plan
-    assert not any(step == "SCAN bets" for step in plan), plan
-    assert not any("TEMP B-TREE" in step for step in plan), plan
+
+@pytest.mark.parametrize("number", ["7574", "07574"[1:], "0042", "042", "42"])
+def test_zero_padded_numbers_win_like_the_number(data_dir: Path, number: str) -> None:
+    """A number written with leading zeros wins when its value is the winning number."""
+    winning = int(number)
+    store = SQLiteStore(data_dir, AGENCIES, winning)
+    try:
+        store.commit([batch(1, 1, rec("a", number), rec("b", str(winning + 1)))])
+        assert store.draw() == {1: ["a"]}
+    finally:
+        store.close()
+
+
+def test_reopen_with_another_winning_number_raises_config_error(data_dir: Path) -> None:
+    """A data directory remembers its winning number, since winners were picked with it."""
+    SQLiteStore(data_dir, AGENCIES, 7574).close()
+    with pytest.raises(ConfigError, match="won by number 7574, not won by number 42"):
+        SQLiteStore(data_dir, AGENCIES, 42)
 
 
 # -- pragmas and settings -----------------------------------------------------
