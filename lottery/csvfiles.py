@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import csv
 import datetime
-import io
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -48,17 +47,33 @@ class RecordBlock:
     count: int
 
 
-# csv.writer settings that turn a parsed row into a wire record. QUOTE_NONE
-# with no escape character makes the writer refuse a field that holds a
-# separator, which validation would refuse anyway.
-_WIRE_DIALECT = {
-    "delimiter": FS,
-    "lineterminator": RS,
-    "quoting": csv.QUOTE_NONE,
-    "quotechar": None,
-    "escapechar": None,
-}
 _BOM = b"\xef\xbb\xbf"
+
+
+def _plain_to_records(text: str) -> str:
+    """Whole CSV lines with no quotes → records, in three C-level passes."""
+    return text.replace("\r\n", "\n").replace(",", FS).replace("\n", RS)
+
+
+def _to_records(text: str) -> str | None:
+    """Whole CSV lines → records; only the lines holding a quote use the csv module.
+
+    Returns None if the csv module refuses a line (the slow path says why).
+    """
+    parts = []
+    pos = 0
+    while (quote := text.find('"', pos)) >= 0:
+        start = text.rfind("\n", 0, quote) + 1
+        end = text.index("\n", quote) + 1  # every line ends with a newline here
+        parts.append(_plain_to_records(text[pos:start]))
+        try:
+            row = next(csv.reader((text[start:end],), strict=True))
+        except csv.Error:
+            return None
+        parts.append(FS.join(row) + RS)
+        pos = end
+    parts.append(_plain_to_records(text[pos:]))
+    return "".join(parts)
 
 
 class AgencyFileReader:
@@ -69,8 +84,8 @@ class AgencyFileReader:
     they are appended to `rejected`, with their line number and the reason.
 
     A block is converted in bulk, in C: a few ``str.replace`` calls turn plain
-    CSV into wire records (the csv module's reader and writer do it when the
-    block holds quotes), and one regular expression validates the lot. Only a
+    CSV into wire records (only lines holding a quote go through the csv
+    module), and one regular expression validates the lot. Only a
     block holding a bad row is read again line by line, to say which and why.
     Each physical line is one row: no valid field holds a line break, so an
     unterminated quote spoils its own line and not the lines after it.
@@ -129,23 +144,11 @@ class AgencyFileReader:
             text = raw.decode()
         except UnicodeDecodeError:
             return None
-        lines = text.count("\n") + (not text.endswith("\n"))
-        if '"' in text:
-            out = io.StringIO()
-            try:
-                csv.writer(out, **_WIRE_DIALECT).writerows(  # type: ignore[arg-type]
-                    csv.reader(io.StringIO(text, newline=""), strict=True)
-                )
-            except csv.Error:
-                return None
-            body = out.getvalue()
-        else:
-            body = text.replace("\r\n", "\n")
-            if not body.endswith("\n"):
-                body += "\n"
-            body = body.replace(",", FS).replace("\n", RS)
-        if body.count(RS) != lines:  # a blank line, or a quoted field across lines
-            return None
+        if not text.endswith("\n"):
+            text += "\n"
+        body = _to_records(text) if '"' in text else _plain_to_records(text)
+        if body is None or body.count(RS) != text.count("\n"):
+            return None  # a blank line, or a quote the csv module refuses
         try:
             count = validate_records(body, self.today)
         except ProtocolError:
