@@ -6,10 +6,10 @@ bets as one text, the *record* form that the wire protocol carries and the
 store keeps: each bet's five fields joined by 0x1F (`FS`), each bet ended by
 0x1E (`RS`). Those are control characters, which no valid field may hold, so
 the form needs no quoting or escaping. The rules also exist as
-regular-expression fragments (`FIELD_PATTERNS`) so that the wire protocol can
-check a whole batch in one C-level regex pass and only fall back to
-`validate_fields` to explain a failure; both must agree, and the tests check
-that they do.
+regular-expression fragments (`field_patterns`) so that a whole batch is
+checked in one C-level regex pass, calendar and "not in the future" included,
+falling back to `validate_fields` only to explain a failure; both must agree,
+and the tests check that they do.
 
 Birthdates stay ISO text (``YYYY-MM-DD``) from the file to the store and back:
 nothing ever turns them into a timestamp, so no time zone can move them a day.
@@ -26,14 +26,13 @@ from .errors import InvalidBet
 
 __all__ = [
     "FIELDS",
-    "FIELD_PATTERNS",
     "FS",
     "RS",
     "Bet",
     "Record",
     "Records",
     "birthdate_problem",
-    "first_bad_birthdate",
+    "field_patterns",
     "validate_fields",
 ]
 
@@ -54,15 +53,38 @@ MAX_NAME_LENGTH = 100
 # errors="surrogateescape": refusing them here turns bad UTF-8 into a bad row.
 _CONTROL = "\x00-\x1f\x7f-\x9f\ud800-\udfff"
 
-#: One regex fragment per field, in FIELDS order. They accept exactly what
-#: `validate_fields` accepts, except the calendar check of the birthdate.
-FIELD_PATTERNS = (
-    f"[^{_CONTROL}]{{1,{MAX_NAME_LENGTH}}}",
-    f"[^{_CONTROL}]{{1,{MAX_NAME_LENGTH}}}",
-    "[0-9]{1,10}",
-    "[0-9]{4}-[0-9]{2}-[0-9]{2}",
-    "[0-9]{1,4}",
+# Month-day pairs that exist in every year, then 29 February of leap years
+# (divisible by 4, and not by 100 unless by 400). Year 0000 does not exist.
+_MONTH_DAY = (
+    "(?:(?:0[13578]|1[02])-(?:0[1-9]|[12][0-9]|3[01])"
+    "|(?:0[469]|11)-(?:0[1-9]|[12][0-9]|30)"
+    "|02-(?:0[1-9]|1[0-9]|2[0-8]))"
 )
+_LEAP_YEAR = "(?:[0-9]{2}(?:0[48]|[2468][048]|[13579][26])|(?:[02468][048]|[13579][26])00)"
+
+
+def _after(today: str) -> str:
+    """A regex for the ISO dates that sort after ``today`` (same shape, digit by digit)."""
+    branches = []
+    for i, char in enumerate(today):
+        if char.isdigit() and char < "9":
+            rest = "".join("-" if c == "-" else "[0-9]" for c in today[i + 1 :])
+            branches.append(f"{today[:i]}[{int(char) + 1}-9]{rest}")
+    return "|".join(branches)
+
+
+@functools.lru_cache(maxsize=4)
+def field_patterns(today: str) -> tuple[str, ...]:
+    """One regex fragment per field, in FIELDS order, for the day ``today`` (ISO).
+
+    They accept exactly what `validate_fields` accepts (the tests check it).
+    The quantifiers are possessive (``{1,100}+``): a field's characters can
+    never be the separator after it, so giving none back changes no match and
+    saves the regex engine its backtracking bookkeeping, about 3× faster.
+    """
+    name = f"[^{_CONTROL}]{{1,{MAX_NAME_LENGTH}}}+"
+    birthdate = f"(?!0000|{_after(today)})(?:[0-9]{{4}}-{_MONTH_DAY}|{_LEAP_YEAR}-02-29)"
+    return (name, name, "[0-9]{1,10}+", birthdate, "[0-9]{1,4}+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,31 +201,6 @@ def birthdate_problem(value: str, today: str) -> str | None:
         return f"{value!r} is not a real date"
     if value > today:  # ISO dates compare correctly as text
         return f"{value} is in the future"
-    return None
-
-
-# Birthdates already found valid, per day (validity depends on "today"). Bets
-# share a few tens of thousands of distinct birthdates, so after the first
-# batches a whole batch's dates are checked by one C-level set difference.
-_valid_dates: dict[str, set[str]] = {}
-_VALID_DATES_MAX = 200_000  # bounds memory against a client sending every date
-
-
-def first_bad_birthdate(dates: Iterable[str], today: str) -> tuple[str, str] | None:
-    """The first of ``dates`` (in iteration order) that is not valid, and why."""
-    known = _valid_dates.get(today)
-    if known is None or len(known) > _VALID_DATES_MAX:
-        _valid_dates.clear()
-        known = _valid_dates[today] = set()
-    if isinstance(dates, set | frozenset) and dates <= known:
-        return None
-    for value in dates:
-        if value in known:
-            continue
-        problem = birthdate_problem(value, today)
-        if problem:
-            return value, problem
-        known.add(value)
     return None
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import re
 import struct
 from collections.abc import Sequence
 
@@ -12,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lottery.errors import InvalidBet, ProtocolError
-from lottery.models import FIELD_PATTERNS, FIELDS, Bet, birthdate_problem, validate_fields
+from lottery.models import FIELDS, Bet, birthdate_problem, field_patterns, validate_fields
 from lottery.protocol import FrameType, Hello, ServerProtocol, SingleBet, encode, encode_record
 
 pytestmark = pytest.mark.timeout(30)
@@ -378,6 +379,41 @@ def test_encode_record_agrees_with_validate_fields_on_every_boundary_value() -> 
 
 
 def test_there_is_one_pattern_per_field() -> None:
-    """FIELD_PATTERNS lines up with FIELDS, the agency-file column order."""
+    """field_patterns lines up with FIELDS, the agency-file column order."""
     assert FIELDS == ("first_name", "last_name", "document", "birthdate", "number")
-    assert len(FIELD_PATTERNS) == len(FIELDS)
+    assert len(field_patterns(TODAY)) == len(FIELDS)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(
+    year=st.integers(0, 9999),
+    month=st.integers(0, 13),
+    day=st.integers(0, 32),
+    today=st.dates(min_value=datetime.date(1, 1, 1)).map(datetime.date.isoformat),
+)
+def test_birthdate_pattern_is_exactly_a_real_date_not_after_today(
+    year: int, month: int, day: int, today: str
+) -> None:
+    """The birthdate regex accepts exactly the real dates up to today, leap days included."""
+    value = f"{year:04d}-{month:02d}-{day:02d}"
+    pattern = re.compile(field_patterns(today)[3])
+    assert bool(pattern.fullmatch(value)) == (birthdate_problem(value, today) is None)
+
+
+@pytest.mark.parametrize(
+    ("value", "ok"),
+    [
+        ("2000-02-29", True),  # divisible by 400
+        ("1900-02-29", False),  # by 100, not by 400
+        ("2024-02-29", True),
+        ("2023-02-29", False),
+        ("2024-04-31", False),
+        ("0000-01-01", False),
+        ("0001-01-01", True),
+        ("2024-06-01", True),  # today
+        ("2024-06-02", False),  # tomorrow
+    ],
+)
+def test_birthdate_pattern_edges(value: str, ok: bool) -> None:
+    """Leap years, short months, year 0000 and today's edge are decided like datetime does."""
+    assert bool(re.fullmatch(field_patterns("2024-06-01")[3], value)) is ok
