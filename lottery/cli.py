@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import signal
 import sys
@@ -89,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     agency.add_argument("--timeout", help="seconds for connecting and each reply")
     agency.add_argument("--winners-attempts", help="tries of the winners query (default 5)")
     agency.add_argument("--winners-base-delay", help="first back-off, seconds (default 0.5)")
+    agency.add_argument("--stats-file", help="write the round's figures (ack latencies) as JSON")
     _common(agency)
 
     export = commands.add_parser("export", help="write the stored bets as tp0's bets.csv")
@@ -152,7 +154,18 @@ def _single_bet_from_env() -> tuple[str, ...] | None:
     return values if all(values) else None
 
 
-async def _agency_round(config: AgencyConfig) -> int:
+def _write_stats(path: str, agency: AsyncAgency, acknowledged: int) -> None:
+    figures = {
+        "agency": agency.agency_id,
+        "acknowledged": acknowledged,
+        "batches_sent": agency.batches_sent,
+        "reconnects": agency.reconnects,
+        "ack_latencies_ms": [round(s * 1000, 3) for s in agency.ack_latencies],
+    }
+    Path(path).write_text(json.dumps(figures), encoding="utf-8")
+
+
+async def _agency_round(config: AgencyConfig, stats_file: str | None = None) -> int:
     log = get_logger(agencia=config.id)
     host, port = parse_address(config.server_address)
     single = None if config.bets else _single_bet_from_env()
@@ -170,7 +183,7 @@ async def _agency_round(config: AgencyConfig) -> int:
         winners_attempts=config.winners_attempts,
         winners_base_delay=config.winners_base_delay,
     )
-    rejected = 0
+    rejected = acknowledged = 0
     async with agency:
         if single is not None:
             await agency.send_bet(single)
@@ -179,11 +192,14 @@ async def _agency_round(config: AgencyConfig) -> int:
         else:
             result = await agency.run(config.bets)
             winners, rejected = result.winners, len(result.report.rejected)
+            acknowledged = result.report.acknowledged
             log.info(
                 "apuestas_enviadas", result="success", cantidad=result.report.acknowledged,
                 omitidas=result.report.skipped,
             )  # fmt: skip
     log.info("ganadores", result="success", dnis=" ".join(winners) or "-")
+    if stats_file:
+        await asyncio.to_thread(_write_stats, stats_file, agency, acknowledged)
     if rejected:
         log.error("apuestas_rechazadas", result="fail", cantidad=rejected)
         return EXIT_FAILED
@@ -195,7 +211,7 @@ def run_agency(args: argparse.Namespace) -> int:
     configure(config.log_level, config.log_format)
     with asyncio.Runner(loop_factory=loop_factory(args.loop)) as runner:
         try:
-            return runner.run(_agency_round(config))
+            return runner.run(_agency_round(config, args.stats_file))
         except InvalidBet as exc:
             get_logger().error("apuesta_enviada", result="fail", error=str(exc))
             return EXIT_FAILED

@@ -31,6 +31,7 @@ many valid bets are skipped from the start of what `send_bets` is given.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import datetime
 import os
@@ -100,6 +101,7 @@ class _Outgoing:
     seq: int
     frame: bytes
     count: int
+    sent: float = 0.0  # loop time of the last send, for the ack latency
 
 
 class _BlockReader(Protocol):
@@ -206,14 +208,12 @@ class _Window:
             self.input_done = True
             self._changed.notify_all()
 
-    async def acknowledge_through(self, seq: int) -> int:
-        """Drop every batch up to ``seq``; returns how many bets that covered."""
+    async def acknowledge_through(self, seq: int) -> list[_Outgoing]:
+        """Drop every batch up to ``seq`` and return them."""
         async with self._changed:
-            bets = 0
-            for s in [s for s in self.unacked if s <= seq]:
-                bets += self.unacked.pop(s).count
+            done = [self.unacked.pop(s) for s in [s for s in self.unacked if s <= seq]]
             self._changed.notify_all()
-            return bets
+            return done
 
 
 def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
@@ -287,6 +287,8 @@ class AsyncAgency:
         self._skip = 0  # bets already stored before this process started
         self.reconnects = 0
         self.batches_sent = 0
+        #: Seconds from sending each batch to its ack (the latest 100,000).
+        self.ack_latencies: collections.deque[float] = collections.deque(maxlen=100_000)
         self._log = get_logger(agencia=agency_id)
 
     def __repr__(self) -> str:
@@ -493,19 +495,32 @@ class AsyncAgency:
 
     async def _send_batches(self, frames: asyncio.Queue[Any], report: SendReport) -> None:
         window = _Window(self.max_in_flight)
+        fruitless = 0  # reconnects in a row after which no batch got acknowledged
         while True:
+            acknowledged = report.acknowledged
             try:
                 await self._pump(frames, window, report)
                 return
             except OSError as exc:
+                fruitless = 0 if report.acknowledged > acknowledged else fruitless + 1
+                if fruitless >= self.reconnect_attempts:
+                    raise ConnectionLost(
+                        f"the connection to {self.host}:{self.port} dropped {fruitless} times "
+                        f"in a row with no batch acknowledged (last: {exc!r})"
+                    ) from None
                 self._log.info("reconectar", result="in_progress", error=str(exc) or repr(exc))
+                if fruitless > 1:  # a server that accepts and drops: do not hammer it
+                    await asyncio.sleep(self.reconnect_base_delay * 2**fruitless)
                 await self._reconnect()
                 # The handshake says what the server stored: those need no resend.
-                report.acknowledged += await window.acknowledge_through(self._last_seq)
+                stored = await window.acknowledge_through(self._last_seq)
+                report.acknowledged += sum(item.count for item in stored)
 
     async def _pump(self, frames: asyncio.Queue[Any], window: _Window, report: SendReport) -> None:
         conn = self._connection()
+        now = asyncio.get_running_loop().time()
         for item in window.unacked.values():  # resend, in order, after a reconnect
+            item.sent = now
             conn.send(item.frame)
         await _run_together(
             self._write_batches(conn, frames, window),
@@ -522,6 +537,7 @@ class AsyncAgency:
                 await window.finish_input()
                 return
             await window.add(item)  # before sending: a lost line resends it
+            item.sent = asyncio.get_running_loop().time()
             conn.send(item.frame)
             self.batches_sent += 1
             await conn.drain(self.timeout)
@@ -533,7 +549,10 @@ class AsyncAgency:
                 return
             reply = await conn.receive(self.timeout)
             if isinstance(reply, Ack):
-                report.acknowledged += await window.acknowledge_through(reply.seq)
+                now = asyncio.get_running_loop().time()
+                for item in await window.acknowledge_through(reply.seq):
+                    report.acknowledged += item.count
+                    self.ack_latencies.append(now - item.sent)
             else:
                 self._raise_for(reply)
 

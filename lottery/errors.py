@@ -4,6 +4,7 @@ LotteryError
 ├── ConfigError          a setting has a bad value (the CLI exits 2)
 ├── InvalidBet           one bet breaks a rule; says which field and why
 ├── ProtocolError        the peer sent bytes that break the wire protocol
+│   ├── OutOfOrder       a well-formed frame the connection's state forbids
 │   └── InvalidBatch     a batch holds an invalid bet; says its index
 ├── StoreError           the store could not save or read
 └── AgencyError          the agency client could not finish its round
@@ -21,6 +22,7 @@ __all__ = [
     "InvalidBatch",
     "InvalidBet",
     "LotteryError",
+    "OutOfOrder",
     "ProtocolError",
     "ServerRefused",
     "StoreError",
@@ -58,6 +60,12 @@ class ProtocolError(LotteryError):
     """
 
     code = 1  # ErrorCode.BAD_FRAME; kept as a plain int so errors.py imports nothing
+
+
+class OutOfOrder(ProtocolError):
+    """A well-formed frame that the connection's state does not allow (bets after done)."""
+
+    code = 2  # ErrorCode.OUT_OF_ORDER
 
 
 class InvalidBatch(ProtocolError):

@@ -36,7 +36,7 @@ import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from .errors import InvalidBatch, InvalidBet, ProtocolError
+from .errors import InvalidBatch, InvalidBet, OutOfOrder, ProtocolError
 from .models import (
     FS,
     RS,
@@ -597,9 +597,7 @@ class ServerProtocol:
         ftype, body = frame
         next_state = _SERVER_TRANSITIONS[self.state].get(ftype)
         if next_state is None:
-            raise ProtocolError(
-                f"{FrameType(ftype).name} is not allowed in state {self.state.value}"
-            )
+            raise OutOfOrder(f"{FrameType(ftype).name} is not allowed in state {self.state.value}")
         message = self._decode(ftype, body, today or datetime.date.today().isoformat())
         self.state = next_state
         return message

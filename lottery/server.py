@@ -31,7 +31,7 @@ from typing import Any
 from .barrier import DrawBarrier
 from .committer import Committer
 from .config import ServerConfig
-from .errors import InvalidBatch, ProtocolError, StoreError
+from .errors import InvalidBatch, OutOfOrder, ProtocolError, StoreError
 from .log import get_logger
 from .protocol import (
     PROTOCOL_VERSION,
@@ -62,6 +62,30 @@ MAX_PENDING_REPLIES = 64
 CLOSE_TIMEOUT = 1.0
 
 
+class LatencySample:
+    """Latencies, kept up to a bound (every other one is dropped past it)."""
+
+    def __init__(self, limit: int = 100_000) -> None:
+        self.count = 0
+        self._limit = limit
+        self._stride = 1
+        self._values: list[float] = []
+
+    def add(self, seconds: float) -> None:
+        self.count += 1
+        if self.count % self._stride == 0:
+            self._values.append(seconds)
+            if len(self._values) >= self._limit:  # keep memory bounded on long runs
+                del self._values[::2]
+                self._stride *= 2
+
+    def percentile(self, q: float) -> float:
+        if not self._values:
+            return 0.0
+        ordered = sorted(self._values)
+        return ordered[min(len(ordered) - 1, int(len(ordered) * q / 100))]
+
+
 class Server:
     """The lottery's central server. See the module docstring.
 
@@ -84,6 +108,8 @@ class Server:
         self.barrier = DrawBarrier(config.agencies)
         self._winners: dict[int, tuple[str, ...]] = {}
         self._handlers: set[Handler] = set()
+        #: Seconds from reading each batch to writing its ack (logged at shutdown).
+        self.ack_latencies = LatencySample()
         self._listener: asyncio.Server | None = None
         self._shutdown_task: asyncio.Task[None] | None = None
         self._closed = asyncio.Event()
@@ -102,7 +128,7 @@ class Server:
                 winners = await self._committer.call(lambda s: s.winners())
                 self._winners = {a: tuple(d) for a, d in winners.items()}
             elif self.barrier.opened:  # every agency was done when the server stopped
-                await self._draw()
+                await self.draw()
             self._listener = await asyncio.start_server(
                 self._accept, cfg.host, cfg.port, backlog=cfg.listen_backlog
             )
@@ -172,6 +198,21 @@ class Server:
                 log.warning("shutdown", result="in_progress", cancelled_connections=len(late))
         await self._committer.close()
         log.info("close_resource", result="success", resource="store")
+        committer, latencies = self._committer, self.ack_latencies
+        log.info(
+            "commits",
+            result="success",
+            commits=committer.commits,
+            batches=committer.batches_committed,
+            batches_per_commit=round(committer.batches_committed / max(committer.commits, 1), 1),
+        )
+        log.info(
+            "ack_latency",
+            result="success",
+            batches=latencies.count,
+            p50_ms=round(latencies.percentile(50) * 1000, 2),
+            p99_ms=round(latencies.percentile(99) * 1000, 2),
+        )
         self._closed.set()
         log.info("shutdown", result="success")
 
@@ -189,9 +230,10 @@ class Server:
         await self._committer.call(lambda s: s.mark_done(agency))
         self._log.info("agencia_lista", result="success", agencia=agency)
         if self.barrier.arrive(agency):
-            await self._draw()
+            await self.draw()
 
-    async def _draw(self) -> None:
+    async def draw(self) -> None:
+        """Make the draw (once: the committer's lock and the store make sure)."""
         started = asyncio.get_running_loop().time()
         try:
             winners = await self._committer.draw()
@@ -251,6 +293,7 @@ class _BatchReply:
     seq: int
     count: int
     single: Record | None  # the bet, when it came alone (tp0 ej5)
+    received: float  # loop time when the batch was read, for the ack latency
 
 
 @dataclass(slots=True)
@@ -350,9 +393,8 @@ class Handler:
                 self._protocol.receive_data(data)
                 await self._handle_frames()
         except ProtocolError as exc:
-            code = ErrorCode.OUT_OF_ORDER if "not allowed" in str(exc) else exc.code
             self._log.warning("protocolo", result="fail", agencia=self.agency, error=str(exc))
-            await self._queue(_FixedReply(Error(code, str(exc))))
+            await self._queue(_FixedReply(Error(exc.code, str(exc))))
         except _CloseConnection:
             pass
         except OSError:
@@ -377,7 +419,7 @@ class Handler:
         if isinstance(message, Batch | SingleBet) and self._agency_was_done:
             # Done is per agency, not per connection: no bets after it, even
             # on a new connection (they would miss the draw).
-            raise ProtocolError(
+            raise OutOfOrder(
                 f"{type(message).__name__} is not allowed: agency {self.agency} is done"
             )
         if isinstance(message, Batch):
@@ -394,9 +436,14 @@ class Handler:
     async def _submit(self, seq: int, records: Any, single: Record | None) -> None:
         assert self.agency is not None  # the protocol allows bets only after HELLO
         await self._slots.acquire()
+        # Every connection shares one commit queue: when it is full, stop
+        # reading; TCP then slows the agency down instead of memory filling up.
+        committer = self._server.committer
+        await committer.wait_for_room()
         self._unanswered += 1
-        future = self._server.committer.submit(PendingBatch(self.agency, seq, records))
-        self._replies.put_nowait(_BatchReply(future, seq, len(records), single))
+        future = committer.submit(PendingBatch(self.agency, seq, records))
+        received = asyncio.get_running_loop().time()
+        self._replies.put_nowait(_BatchReply(future, seq, len(records), single, received))
 
     async def _handshake(self, hello: Hello) -> None:
         agencies = self._server.config.agencies
@@ -425,13 +472,16 @@ class Handler:
     async def _write_loop(self) -> None:
         idle = self._server.config.timeout_idle
         try:
+            loop = asyncio.get_running_loop()
             while (reply := await self._replies.get()) is not _END:
                 data = await self._answer(reply)
                 self._writer.write(data)
                 async with asyncio.timeout(idle):
                     await self._writer.drain()
                 self._unanswered -= 1
-                self._last_reply = asyncio.get_running_loop().time()
+                self._last_reply = loop.time()
+                if isinstance(reply, _BatchReply):
+                    self._server.ack_latencies.add(self._last_reply - reply.received)
                 self._slots.release()
         except (OSError, TimeoutError):
             # The peer is gone or stopped reading: nothing more can reach it.
@@ -480,6 +530,8 @@ class Handler:
     async def _answer_winners(self) -> bytes:
         assert self.agency is not None
         barrier = self._server.barrier
+        if barrier.opened and not barrier.drawn:  # the draw failed (store error): try again
+            await self._server.draw()
         try:
             async with asyncio.timeout(self._server.config.timeout_winners):
                 drawn = await barrier.wait_drawn()
