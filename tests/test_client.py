@@ -426,3 +426,30 @@ async def test_single_bet_is_sent_and_stored(tmp_path: Path) -> None:
     async with running_server(tmp_path) as server, agency(1, server.port) as client:
         await client.send_bet(row)
     assert stored_bets(data_dir_of(tmp_path)) == as_stored(1, [row])
+
+
+async def test_a_server_that_always_drops_the_line_ends_in_connection_lost() -> None:
+    """Reconnects that never get a batch acknowledged are bounded: ConnectionLost, not a loop."""
+    handshakes = 0
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal handshakes
+        await reader.read(64)  # the HELLO
+        handshakes += 1
+        writer.write(encode(Welcome(0, 0)))
+        await writer.drain()
+        await reader.read(1)  # the first batch arrives: drop the line without an ack
+
+    async with fake_server(handle) as port, agency(1, port, reconnect_attempts=3) as client:
+        with pytest.raises(ConnectionLost, match="3 times in a row"):
+            await client.send_bets(make_rows(5))
+    assert handshakes == 3
+
+
+async def test_ack_latencies_are_recorded_per_batch(tmp_path: Path) -> None:
+    """Each acknowledged batch leaves one send-to-ack latency on the agency."""
+    async with running_server(tmp_path) as server, agency(1, server.port) as client:
+        await client.send_bets(make_rows(10))
+    assert client.batches_sent == 1
+    assert len(client.ack_latencies) == 1
+    assert 0 <= client.ack_latencies[0] < REPLY_TIMEOUT

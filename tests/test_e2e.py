@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import csv
+import json
 import os
 import socket
 import subprocess
@@ -282,3 +283,22 @@ def test_python_dash_m_lottery_runs() -> None:
     )
     assert result.returncode == 0
     assert result.stdout.startswith("lottery ")
+
+
+def test_stats_file_and_shutdown_figures(tmp_path: Path) -> None:
+    """--stats-file writes one ack latency per batch; the server logs its commit figures at exit."""
+    files = _make_files(tmp_path, 50, [{0}])
+    stats = tmp_path / "stats.json"
+    server, agencies, status = _run_round(
+        tmp_path, files, agency_args=("--batch-max-amount", "10", "--stats-file", str(stats))
+    )
+    _assert_healthy(server, agencies, status)
+    figures = json.loads(stats.read_text())
+    assert figures["acknowledged"] == 50
+    assert len(figures["ack_latencies_ms"]) == figures["batches_sent"] == 5
+    fields = [parse_log_line(line) for line in server.lines]
+    commits = next(f for f in fields if f.get("action") == "commits")
+    assert commits["batches"] == "5"
+    latency = next(f for f in fields if f.get("action") == "ack_latency")
+    assert latency["batches"] == "5"
+    assert float(latency["p99_ms"]) >= float(latency["p50_ms"]) >= 0

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from lottery.config import ServerConfig
+from lottery.errors import StoreError
 from lottery.protocol import (
     MAX_FRAME_SIZE,
     Ack,
@@ -473,3 +474,33 @@ async def test_close_twice_is_safe(tmp_path: Path) -> None:
         assert not server._listener.is_serving()
     server.close()  # and once more after the context manager's own close
     await server.wait_closed()
+
+
+class _DrawFailsOnce(SQLiteStore):
+    """A real store whose first draw fails, as a full disk would make it."""
+
+    failed = False
+
+    def draw(self) -> dict[int, list[str]]:
+        if not _DrawFailsOnce.failed:
+            _DrawFailsOnce.failed = True
+            raise StoreError("disk full (injected)")
+        return super().draw()
+
+
+async def test_a_failed_draw_is_made_again_on_the_next_winners_query(tmp_path: Path) -> None:
+    """If the store fails during the draw, the next winners query draws again and is answered."""
+    config = ServerConfig(host="127.0.0.1", port=0, agencies=1, data_dir=str(tmp_path), sync="OFF")
+    server = Server(config, open_store=lambda: _DrawFailsOnce(tmp_path, 1, 7574, "OFF"))
+    await server.start()
+    try:
+        async with raw_connection(server.port, agency=1) as conn:
+            await conn.send(Batch(1, [("Ana", "Díaz", "1", "1990-01-01", "7574")]), Done())
+            assert await conn.receive() == Ack(1)
+            assert await conn.receive() == Ack(0)  # done is stored, though the draw failed
+            assert not server.barrier.drawn
+            await conn.send(WinnersQuery())
+            assert await conn.receive() == Winners(("1",))
+    finally:
+        server.close()
+        await server.wait_closed()
