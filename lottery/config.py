@@ -54,7 +54,7 @@ class ServerConfig:
     timeout_idle: float = 60.0
     timeout_winners: float = 30.0
     timeout_graceful_shutdown: float = 5.0
-    max_group_bets: int = 32768
+    max_group_bets: int = 4096
     log_level: str = "INFO"
     log_format: str = "console"
 

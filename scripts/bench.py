@@ -91,6 +91,9 @@ TARGET_RATIO = 5.5
 
 _PORT_RE = re.compile(r"action: config \| result: success \| port: (\d+)")
 _COMMITS_RE = re.compile(r"action: commits \| result: success\b.*")
+_ACK_LATENCY_RE = re.compile(
+    r"action: ack_latency \| result: success .*p50_ms: ([0-9.]+) \| p99_ms: ([0-9.]+)"
+)
 _FIELD_RE = r"\| {}: (\d+)"  # a numeric field of a log line, wherever it stands
 _DRAW_RE = re.compile(r"action: sorteo \| result: success\b.*?\| segundos: ([0-9.]+)")
 # Key order within a line is not fixed, so take the field wherever it stands.
@@ -268,6 +271,8 @@ class Round:
     agencies_cpu_s: float | None = None  # every agency process together (end to end only)
     ack_p50_ms: float | None = None
     ack_p99_ms: float | None = None
+    server_ack_p50_ms: float | None = None  # read to ack, inside the server
+    server_ack_p99_ms: float | None = None
     batches_per_commit: float | None = None
     commits: int | None = None
     draw_s: float | None = None
@@ -300,6 +305,7 @@ def _server_figures(
         if commits_field and batches_field:
             commits, batches = int(commits_field.group(1)), int(batches_field.group(1))
     draw = _DRAW_RE.search(log)
+    server_ack = _ACK_LATENCY_RE.search(log)
     return Round(
         mode=mode,
         agencies=data.agencies,
@@ -315,6 +321,8 @@ def _server_figures(
         if commits is None or batches is None
         else batches / max(1, commits),
         draw_s=float(draw.group(1)) if draw else None,
+        server_ack_p50_ms=float(server_ack.group(1)) if server_ack else None,
+        server_ack_p99_ms=float(server_ack.group(2)) if server_ack else None,
     )
 
 
@@ -587,6 +595,8 @@ ROWS = [
     ("agencies CPU s (all)", "agencies_cpu_s", ".2f"),
     ("ack latency p50 ms", "ack_p50_ms", ".2f"),
     ("ack latency p99 ms", "ack_p99_ms", ".2f"),
+    ("server ack p50 ms", "server_ack_p50_ms", ".2f"),
+    ("server ack p99 ms", "server_ack_p99_ms", ".2f"),
     ("batches per commit", "batches_per_commit", ".1f"),
     ("draw s (server log)", "draw_s", ".3f"),
 ]
