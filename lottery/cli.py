@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .client import AsyncAgency
+from .client import AsyncAgency, query_status
 from .config import (
     AgencyConfig,
     ServerConfig,
@@ -30,6 +30,8 @@ from .csvfiles import write_bets_csv
 from .errors import AgencyError, ConfigError, InvalidBet, LotteryError, StoreError
 from .log import FORMATS, LEVELS, configure, get_logger
 from .server import Server
+from .status import render as render_status
+from .status import summary
 from .store import DB_FILENAME, SYNC_MODES, SQLiteStore
 
 __all__ = ["main"]
@@ -92,6 +94,15 @@ def build_parser() -> argparse.ArgumentParser:
     agency.add_argument("--winners-base-delay", help="first back-off, seconds (default 0.5)")
     agency.add_argument("--stats-file", help="write the round's figures (ack latencies) as JSON")
     _common(agency)
+
+    status = commands.add_parser("status", help="show the round: agencies, bets, the draw")
+    status.add_argument("--server", required=True, help="HOST:PORT of the server")
+    status.add_argument("--json", action="store_true", help="print the raw JSON")
+    status.add_argument("--timeout", type=float, default=5.0)
+
+    ping = commands.add_parser("ping", help="exit 0 if a server answers (health checks)")
+    ping.add_argument("server", help="HOST:PORT of the server")
+    ping.add_argument("--timeout", type=float, default=5.0)
 
     export = commands.add_parser("export", help="write the stored bets as tp0's bets.csv")
     export.add_argument("--data-dir", required=True)
@@ -220,6 +231,37 @@ def run_agency(args: argparse.Namespace) -> int:
             return EXIT_FAILED
 
 
+# -- status and ping ------------------------------------------------------------------------
+
+
+def _server_address(raw: str, flag: str) -> tuple[str, int]:
+    try:
+        return parse_address(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{flag}: {exc}") from None
+
+
+def run_status(args: argparse.Namespace) -> int:
+    host, port = _server_address(args.server, "--server")
+    status = asyncio.run(query_status(host, port, args.timeout))
+    if args.json:
+        print(json.dumps(status, indent=2))
+    else:
+        render_status(status, sys.stdout)
+    return EXIT_OK
+
+
+def run_ping(args: argparse.Namespace) -> int:
+    host, port = _server_address(args.server, "server")
+    try:
+        status = asyncio.run(query_status(host, port, args.timeout))
+    except (OSError, LotteryError) as exc:
+        print(f"lottery ping: {host}:{port} did not answer: {exc or type(exc).__name__}")
+        return EXIT_FAILED
+    print(f"lottery ping: {host}:{port} answers; {summary(status)}")
+    return EXIT_OK
+
+
 # -- export ---------------------------------------------------------------------------------
 
 
@@ -239,7 +281,13 @@ def run_export(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    commands = {"server": run_server, "agency": run_agency, "export": run_export}
+    commands = {
+        "server": run_server,
+        "agency": run_agency,
+        "export": run_export,
+        "status": run_status,
+        "ping": run_ping,
+    }
     try:
         return commands[args.command](args)
     except ConfigError as exc:

@@ -34,6 +34,7 @@ import asyncio
 import collections
 import contextlib
 import datetime
+import json
 import os
 import random
 from collections.abc import Awaitable, Iterable, Sequence
@@ -61,6 +62,8 @@ from .protocol import (
     Message,
     NotReady,
     SingleBet,
+    Status,
+    StatusQuery,
     Welcome,
     Winners,
     WinnersQuery,
@@ -70,7 +73,7 @@ from .protocol import (
     skip_records,
 )
 
-__all__ = ["AsyncAgency", "RoundResult", "SendReport"]
+__all__ = ["AsyncAgency", "RoundResult", "SendReport", "query_status"]
 
 READ_SIZE = 65536
 #: Blocks of validated records waiting for the batcher.
@@ -235,6 +238,29 @@ async def _run_together(*coroutines: Awaitable[None]) -> None:
         raise _first_error(group) from None
 
 
+async def query_status(host: str, port: int, timeout: float = 5.0) -> dict[str, Any]:
+    """Ask a server how its round is going (no handshake needed).
+
+    Returns:
+        The server's STATUS JSON, decoded (see docs/PROTOCOL.md).
+
+    Raises:
+        OSError: the server could not be reached or did not answer in time.
+        ProtocolError: the server answered something else.
+    """
+    conn = await _Connection.open(host, port, timeout)
+    try:
+        conn.send(encode(StatusQuery()))
+        await conn.drain(timeout)
+        reply = await conn.receive(timeout)
+    finally:
+        await conn.close()
+    if not isinstance(reply, Status):
+        raise ProtocolError(f"expected STATUS, got {type(reply).__name__}")
+    status: dict[str, Any] = json.loads(reply.text)
+    return status
+
+
 class AsyncAgency:
     """An agency's connection to the central server. Use with ``async with``.
 
@@ -289,6 +315,11 @@ class AsyncAgency:
         self.batches_sent = 0
         #: Seconds from sending each batch to its ack (the latest 100,000).
         self.ack_latencies: collections.deque[float] = collections.deque(maxlen=100_000)
+        #: Progress of send_bets, for a progress display: valid bets read from
+        #: the source, bets sent (resends not counted again), bets acknowledged.
+        self.bets_read = 0
+        self.bets_sent = 0
+        self.bets_acknowledged = 0
         self._log = get_logger(agencia=agency_id)
 
     def __repr__(self) -> str:
@@ -468,6 +499,7 @@ class AsyncAgency:
             logged = len(reader.rejected)
             if block is None:
                 break
+            self.bets_read += block.count
             await out.put(block)
         await out.put(None)
 
@@ -515,6 +547,7 @@ class AsyncAgency:
                 # The handshake says what the server stored: those need no resend.
                 stored = await window.acknowledge_through(self._last_seq)
                 report.acknowledged += sum(item.count for item in stored)
+                self.bets_acknowledged += sum(item.count for item in stored)
 
     async def _pump(self, frames: asyncio.Queue[Any], window: _Window, report: SendReport) -> None:
         conn = self._connection()
@@ -540,6 +573,7 @@ class AsyncAgency:
             item.sent = asyncio.get_running_loop().time()
             conn.send(item.frame)
             self.batches_sent += 1
+            self.bets_sent += item.count
             await conn.drain(self.timeout)
 
     async def _receive_acks(self, conn: _Connection, window: _Window, report: SendReport) -> None:
@@ -552,6 +586,7 @@ class AsyncAgency:
                 now = asyncio.get_running_loop().time()
                 for item in await window.acknowledge_through(reply.seq):
                     report.acknowledged += item.count
+                    self.bets_acknowledged += item.count
                     self.ack_latencies.append(now - item.sent)
             else:
                 self._raise_for(reply)

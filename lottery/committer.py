@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import functools
+import time
 from collections.abc import Callable
 from operator import methodcaller
 from typing import TypeVar
@@ -80,6 +81,9 @@ class Committer:
         self._lock = asyncio.Lock()
         self.commits = 0
         self.batches_committed = 0
+        #: Called after each successful commit with its seconds and batch count
+        #: (the metrics module observes commit latency through it).
+        self.on_commit: Callable[[float, int], None] | None = None
 
     async def start(self) -> None:
         """Open the store on its thread and start the commit task."""
@@ -142,11 +146,15 @@ class Committer:
                     results: list[CommitResult]
                     try:
                         batches = [batch for batch, _ in group]
+                        started = time.perf_counter()
                         results = list(await self.call(methodcaller("commit", batches)))
+                        seconds = time.perf_counter() - started
                         if len(results) != len(group):
                             raise RuntimeError(f"{len(results)} outcomes for {len(group)} batches")
                         self.commits += 1
                         self.batches_committed += len(group)
+                        if self.on_commit is not None:
+                            self.on_commit(seconds, len(group))
                     except StoreError as exc:
                         results = [exc] * len(group)
                     except Exception as exc:  # a bug, not a disk fault: refuse, stay up

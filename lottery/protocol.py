@@ -68,6 +68,8 @@ __all__ = [
     "ServerProtocol",
     "ServerState",
     "SingleBet",
+    "Status",
+    "StatusQuery",
     "Welcome",
     "Winners",
     "WinnersQuery",
@@ -114,11 +116,13 @@ class FrameType(enum.IntEnum):
     BATCH = 0x03
     DONE = 0x04
     WINNERS_QUERY = 0x05
+    STATUS_QUERY = 0x06
     WELCOME = 0x81
     ACK = 0x82
     ERROR = 0x83
     WINNERS = 0x84
     NOT_READY = 0x85
+    STATUS = 0x86
 
 
 class ErrorCode(enum.IntEnum):
@@ -212,8 +216,32 @@ class NotReady:
     """Server → client: the draw has not happened yet; ask again later."""
 
 
+@dataclass(frozen=True, slots=True)
+class StatusQuery:
+    """Any peer → server, even before HELLO: how is the round going? (also a ping)"""
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    """Server → peer: the round's state as JSON text; long texts span frames until ``last``."""
+
+    text: str
+    last: bool = True
+
+
 Message = (
-    Hello | Welcome | SingleBet | Batch | Done | WinnersQuery | Ack | Error | Winners | NotReady
+    Hello
+    | Welcome
+    | SingleBet
+    | Batch
+    | Done
+    | WinnersQuery
+    | StatusQuery
+    | Ack
+    | Error
+    | Winners
+    | NotReady
+    | Status
 )
 
 
@@ -341,6 +369,18 @@ def _encode_winners(documents: Sequence[str]) -> bytes:
     return b"".join(frames)
 
 
+def _encode_status(text: str) -> bytes:
+    # Split the UTF-8 bytes, not the text: a frame may end mid-character, the
+    # client joins the bytes before decoding.
+    data = text.encode()
+    room = MAX_BODY_SIZE - 1
+    chunks = [data[i : i + room] for i in range(0, len(data), room)] or [b""]
+    return b"".join(
+        _frame(FrameType.STATUS, bytes([i == len(chunks) - 1]) + chunk)
+        for i, chunk in enumerate(chunks)
+    )
+
+
 def _winners_frame(documents: Sequence[str], last: bool) -> bytes:
     body = _WINNERS.pack(int(last), len(documents)) + FS.join(documents).encode()
     return _frame(FrameType.WINNERS, body)
@@ -370,6 +410,10 @@ def encode(message: Message) -> bytes:
             return _frame(FrameType.ERROR, _ERROR.pack(code) + raw)
         case Winners(documents):
             return _encode_winners(documents)
+        case StatusQuery():
+            return _frame(FrameType.STATUS_QUERY)
+        case Status(text):
+            return _encode_status(text)
         case NotReady():
             return _frame(FrameType.NOT_READY)
     raise TypeError(f"not a protocol message: {message!r}")
@@ -549,16 +593,21 @@ class ServerState(enum.Enum):
 # Every legal move of a connection, in one table: state -> frame -> next state.
 # A frame missing from its state's row is refused as out of order.
 _SERVER_TRANSITIONS: dict[ServerState, dict[int, ServerState]] = {
-    ServerState.HANDSHAKE: {FrameType.HELLO: ServerState.OPEN},
+    ServerState.HANDSHAKE: {
+        FrameType.HELLO: ServerState.OPEN,
+        FrameType.STATUS_QUERY: ServerState.HANDSHAKE,
+    },
     ServerState.OPEN: {
         FrameType.BET: ServerState.OPEN,
         FrameType.BATCH: ServerState.OPEN,
         FrameType.DONE: ServerState.DONE,
         FrameType.WINNERS_QUERY: ServerState.OPEN,
+        FrameType.STATUS_QUERY: ServerState.OPEN,
     },
     ServerState.DONE: {
         FrameType.DONE: ServerState.DONE,
         FrameType.WINNERS_QUERY: ServerState.DONE,
+        FrameType.STATUS_QUERY: ServerState.DONE,
     },
 }
 _CLIENT_FRAMES = frozenset(t for t in FrameType if t < 0x80)
@@ -613,6 +662,9 @@ class ServerProtocol:
         if ftype == FrameType.DONE:
             _decode_empty(body, "DONE")
             return Done()
+        if ftype == FrameType.STATUS_QUERY:
+            _decode_empty(body, "STATUS_QUERY")
+            return StatusQuery()
         _decode_empty(body, "WINNERS_QUERY")
         return WinnersQuery()
 
@@ -622,6 +674,7 @@ class ClientProtocol:
 
     def __init__(self) -> None:
         self._decoder = FrameDecoder(_SERVER_FRAMES)
+        self._status = bytearray()  # STATUS fragments until the last one
 
     def receive_data(self, data: bytes) -> None:
         self._decoder.receive_data(data)
@@ -648,10 +701,24 @@ class ClientProtocol:
         if ftype == FrameType.NOT_READY:
             _decode_empty(body, "NOT_READY")
             return NotReady()
+        if ftype == FrameType.STATUS:
+            return self._decode_status(body)
         if len(body) < _ERROR.size:
             raise ProtocolError("ERROR body too short for its code")
         (code,) = _ERROR.unpack_from(body)
         return Error(code, body[_ERROR.size :].decode(errors="replace"))
+
+    def _decode_status(self, body: bytes) -> Message | None:
+        if not body:
+            raise ProtocolError("STATUS body too short for its flag")
+        self._status += body[1:]
+        if not body[0]:
+            return self.next_event()  # a fragment: the message is not whole yet
+        data, self._status = bytes(self._status), bytearray()
+        try:
+            return Status(data.decode())
+        except UnicodeDecodeError:
+            raise ProtocolError("STATUS text is not valid UTF-8") from None
 
     def events(self) -> Iterator[Message]:
         """Every whole message buffered so far."""

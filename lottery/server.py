@@ -22,9 +22,11 @@ seconds, cancel what is left, then commit what is pending and close the store.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import datetime
 import functools
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,6 +48,8 @@ from .protocol import (
     Record,
     ServerProtocol,
     SingleBet,
+    Status,
+    StatusQuery,
     Welcome,
     Winners,
     WinnersQuery,
@@ -107,6 +111,9 @@ class Server:
         )
         self.barrier = DrawBarrier(config.agencies)
         self._winners: dict[int, tuple[str, ...]] = {}
+        self.draw_seconds: float | None = None
+        #: Since start: bets and batches stored, batches refused (for metrics).
+        self.counters = dict.fromkeys(("bets_stored", "batches_stored", "batches_refused"), 0)
         self._handlers: set[Handler] = set()
         #: Seconds from reading each batch to writing its ack (logged at shutdown).
         self.ack_latencies = LatencySample()
@@ -222,6 +229,29 @@ class Server:
     def committer(self) -> Committer:
         return self._committer
 
+    async def status(self) -> dict[str, Any]:
+        """The round's state, for STATUS replies, ``lottery status`` and metrics."""
+        progress = await self._committer.call(lambda s: s.all_progress())
+        connected = collections.Counter(h.agency for h in self._handlers if h.agency)
+        barrier = self.barrier
+        return {
+            "agencies": self.config.agencies,
+            "opened": barrier.opened,
+            "drawn": barrier.drawn,
+            "draw_seconds": self.draw_seconds,
+            "connections": len(self._handlers),
+            "agency": [
+                {
+                    "id": agency,
+                    "committed_bets": progress.get(agency, (0, 0))[1],
+                    "last_seq": progress.get(agency, (0, 0))[0],
+                    "connected": connected[agency] > 0,
+                    "done": agency in barrier.done,
+                }
+                for agency in range(1, self.config.agencies + 1)
+            ],
+        }
+
     def winners_of(self, agency: int) -> tuple[str, ...]:
         return self._winners.get(agency, ())
 
@@ -249,6 +279,7 @@ class Server:
                 cant_ganadores=sum(len(d) for d in winners.values()),
                 segundos=round(asyncio.get_running_loop().time() - started, 3),
             )
+            self.draw_seconds = asyncio.get_running_loop().time() - started
         self._winners = {a: tuple(d) for a, d in winners.items()}
         self.barrier.set_drawn()
 
@@ -306,11 +337,15 @@ class _DoneReply:
     pass
 
 
+class _StatusReply:
+    pass
+
+
 class _WinnersReply:
     pass
 
 
-_Reply = _BatchReply | _FixedReply | _DoneReply | _WinnersReply
+_Reply = _BatchReply | _FixedReply | _DoneReply | _WinnersReply | _StatusReply
 _END = None  # the reader has stopped: the writer ends after what is queued
 
 
@@ -428,6 +463,8 @@ class Handler:
             await self._submit(message.seq, (message.record,), message.record)
         elif isinstance(message, Done):
             await self._queue(_DoneReply())
+        elif isinstance(message, StatusQuery):
+            await self._queue(_StatusReply())
         elif isinstance(message, WinnersQuery):
             await self._queue(_WinnersReply())
         elif isinstance(message, Hello):
@@ -494,14 +531,20 @@ class Handler:
         if isinstance(reply, _FixedReply):
             if reply.log_fail:
                 self._log.info("apuesta_recibida", result="fail", cantidad=reply.log_fail)
+                self._server.counters["batches_refused"] += 1
             return encode(reply.message)
         if isinstance(reply, _DoneReply):
             return await self._answer_done()
+        if isinstance(reply, _StatusReply):
+            return encode(Status(json.dumps(await self._server.status())))
         return await self._answer_winners()
 
     def _answer_batch(self, reply: _BatchReply, result: Any) -> bytes:
         log = self._log
+        counters = self._server.counters
         if result is Outcome.STORED:
+            counters["batches_stored"] += 1
+            counters["bets_stored"] += reply.count
             if reply.single is not None:
                 bet = reply.single
                 log.info("apuesta_almacenada", result="success", dni=bet[2], numero=int(bet[4]))
@@ -512,6 +555,7 @@ class Handler:
             log.debug("apuesta_duplicada", result="success", seq=reply.seq)
             return encode(Ack(reply.seq))
         log.info("apuesta_recibida", result="fail", cantidad=reply.count)
+        counters["batches_refused"] += 1
         if result is Outcome.GAP:
             return encode(
                 Error(ErrorCode.BAD_SEQUENCE, f"batch {reply.seq} skips ahead of the last stored")

@@ -72,6 +72,10 @@ class Store(Protocol):
         """(last committed sequence, committed bets) of ``agency``."""
         ...
 
+    def all_progress(self) -> dict[int, tuple[int, int]]:
+        """`progress` of every agency that stored something."""
+        ...
+
     def commit(self, batches: Sequence[PendingBatch]) -> list[Outcome]:
         # Decide everything first, in Python; then write it in a handful of
         # statements. Each SQLite call hands the GIL to the event loop and
@@ -273,6 +277,9 @@ class SQLiteStore:
 
     def progress(self, agency: int) -> tuple[int, int]:
         return self._progress.get(agency, (0, 0))
+
+    def all_progress(self) -> dict[int, tuple[int, int]]:
+        return dict(self._progress)
 
     def commit(self, batches: Sequence[PendingBatch]) -> list[Outcome]:
         outcomes: list[Outcome] = []

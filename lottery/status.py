@@ -1,0 +1,79 @@
+"""``lottery status``: the round's state as a table, for people.
+
+`render` turns the server's STATUS JSON (see docs/PROTOCOL.md) into a table:
+one row per agency with its committed bets, whether it is connected and
+whether it is done, then the draw's state. With `rich` installed (the ``ui``
+extra) the table is drawn by rich; without it, as plain aligned text.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any, TextIO
+
+__all__ = ["render", "summary"]
+
+
+def summary(status: dict[str, Any]) -> str:
+    """One line about the draw: made, waiting for whom, or not yet open."""
+    if status["drawn"]:
+        seconds = status.get("draw_seconds")
+        took = f" in {seconds * 1000:.1f} ms" if isinstance(seconds, float) else ""
+        return f"draw: made{took}"
+    missing = [a["id"] for a in status["agency"] if not a["done"]]
+    if missing:
+        shown = ", ".join(map(str, missing[:20])) + (" ..." if len(missing) > 20 else "")
+        return f"draw: waiting for {len(missing)} of {status['agencies']} agencies ({shown})"
+    return "draw: every agency is done; drawing"
+
+
+def _rows(status: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    return [
+        (
+            str(a["id"]),
+            f"{a['committed_bets']:,}",
+            "yes" if a["connected"] else "no",
+            "yes" if a["done"] else "no",
+        )
+        for a in status["agency"]
+    ]
+
+
+HEADERS = ("agency", "committed bets", "connected", "done")
+
+
+def _plain(status: dict[str, Any]) -> str:
+    rows = [HEADERS, *_rows(status)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(HEADERS))]
+    lines = ["  ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join([*lines, "", summary(status)]) + "\n"
+
+
+def render(status: dict[str, Any], out: TextIO, *, use_rich: bool | None = None) -> None:
+    """Write the status table to ``out`` (rich when available, unless told not to)."""
+    if use_rich is not False:
+        try:
+            from rich.console import Console
+            from rich.table import Table
+        except ImportError:
+            if use_rich:
+                raise
+        else:
+            table = Table(title=f"lottery round: {status['agencies']} agencies")
+            for header in HEADERS:
+                table.add_column(header, justify="right")
+            for row in _rows(status):
+                table.add_row(*row)
+            console = Console(file=out, force_terminal=None if out.isatty() else False)
+            console.print(table)
+            console.print(summary(status))
+            return
+    out.write(_plain(status))
+
+
+def render_text(status: dict[str, Any]) -> str:
+    """The plain-text table (what `render` writes without rich)."""
+    buffer = io.StringIO()
+    render(status, buffer, use_rich=False)
+    return buffer.getvalue()
