@@ -81,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--timeout-winners", help="seconds a winners query waits for the draw")
     server.add_argument("--timeout-graceful-shutdown", help="seconds to finish work on SIGTERM")
     server.add_argument("--max-group-bets", help="most bets in one commit")
+    server.add_argument("--metrics-port", help="serve Prometheus metrics on this port")
+    server.add_argument("--metrics-host", help="address for the metrics (default 127.0.0.1)")
     _common(server)
 
     agency = commands.add_parser("agency", help="run one agency: send bets, get winners")
@@ -119,7 +121,18 @@ def _flags(args: argparse.Namespace) -> dict[str, Any]:
 
 async def _serve(config: ServerConfig) -> None:
     server = Server(config)
-    await server.start()
+    metrics = None
+    if config.metrics_port:  # first, so a taken port fails before the store opens
+        from .metrics import serve_metrics  # prometheus_client only when asked for
+
+        metrics = await serve_metrics(server, config.metrics_host, config.metrics_port)
+        get_logger().info("metrics", result="success", port=metrics.port)
+    try:
+        await server.start()
+    except BaseException:
+        if metrics is not None:
+            await metrics.aclose()
+        raise
     loop = asyncio.get_running_loop()
     main_task = asyncio.current_task()
     signals = 0
@@ -140,6 +153,9 @@ async def _serve(config: ServerConfig) -> None:
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
+        if metrics is not None:
+            await metrics.aclose()
+            get_logger().info("close_resource", result="success", resource="metrics")
 
 
 def run_server(args: argparse.Namespace) -> int:

@@ -55,6 +55,9 @@ class ServerConfig:
     timeout_winners: float = 30.0
     timeout_graceful_shutdown: float = 5.0
     max_group_bets: int = 4096
+    #: Port for Prometheus metrics over HTTP (0: no metrics endpoint).
+    metrics_port: int = 0
+    metrics_host: str = "127.0.0.1"
     log_level: str = "INFO"
     log_format: str = "console"
 
@@ -176,6 +179,8 @@ SERVER_OPTIONS = (
         seconds,
     ),
     Option("max_group_bets", "SERVER_MAX_GROUP_BETS", "SERVER_MAX_GROUP_BETS", integer(1)),
+    Option("metrics_port", "SERVER_METRICS_PORT", "SERVER_METRICS_PORT", integer(0, 65535)),
+    Option("metrics_host", "SERVER_METRICS_HOST", "SERVER_METRICS_HOST", text),
     Option("log_level", "LOGGING_LEVEL", "LOGGING_LEVEL", choice(*LEVELS)),
     Option("log_format", "LOG_FORMAT", "LOG_FORMAT", choice(*FORMATS)),
 )
