@@ -611,7 +611,7 @@ class AsyncAgency:
         await conn.drain(self.timeout)
         documents: list[str] = []
         while True:
-            reply = await conn.receive(self.winners_timeout)
+            reply = await conn.receive(self.winners_timeout)  # wait_for bounds it too
             if isinstance(reply, NotReady):
                 return None
             if not isinstance(reply, Winners):
@@ -636,7 +636,9 @@ class AsyncAgency:
             try:
                 if self._conn is None:
                     await self._reconnect()
-                documents = await self._query_winners()
+                # One try, bounded as a whole: the send, the server's wait for
+                # the draw, and every WINNERS frame of the answer.
+                documents = await asyncio.wait_for(self._query_winners(), self.winners_timeout)
                 if documents is not None:
                     self._log.info(
                         "consulta_ganadores", result="success", cant_ganadores=len(documents)
