@@ -29,6 +29,7 @@ from .config import (
 from .csvfiles import write_bets_csv
 from .errors import AgencyError, ConfigError, InvalidBet, LotteryError, StoreError
 from .log import FORMATS, LEVELS, configure, get_logger
+from .progress import agency_progress, console_for, count_lines, log_stream, progress_wanted
 from .server import Server
 from .status import render as render_status
 from .status import summary
@@ -95,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     agency.add_argument("--winners-attempts", help="tries of the winners query (default 5)")
     agency.add_argument("--winners-base-delay", help="first back-off, seconds (default 0.5)")
     agency.add_argument("--stats-file", help="write the round's figures (ack latencies) as JSON")
+    agency.add_argument(
+        "--quiet", action="store_true", help="no progress bar on a terminal (log lines unchanged)"
+    )
     _common(agency)
 
     status = commands.add_parser("status", help="show the round: agencies, bets, the draw")
@@ -192,7 +196,9 @@ def _write_stats(path: str, agency: AsyncAgency, acknowledged: int) -> None:
     Path(path).write_text(json.dumps(figures), encoding="utf-8")
 
 
-async def _agency_round(config: AgencyConfig, stats_file: str | None = None) -> int:
+async def _agency_round(
+    config: AgencyConfig, stats_file: str | None = None, console: Any = None
+) -> int:
     log = get_logger(agencia=config.id)
     host, port = parse_address(config.server_address)
     single = None if config.bets else _single_bet_from_env()
@@ -217,12 +223,18 @@ async def _agency_round(config: AgencyConfig, stats_file: str | None = None) -> 
             await agency.notify()
             winners = await agency.winners()
         else:
-            result = await agency.run(config.bets)
-            winners, rejected = result.winners, len(result.report.rejected)
-            acknowledged = result.report.acknowledged
+            if console is not None:  # a person is watching: show the bar while sending
+                total = await asyncio.to_thread(count_lines, config.bets)
+                async with agency_progress(agency, sys.stderr, total=total, console=console):
+                    report = await agency.send_bets(config.bets)
+            else:
+                report = await agency.send_bets(config.bets)
+            await agency.notify()
+            winners = await agency.winners()
+            rejected, acknowledged = len(report.rejected), report.acknowledged
             log.info(
-                "apuestas_enviadas", result="success", cantidad=result.report.acknowledged,
-                omitidas=result.report.skipped,
+                "apuestas_enviadas", result="success", cantidad=report.acknowledged,
+                omitidas=report.skipped,
             )  # fmt: skip
     log.info("ganadores", result="success", dnis=" ".join(winners) or "-")
     if stats_file:
@@ -235,10 +247,15 @@ async def _agency_round(config: AgencyConfig, stats_file: str | None = None) -> 
 
 def run_agency(args: argparse.Namespace) -> int:
     config = load_agency_config(_flags(args), os.environ, args.config)
-    configure(config.log_level, config.log_format)
+    # On a terminal, a progress bar; then log lines must print above it, through
+    # the same console. Off a terminal: the log lines only, as tp0 reads them.
+    console = None
+    if config.bets and progress_wanted(sys.stderr, quiet=args.quiet, log_format=config.log_format):
+        console = console_for(sys.stderr)
+    configure(config.log_level, config.log_format, log_stream(console) if console else None)
     with asyncio.Runner(loop_factory=loop_factory(args.loop)) as runner:
         try:
-            return runner.run(_agency_round(config, args.stats_file))
+            return runner.run(_agency_round(config, args.stats_file, console))
         except InvalidBet as exc:
             get_logger().error("apuesta_enviada", result="fail", error=str(exc))
             return EXIT_FAILED
