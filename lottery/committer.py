@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import functools
 import time
 from collections.abc import Callable
@@ -144,6 +145,7 @@ class Committer:
                 group = self._take_group()
                 async with self._lock:
                     results: list[CommitResult]
+                    seconds = -1.0  # stays negative unless the commit succeeded
                     try:
                         batches = [batch for batch, _ in group]
                         started = time.perf_counter()
@@ -153,8 +155,6 @@ class Committer:
                             raise RuntimeError(f"{len(results)} outcomes for {len(group)} batches")
                         self.commits += 1
                         self.batches_committed += len(group)
-                        if self.on_commit is not None:
-                            self.on_commit(seconds, len(group))
                     except StoreError as exc:
                         results = [exc] * len(group)
                     except Exception as exc:  # a bug, not a disk fault: refuse, stay up
@@ -162,6 +162,11 @@ class Committer:
                 for (_, future), result in zip(group, results, strict=True):
                     if not future.done():  # its connection may have been cancelled
                         future.set_result(result)
+                # After the futures: a failing observer must not turn a commit
+                # that happened into refused batches.
+                if seconds >= 0 and self.on_commit is not None:
+                    with contextlib.suppress(Exception):
+                        self.on_commit(seconds, len(group))
             if self._closing:
                 return
 

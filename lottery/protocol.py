@@ -688,10 +688,13 @@ class ClientProtocol:
         Raises:
             ProtocolError: the server's bytes break the protocol.
         """
-        frame = self._decoder.next_frame()
-        if frame is None:
-            return None
-        ftype, body = frame
+        while (frame := self._decoder.next_frame()) is not None:
+            message = self._decode(*frame)
+            if message is not None:  # None: a STATUS fragment, the text goes on
+                return message
+        return None
+
+    def _decode(self, ftype: int, body: bytes) -> Message | None:
         if ftype == FrameType.ACK:
             return Ack(*_unpack(_SEQ, body, "ACK"))
         if ftype == FrameType.WELCOME:
@@ -708,12 +711,12 @@ class ClientProtocol:
         (code,) = _ERROR.unpack_from(body)
         return Error(code, body[_ERROR.size :].decode(errors="replace"))
 
-    def _decode_status(self, body: bytes) -> Message | None:
+    def _decode_status(self, body: bytes) -> Status | None:
         if not body:
             raise ProtocolError("STATUS body too short for its flag")
         self._status += body[1:]
         if not body[0]:
-            return self.next_event()  # a fragment: the message is not whole yet
+            return None
         data, self._status = bytes(self._status), bytearray()
         try:
             return Status(data.decode())
