@@ -78,6 +78,17 @@ class DrawBarrier:
             return True
         return False
 
+    def close_early(self) -> list[int] | None:
+        """Open the barrier without the agencies still missing (a draw deadline).
+
+        Returns:
+            The agencies left out, or None if the barrier was already open.
+        """
+        if self.opened:
+            return None
+        self.opened = True
+        return self.missing
+
     @property
     def done(self) -> frozenset[int]:
         return frozenset(self._done)

@@ -82,6 +82,8 @@ class Committer:
         self._lock = asyncio.Lock()
         self.commits = 0
         self.batches_committed = 0
+        #: Set (under the lock) when the draw is made: later batches are LATE.
+        self.drawn = False
         #: Called after each successful commit with its seconds and batch count
         #: (the metrics module observes commit latency through it).
         self.on_commit: Callable[[float, int], None] | None = None
@@ -90,6 +92,7 @@ class Committer:
         """Open the store on its thread and start the commit task."""
         try:
             self._store = await self._in_thread(self._open_store)
+            self.drawn = await self.call(lambda s: s.drawn())
         except BaseException:
             self._executor.shutdown(wait=False)
             raise
@@ -146,19 +149,10 @@ class Committer:
                 async with self._lock:
                     results: list[CommitResult]
                     seconds = -1.0  # stays negative unless the commit succeeded
-                    try:
-                        batches = [batch for batch, _ in group]
-                        started = time.perf_counter()
-                        results = list(await self.call(methodcaller("commit", batches)))
-                        seconds = time.perf_counter() - started
-                        if len(results) != len(group):
-                            raise RuntimeError(f"{len(results)} outcomes for {len(group)} batches")
-                        self.commits += 1
-                        self.batches_committed += len(group)
-                    except StoreError as exc:
-                        results = [exc] * len(group)
-                    except Exception as exc:  # a bug, not a disk fault: refuse, stay up
-                        results = [StoreError(f"commit failed unexpectedly: {exc!r}")] * len(group)
+                    if self.drawn:  # the winners are known: a bet now cannot take part
+                        results = [Outcome.LATE] * len(group)
+                    else:
+                        results, seconds = await self._commit_group(group)
                 for (_, future), result in zip(group, results, strict=True):
                     if not future.done():  # its connection may have been cancelled
                         future.set_result(result)
@@ -170,6 +164,25 @@ class Committer:
             if self._closing:
                 return
 
+    async def _commit_group(
+        self, group: list[tuple[PendingBatch, asyncio.Future[CommitResult]]]
+    ) -> tuple[list[CommitResult], float]:
+        """Commit one group; its results, and the seconds it took (-1 if it failed)."""
+        try:
+            batches = [batch for batch, _ in group]
+            started = time.perf_counter()
+            results: list[CommitResult] = list(await self.call(methodcaller("commit", batches)))
+            seconds = time.perf_counter() - started
+            if len(results) != len(group):
+                raise RuntimeError(f"{len(results)} outcomes for {len(group)} batches")
+        except StoreError as exc:
+            return [exc] * len(group), -1.0
+        except Exception as exc:  # a bug, not a disk fault: refuse, stay up
+            return [StoreError(f"commit failed unexpectedly: {exc!r}")] * len(group), -1.0
+        self.commits += 1
+        self.batches_committed += len(group)
+        return results, seconds
+
     async def draw(self) -> dict[int, list[str]] | None:
         """Make the draw unless it was made already.
 
@@ -179,8 +192,11 @@ class Committer:
         """
         async with self._lock:
             if await self.call(lambda s: s.drawn()):
+                self.drawn = True
                 return None
-            return await self.call(lambda s: s.draw())
+            winners = await self.call(lambda s: s.draw())
+            self.drawn = True
+            return winners
 
     async def close(self) -> None:
         """Commit what is pending, then close the store and its thread."""

@@ -55,6 +55,16 @@ class ServerConfig:
     timeout_winners: float = 30.0
     timeout_graceful_shutdown: float = 5.0
     max_group_bets: int = 4096
+    timeout_handshake: float = 10.0
+    #: Agency secrets (see lottery.auth); empty: no authentication, as tp0.
+    secrets_file: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
+    #: Seconds after start when the draw is made without the missing agencies (0: never).
+    draw_deadline: float = 0.0
+    #: Fault injection for scripts/chaos.py: seconds between the barrier opening
+    #: and the draw (environment LOTTERY_FAULT_DRAW_DELAY only; no flag).
+    fault_draw_delay: float = 0.0
     #: Port for Prometheus metrics over HTTP (0: no metrics endpoint).
     metrics_port: int = 0
     metrics_host: str = "127.0.0.1"
@@ -70,7 +80,10 @@ class ServerConfig:
 
     @property
     def connection_limit(self) -> int:
-        return self.limit_connections or self.agencies * 2 + 16
+        # Room for every agency twice (a reconnect may overlap its old
+        # connection) and for a thousand more: idle or slow connections cost
+        # little, and each must finish its handshake within timeout_handshake.
+        return self.limit_connections or self.agencies * 2 + 1024
 
 
 @dataclass(frozen=True)
@@ -180,6 +193,12 @@ SERVER_OPTIONS = (
     ),
     Option("max_group_bets", "SERVER_MAX_GROUP_BETS", "SERVER_MAX_GROUP_BETS", integer(1)),
     Option("metrics_port", "SERVER_METRICS_PORT", "SERVER_METRICS_PORT", integer(0, 65535)),
+    Option("timeout_handshake", "SERVER_TIMEOUT_HANDSHAKE", "SERVER_TIMEOUT_HANDSHAKE", seconds),
+    Option("secrets_file", "SERVER_SECRETS_FILE", "SERVER_SECRETS_FILE", text, flag="--secrets"),
+    Option("tls_cert", "SERVER_TLS_CERT", "SERVER_TLS_CERT", text),
+    Option("tls_key", "SERVER_TLS_KEY", "SERVER_TLS_KEY", text),
+    Option("draw_deadline", "SERVER_DRAW_DEADLINE", "SERVER_DRAW_DEADLINE", seconds),
+    Option("fault_draw_delay", "LOTTERY_FAULT_DRAW_DELAY", "", seconds),
     Option("metrics_host", "SERVER_METRICS_HOST", "SERVER_METRICS_HOST", text),
     Option("log_level", "LOGGING_LEVEL", "LOGGING_LEVEL", choice(*LEVELS)),
     Option("log_format", "LOG_FORMAT", "LOG_FORMAT", choice(*FORMATS)),

@@ -5,6 +5,7 @@ LotteryError
 ├── InvalidBet           one bet breaks a rule; says which field and why
 ├── ProtocolError        the peer sent bytes that break the wire protocol
 │   ├── OutOfOrder       a well-formed frame the connection's state forbids
+│   ├── DrawMade         a bet after the draw was made
 │   └── InvalidBatch     a batch holds an invalid bet; says its index
 ├── StoreError           the store could not save or read
 └── AgencyError          the agency client could not finish its round
@@ -19,6 +20,7 @@ __all__ = [
     "AgencyError",
     "ConfigError",
     "ConnectionLost",
+    "DrawMade",
     "InvalidBatch",
     "InvalidBet",
     "LotteryError",
@@ -66,6 +68,12 @@ class OutOfOrder(ProtocolError):
     """A well-formed frame that the connection's state does not allow (bets after done)."""
 
     code = 2  # ErrorCode.OUT_OF_ORDER
+
+
+class DrawMade(ProtocolError):
+    """A bet after the draw was made: it could no longer take part."""
+
+    code = 11  # ErrorCode.DRAW_MADE
 
 
 class InvalidBatch(ProtocolError):

@@ -31,6 +31,8 @@ from __future__ import annotations
 import datetime
 import enum
 import functools
+import hashlib
+import hmac
 import re
 import struct
 from collections.abc import Iterator, Sequence
@@ -53,8 +55,10 @@ __all__ = [
     "PROTOCOL_VERSION",
     "RS",
     "Ack",
+    "Auth",
     "Batch",
     "BatchCutter",
+    "Challenge",
     "ClientProtocol",
     "Done",
     "Error",
@@ -73,6 +77,7 @@ __all__ = [
     "Welcome",
     "Winners",
     "WinnersQuery",
+    "auth_mac",
     "encode",
     "encode_batch",
     "encode_batch_data",
@@ -87,6 +92,10 @@ MAX_FRAME_SIZE = 8192
 HEADER = struct.Struct("!IB")  # body length, frame type
 MAX_BODY_SIZE = MAX_FRAME_SIZE - HEADER.size
 _HELLO = struct.Struct("!BI")  # version, agency
+_AGENCY = struct.Struct("!I")
+NONCE_SIZE = 32
+MAC_SIZE = 32  # HMAC-SHA256
+_AUTH_CONTEXT = b"lottery-auth-v1"
 _WELCOME = struct.Struct("!IQ")  # last committed sequence, committed bets
 _SEQ = struct.Struct("!I")  # sequence (single bet, ack)
 _BATCH = struct.Struct("!IH")  # sequence, bet count
@@ -117,12 +126,14 @@ class FrameType(enum.IntEnum):
     DONE = 0x04
     WINNERS_QUERY = 0x05
     STATUS_QUERY = 0x06
+    AUTH = 0x07
     WELCOME = 0x81
     ACK = 0x82
     ERROR = 0x83
     WINNERS = 0x84
     NOT_READY = 0x85
     STATUS = 0x86
+    CHALLENGE = 0x87
 
 
 class ErrorCode(enum.IntEnum):
@@ -137,6 +148,8 @@ class ErrorCode(enum.IntEnum):
     BAD_SEQUENCE = 7  # a batch sequence skipped ahead of the last committed one
     BAD_VERSION = 8  # the handshake's protocol version is not spoken here
     UNKNOWN_AGENCY = 9  # the agency id is outside 1..N
+    AUTH_FAILED = 10  # the agency's answer to the challenge is wrong, or it had none
+    DRAW_MADE = 11  # the draw is made: no more bets
 
 
 # -- messages -----------------------------------------------------------------
@@ -217,6 +230,20 @@ class NotReady:
 
 
 @dataclass(frozen=True, slots=True)
+class Challenge:
+    """Server → agency, after HELLO when the server has secrets: prove you know yours."""
+
+    nonce: bytes  # NONCE_SIZE random bytes, new for every connection
+
+
+@dataclass(frozen=True, slots=True)
+class Auth:
+    """Agency → server: `auth_mac` of the agency's secret over the challenge."""
+
+    mac: bytes  # MAC_SIZE bytes
+
+
+@dataclass(frozen=True, slots=True)
 class StatusQuery:
     """Any peer → server, even before HELLO: how is the round going? (also a ping)"""
 
@@ -231,6 +258,8 @@ class Status:
 
 Message = (
     Hello
+    | Challenge
+    | Auth
     | Welcome
     | SingleBet
     | Batch
@@ -246,6 +275,16 @@ Message = (
 
 
 # -- encoding -------------------------------------------------------------------
+
+
+def auth_mac(secret: bytes, agency: int, nonce: bytes) -> bytes:
+    """The proof an agency sends in AUTH: HMAC-SHA256 keyed by its secret.
+
+    It covers the agency id and the server's fresh nonce, so it cannot be
+    replayed on another connection nor used for another agency, and the
+    secret itself never crosses the wire.
+    """
+    return hmac.new(secret, _AUTH_CONTEXT + _AGENCY.pack(agency) + nonce, hashlib.sha256).digest()
 
 
 def _frame(ftype: FrameType, body: bytes = b"") -> bytes:
@@ -410,6 +449,10 @@ def encode(message: Message) -> bytes:
             return _frame(FrameType.ERROR, _ERROR.pack(code) + raw)
         case Winners(documents):
             return _encode_winners(documents)
+        case Challenge(nonce):
+            return _frame(FrameType.CHALLENGE, nonce)
+        case Auth(mac):
+            return _frame(FrameType.AUTH, mac)
         case StatusQuery():
             return _frame(FrameType.STATUS_QUERY)
         case Status(text):
@@ -586,6 +629,7 @@ class ServerState(enum.Enum):
     """Where a connection is, seen from the server."""
 
     HANDSHAKE = "handshake"
+    CHALLENGED = "challenged"  # HELLO answered with a CHALLENGE; waiting for AUTH
     OPEN = "open"
     DONE = "done"
 
@@ -594,8 +638,12 @@ class ServerState(enum.Enum):
 # A frame missing from its state's row is refused as out of order.
 _SERVER_TRANSITIONS: dict[ServerState, dict[int, ServerState]] = {
     ServerState.HANDSHAKE: {
-        FrameType.HELLO: ServerState.OPEN,
+        FrameType.HELLO: ServerState.OPEN,  # CHALLENGED when the server has secrets
         FrameType.STATUS_QUERY: ServerState.HANDSHAKE,
+    },
+    ServerState.CHALLENGED: {
+        FrameType.AUTH: ServerState.OPEN,
+        FrameType.STATUS_QUERY: ServerState.CHALLENGED,
     },
     ServerState.OPEN: {
         FrameType.BET: ServerState.OPEN,
@@ -623,8 +671,9 @@ class ServerProtocol:
     means one well-formed batch held a bad bet: refuse it and carry on.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, require_auth: bool = False) -> None:
         self.state = ServerState.HANDSHAKE
+        self.require_auth = require_auth
         self._decoder = FrameDecoder(_CLIENT_FRAMES)
 
     def receive_data(self, data: bytes) -> None:
@@ -648,6 +697,8 @@ class ServerProtocol:
         if next_state is None:
             raise OutOfOrder(f"{FrameType(ftype).name} is not allowed in state {self.state.value}")
         message = self._decode(ftype, body, today or datetime.date.today().isoformat())
+        if ftype == FrameType.HELLO and self.require_auth:
+            next_state = ServerState.CHALLENGED
         self.state = next_state
         return message
 
@@ -665,6 +716,10 @@ class ServerProtocol:
         if ftype == FrameType.STATUS_QUERY:
             _decode_empty(body, "STATUS_QUERY")
             return StatusQuery()
+        if ftype == FrameType.AUTH:
+            if len(body) != MAC_SIZE:
+                raise ProtocolError(f"AUTH body must be {MAC_SIZE} bytes, got {len(body)}")
+            return Auth(body)
         _decode_empty(body, "WINNERS_QUERY")
         return WinnersQuery()
 
@@ -706,6 +761,10 @@ class ClientProtocol:
             return NotReady()
         if ftype == FrameType.STATUS:
             return self._decode_status(body)
+        if ftype == FrameType.CHALLENGE:
+            if len(body) != NONCE_SIZE:
+                raise ProtocolError(f"CHALLENGE body must be {NONCE_SIZE} bytes, got {len(body)}")
+            return Challenge(body)
         if len(body) < _ERROR.size:
             raise ProtocolError("ERROR body too short for its code")
         (code,) = _ERROR.unpack_from(body)

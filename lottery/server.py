@@ -26,19 +26,26 @@ import collections
 import contextlib
 import datetime
 import functools
+import hmac
 import json
+import secrets
+import ssl
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
+from .auth import load_secrets
 from .barrier import DrawBarrier
 from .committer import Committer
 from .config import ServerConfig
-from .errors import InvalidBatch, OutOfOrder, ProtocolError, StoreError
+from .errors import ConfigError, DrawMade, InvalidBatch, OutOfOrder, ProtocolError, StoreError
 from .log import get_logger
 from .protocol import (
+    NONCE_SIZE,
     PROTOCOL_VERSION,
     Ack,
+    Auth,
     Batch,
+    Challenge,
     Done,
     Error,
     ErrorCode,
@@ -53,6 +60,7 @@ from .protocol import (
     Welcome,
     Winners,
     WinnersQuery,
+    auth_mac,
     encode,
 )
 from .store import Outcome, PendingBatch, SQLiteStore
@@ -112,6 +120,9 @@ class Server:
         self.barrier = DrawBarrier(config.agencies)
         self._winners: dict[int, tuple[str, ...]] = {}
         self.draw_seconds: float | None = None
+        #: agency → secret, from --secrets; None: the server runs open, as tp0 did.
+        self.secrets: dict[int, bytes] | None = None
+        self._deadline_task: asyncio.Task[None] | None = None
         #: Since start: bets and batches stored, batches refused (for metrics).
         self.counters = dict.fromkeys(("bets_stored", "batches_stored", "batches_refused"), 0)
         self._handlers: set[Handler] = set()
@@ -126,6 +137,9 @@ class Server:
     async def start(self) -> None:
         """Open the store, rebuild the barrier from it, and start listening."""
         cfg = self.config
+        if cfg.secrets_file:
+            self.secrets = load_secrets(cfg.secrets_file, cfg.agencies)
+        tls = _tls_context(cfg)
         await self._committer.start()
         try:
             done = await self._committer.call(lambda s: s.done_agencies())
@@ -137,7 +151,12 @@ class Server:
             elif self.barrier.opened:  # every agency was done when the server stopped
                 await self.draw()
             self._listener = await asyncio.start_server(
-                self._accept, cfg.host, cfg.port, backlog=cfg.listen_backlog
+                self._accept,
+                cfg.host,
+                cfg.port,
+                backlog=cfg.listen_backlog,
+                ssl=tls,
+                ssl_handshake_timeout=cfg.timeout_handshake if tls else None,
             )
         except BaseException:  # e.g. the port is taken: close the store and its thread
             await self._committer.close()
@@ -153,7 +172,20 @@ class Server:
             sync=cfg.sync,
             agencies_done=len(done),
             drawn=drawn,
+            auth="hmac" if self.secrets is not None else "none",
+            tls=tls is not None,
         )
+        if self.secrets is None:
+            self._log.warning(
+                "auth",
+                result="in_progress",
+                modo="abierto",
+                detalle="no --secrets file: any client may speak as any agency, as in tp0",
+            )
+        if cfg.draw_deadline and not self.barrier.drawn:
+            self._deadline_task = asyncio.create_task(
+                self._draw_at_deadline(cfg.draw_deadline), name="lottery-draw-deadline"
+            )
 
     @property
     def port(self) -> int:
@@ -192,6 +224,10 @@ class Server:
             self._listener.close()
             log.info("close_resource", result="success", resource="listener")
         self.barrier.shutdown()
+        if self._deadline_task is not None:
+            self._deadline_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._deadline_task
         handlers = list(self._handlers)
         for handler in handlers:
             handler.stop_reading()
@@ -260,7 +296,26 @@ class Server:
         await self._committer.call(lambda s: s.mark_done(agency))
         self._log.info("agencia_lista", result="success", agencia=agency)
         if self.barrier.arrive(agency):
+            if self.config.fault_draw_delay:  # fault injection for scripts/chaos.py only
+                self._log.warning(
+                    "sorteo", result="in_progress", demora=self.config.fault_draw_delay
+                )
+                await asyncio.sleep(self.config.fault_draw_delay)
             await self.draw()
+
+    async def _draw_at_deadline(self, seconds: float) -> None:
+        """--draw-deadline: when it passes, draw without the agencies still missing."""
+        await asyncio.sleep(seconds)
+        missing = self.barrier.close_early()
+        if missing is None:  # every agency made it in time
+            return
+        self._log.warning(
+            "sorteo",
+            result="in_progress",
+            motivo=f"draw deadline of {seconds:g} s passed",
+            faltantes=" ".join(map(str, missing)),
+        )
+        await self.draw()
 
     async def draw(self) -> None:
         """Make the draw (once: the committer's lock and the store make sure)."""
@@ -308,6 +363,19 @@ class Server:
             await handler.run()
         finally:
             self._handlers.discard(handler)
+
+
+def _tls_context(config: ServerConfig) -> ssl.SSLContext | None:
+    if not (config.tls_cert or config.tls_key):
+        return None
+    if not (config.tls_cert and config.tls_key):
+        raise ConfigError("TLS needs both --tls-cert and --tls-key")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(config.tls_cert, config.tls_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"--tls-cert/--tls-key: {exc}") from None
+    return context
 
 
 async def _close_writer(writer: asyncio.StreamWriter) -> None:
@@ -363,7 +431,8 @@ class Handler:
         self._server = server
         self._reader = reader
         self._writer = writer
-        self._protocol = ServerProtocol()
+        self._protocol = ServerProtocol(require_auth=server.secrets is not None)
+        self._challenge: tuple[int, bytes] | None = None  # (agency, nonce) awaiting AUTH
         self._replies: asyncio.Queue[_Reply | None] = asyncio.Queue(MAX_PENDING_REPLIES + 1)
         self._slots = asyncio.Semaphore(MAX_PENDING_REPLIES)
         self._unanswered = 0  # replies queued or being answered, not yet written
@@ -407,13 +476,28 @@ class Handler:
         self._replies.put_nowait(reply)
 
     async def _read_loop(self) -> None:
-        idle = self._server.config.timeout_idle
+        config = self._server.config
+        idle = config.timeout_idle
+        loop = asyncio.get_running_loop()
+        # Until it says who it is, a connection gets `timeout_handshake` in all:
+        # a peer that connects and stays silent (or drips a byte a second)
+        # cannot hold a connection slot for long.
+        handshake_deadline = loop.time() + config.timeout_handshake
         try:
             while True:
+                if self.agency is None:
+                    wait = handshake_deadline - loop.time()
+                    if wait <= 0:
+                        self._log.warning("handshake", result="fail", motivo="timeout")
+                        return
+                else:
+                    wait = idle
                 try:
-                    async with asyncio.timeout(idle):
+                    async with asyncio.timeout(wait):
                         data = await self._reader.read(READ_SIZE)
                 except TimeoutError:
+                    if self.agency is None:
+                        continue  # the deadline check above closes it
                     # Not idle while a request is unanswered (e.g. a winners
                     # query waiting for the draw, already off the queue), nor
                     # until the peer has had `idle` seconds after the last reply.
@@ -451,6 +535,10 @@ class Handler:
             await self._dispatch(message)
 
     async def _dispatch(self, message: Message) -> None:
+        if isinstance(message, Batch | SingleBet) and self._server.barrier.opened:
+            # Every agency is done (or the deadline passed): the draw is made
+            # or about to be, and a bet now could not take part in it.
+            raise DrawMade(f"{type(message).__name__} refused: the draw is made")
         if isinstance(message, Batch | SingleBet) and self._agency_was_done:
             # Done is per agency, not per connection: no bets after it, even
             # on a new connection (they would miss the draw).
@@ -469,6 +557,8 @@ class Handler:
             await self._queue(_WinnersReply())
         elif isinstance(message, Hello):
             await self._handshake(message)
+        elif isinstance(message, Auth):
+            await self._authenticate(message)
 
     async def _submit(self, seq: int, records: Any, single: Record | None) -> None:
         assert self.agency is not None  # the protocol allows bets only after HELLO
@@ -490,16 +580,35 @@ class Handler:
             refusal = Error(
                 ErrorCode.UNKNOWN_AGENCY, f"agency {hello.agency} is not in 1..{agencies}"
             )
-        else:
-            self.agency = hello.agency
-            self._agency_was_done = hello.agency in self._server.barrier.done
-            self._log = self._log.bind(agencia=hello.agency)
-            last_seq, committed = await self._server.committer.call(
-                lambda s: s.progress(hello.agency)
-            )
-            self._log.info("handshake", result="success", last_seq=last_seq, bets=committed)
-            await self._queue(_FixedReply(Welcome(last_seq, committed)))
+        elif self._server.secrets is not None:
+            # Prove it: a fresh nonce, answered with an HMAC of the agency's secret.
+            nonce = secrets.token_bytes(NONCE_SIZE)
+            self._challenge = (hello.agency, nonce)
+            await self._queue(_FixedReply(Challenge(nonce)))
             return
+        else:
+            await self._admit(hello.agency)
+            return
+        await self._refuse(refusal)
+
+    async def _authenticate(self, auth: Auth) -> None:
+        assert self._challenge is not None  # the protocol allows AUTH only after CHALLENGE
+        agency, nonce = self._challenge
+        self._challenge = None
+        secret = self._server.secrets.get(agency) if self._server.secrets else None
+        if secret is None or not hmac.compare_digest(auth.mac, auth_mac(secret, agency, nonce)):
+            await self._refuse(Error(ErrorCode.AUTH_FAILED, f"agency {agency}: wrong secret"))
+        await self._admit(agency)
+
+    async def _admit(self, agency: int) -> None:
+        self.agency = agency
+        self._agency_was_done = agency in self._server.barrier.done
+        self._log = self._log.bind(agencia=agency)
+        last_seq, committed = await self._server.committer.call(lambda s: s.progress(agency))
+        self._log.info("handshake", result="success", last_seq=last_seq, bets=committed)
+        await self._queue(_FixedReply(Welcome(last_seq, committed)))
+
+    async def _refuse(self, refusal: Error) -> NoReturn:
         self._log.warning("handshake", result="fail", motivo=refusal.message)
         await self._queue(_FixedReply(refusal))
         raise _CloseConnection
@@ -556,6 +665,8 @@ class Handler:
             return encode(Ack(reply.seq))
         log.info("apuesta_recibida", result="fail", cantidad=reply.count)
         counters["batches_refused"] += 1
+        if result is Outcome.LATE:
+            return encode(Error(ErrorCode.DRAW_MADE, f"batch {reply.seq} came after the draw"))
         if result is Outcome.GAP:
             return encode(
                 Error(ErrorCode.BAD_SEQUENCE, f"batch {reply.seq} skips ahead of the last stored")

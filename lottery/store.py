@@ -54,6 +54,7 @@ class Outcome(enum.Enum):
     STORED = "stored"
     DUPLICATE = "duplicate"  # its sequence was already committed: acknowledge again
     GAP = "gap"  # its sequence skips ahead of the last committed one: refuse
+    LATE = "late"  # the draw was made first: not stored (decided by the committer)
 
 
 @dataclass(frozen=True, slots=True)

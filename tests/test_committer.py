@@ -388,7 +388,7 @@ async def test_draw_waits_for_a_running_commit(committer: Committer, fake: FakeS
     await wait_for_thread_event(fake.commit_entered)
     drawing = asyncio.create_task(committer.draw())
     assert await still_pending(drawing)
-    assert "drawn" not in fake.calls
+    assert "drawn" not in fake.calls[fake.calls.index("commit") :]  # start() asked once
 
     fake.commit_gate.set()
     assert await settled(drawing) == {1: ["7574"]}
@@ -406,7 +406,7 @@ async def test_close_commits_pending_batches_then_closes_the_store(
     futures = [committer.submit(batch(a, 1)) for a in (1, 2)]
     await settled(committer.close())
     assert [f.result() for f in futures] == [Outcome.STORED, Outcome.STORED]
-    assert fake.calls == ["open", "commit", "close"]
+    assert fake.calls == ["open", "drawn", "commit", "close"]
     assert fake.closed
 
 
@@ -430,7 +430,7 @@ async def test_close_waits_for_the_running_commit_and_the_queue(
     await settled(closing)
     assert (a.result(), b.result()) == (Outcome.STORED, Outcome.STORED)
     assert fake.commits == [[batch(1, 1)], [batch(2, 1)]]
-    assert fake.calls == ["open", "commit", "commit", "close"]
+    assert fake.calls == ["open", "drawn", "commit", "commit", "close"]
 
 
 async def test_submit_after_close_resolves_to_store_error(
@@ -493,11 +493,18 @@ async def test_committer_over_sqlite_store(tmp_path: Path) -> None:
         pending = committer.submit(PendingBatch(2, 1, [rec("4")]))
     finally:
         await settled(committer.close())
-    assert pending.result() == Outcome.STORED
+    assert pending.result() == Outcome.LATE  # after the draw: not stored
 
     reopened = SQLiteStore(tmp_path, 2, 7574)
     try:
-        assert reopened.progress(2) == (1, 1)
+        assert reopened.progress(2) == (0, 0)
         assert reopened.drawn()
     finally:
         reopened.close()
+
+
+async def test_batches_after_the_draw_are_late(committer: Committer, fake: FakeStore) -> None:
+    """Once the draw is made, a batch still waiting for a commit is not stored: it is LATE."""
+    assert await settled(committer.draw()) == {1: ["7574"]}
+    assert await settled(committer.submit(batch(1, 1))) == Outcome.LATE
+    assert "commit" not in fake.calls

@@ -245,7 +245,7 @@ def test_connection_limit_below_agencies_is_refused() -> None:
         ServerConfig(agencies=5, limit_connections=3)
     assert "5 agencies" in str(error.value)
     assert ServerConfig(agencies=5, limit_connections=5).connection_limit == 5
-    assert ServerConfig(agencies=5).connection_limit == 26
+    assert ServerConfig(agencies=5).connection_limit == 2 * 5 + 1024
 
 
 @pytest.mark.parametrize(

@@ -51,8 +51,8 @@ HEADER = struct.Struct("!IB")
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 DOCS = Path(__file__).parents[1] / "docs" / "PROTOCOL.md"
 
-SERVER_MESSAGES = (Hello, SingleBet, Batch, Done, WinnersQuery, protocol.StatusQuery)
-CLIENT_MESSAGES = (Welcome, Ack, Error, Winners, NotReady, protocol.Status)
+SERVER_MESSAGES = (Hello, SingleBet, Batch, Done, WinnersQuery, protocol.StatusQuery, protocol.Auth)
+CLIENT_MESSAGES = (Welcome, Ack, Error, Winners, NotReady, protocol.Status, protocol.Challenge)
 
 
 def rec(
@@ -405,7 +405,7 @@ def test_malformed_winners_frames_are_protocol_errors(body: bytes, reason: str) 
 # -- frame types and order ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("ftype", [0x00, 0x07, 0x7F, 0x80, 0x81, 0x84, 0xFF])
+@pytest.mark.parametrize("ftype", [0x00, 0x08, 0x7F, 0x80, 0x81, 0x84, 0xFF])
 def test_server_refuses_unknown_and_server_frame_types(ftype: int) -> None:
     """A frame type the client may not send is a ProtocolError naming the type."""
     proto = opened()
@@ -414,7 +414,7 @@ def test_server_refuses_unknown_and_server_frame_types(ftype: int) -> None:
         proto.next_event(TODAY)
 
 
-@pytest.mark.parametrize("ftype", [0x00, 0x01, 0x03, 0x05, 0x7F, 0x80, 0x87, 0xFF])
+@pytest.mark.parametrize("ftype", [0x00, 0x01, 0x03, 0x05, 0x7F, 0x80, 0x88, 0xFF])
 def test_client_refuses_unknown_and_client_frame_types(ftype: int) -> None:
     """A frame type the server may not send is a ProtocolError naming the type."""
     with pytest.raises(ProtocolError, match=f"0x{ftype:02x}"):
@@ -864,6 +864,7 @@ def test_every_hex_example_in_the_protocol_doc_is_what_encode_writes() -> None:
     """Each ``encode(...)`` example in docs/PROTOCOL.md matches the bytes encode() returns."""
     examples = _doc_examples()
     names = {name: getattr(protocol, name) for name in protocol.__all__}
+    names.update(bytes=bytes, range=range)  # for byte-string examples (nonces)
     kinds = set()
     for expression, size, expected in examples:
         assert eval(expression, {"__builtins__": {}}, names) == expected, expression

@@ -1,0 +1,96 @@
+"""Agency secrets: the file the server reads, and ``lottery make-secrets``.
+
+With a secrets file, the server answers each HELLO with a CHALLENGE (a fresh
+random nonce) and admits the agency only if its AUTH frame carries
+``HMAC-SHA256(secret, context || agency id || nonce)`` (see
+`lottery.protocol.auth_mac`). The secret never crosses the wire, a captured
+proof is useless on another connection, and an agency can only speak as the
+id whose secret it holds.
+
+File format, one agency per line, ``#`` comments allowed::
+
+    # agency: secret (64 hex digits)
+    1: 3f2a...
+    2: 91bc...
+
+The file must be readable by its owner only (mode 0600 or stricter): the
+server refuses a file others can read.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import stat
+from pathlib import Path
+
+from .errors import ConfigError
+
+__all__ = ["SECRET_BYTES", "load_secrets", "make_secrets", "parse_secret"]
+
+SECRET_BYTES = 32
+
+
+def parse_secret(text: str, where: str) -> bytes:
+    """A secret written as hex digits, as bytes (at least 16 bytes long)."""
+    try:
+        secret = bytes.fromhex(text.strip())
+    except ValueError:
+        raise ConfigError(f"{where}: the secret is not hex digits") from None
+    if len(secret) < 16:
+        raise ConfigError(f"{where}: the secret is {len(secret)} bytes; it needs at least 16")
+    return secret
+
+
+def load_secrets(path: str | os.PathLike[str], agencies: int) -> dict[int, bytes]:
+    """Read a secrets file: agency id → secret.
+
+    Raises:
+        ConfigError: unreadable file, group/other permissions, a bad line, an
+            agency id outside 1..``agencies`` or given twice.
+    """
+    path = Path(path)
+    try:
+        mode = path.stat().st_mode
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"secrets file {path}: {exc.strerror or exc}") from None
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise ConfigError(
+            f"secrets file {path}: readable by others (mode {stat.S_IMODE(mode):o}); "
+            f"chmod 600 {path}"
+        )
+    table: dict[int, bytes] = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        where = f"secrets file {path}, line {number}"
+        agency_text, sep, secret_text = line.partition(":")
+        if not sep or not agency_text.strip().isdigit():
+            raise ConfigError(f"{where}: expected 'agency: secret'")
+        agency = int(agency_text)
+        if not 1 <= agency <= agencies:
+            raise ConfigError(f"{where}: agency {agency} is not in 1..{agencies}")
+        if agency in table:
+            raise ConfigError(f"{where}: agency {agency} appears twice")
+        table[agency] = parse_secret(secret_text, where)
+    return table
+
+
+def make_secrets(agencies: int, path: str | os.PathLike[str]) -> None:
+    """Write a new secrets file for agencies 1..``agencies``, mode 0600.
+
+    Refuses to overwrite an existing file (a lost secret locks an agency out).
+    """
+    lines = ["# lottery agency secrets: agency: secret (hex). Keep this file private."]
+    lines += [f"{agency}: {secrets.token_hex(SECRET_BYTES)}" for agency in range(1, agencies + 1)]
+    try:
+        # O_EXCL: never clobber; mode 0600 from the start, never readable by others.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise ConfigError(f"{path} exists; remove it first or choose another name") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: {exc.strerror or exc}") from None
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write("\n".join(lines) + "\n")
