@@ -12,13 +12,15 @@ import asyncio
 import json
 import os
 import signal
+import ssl
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .client import AsyncAgency, query_status
+from .auth import make_secrets, parse_secret
+from .client import AsyncAgency, query_status, tls_context
 from .config import (
     AgencyConfig,
     ServerConfig,
@@ -82,6 +84,13 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--timeout-winners", help="seconds a winners query waits for the draw")
     server.add_argument("--timeout-graceful-shutdown", help="seconds to finish work on SIGTERM")
     server.add_argument("--max-group-bets", help="most bets in one commit")
+    server.add_argument(
+        "--secrets", dest="secrets_file", help="agency secrets file: agencies must authenticate"
+    )
+    server.add_argument("--tls-cert", help="TLS certificate (PEM); with --tls-key")
+    server.add_argument("--tls-key", help="TLS private key (PEM)")
+    server.add_argument("--timeout-handshake", help="seconds a connection has to say who it is")
+    server.add_argument("--draw-deadline", help="seconds after start to draw without the missing")
     server.add_argument("--metrics-port", help="serve Prometheus metrics on this port")
     server.add_argument("--metrics-host", help="address for the metrics (default 127.0.0.1)")
     _common(server)
@@ -96,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     agency.add_argument("--winners-attempts", help="tries of the winners query (default 5)")
     agency.add_argument("--winners-base-delay", help="first back-off, seconds (default 0.5)")
     agency.add_argument("--stats-file", help="write the round's figures (ack latencies) as JSON")
+    agency.add_argument("--secret-file", help="file holding this agency's secret (hex)")
+    agency.add_argument("--tls-ca", help="CA certificate to trust for a TLS server (PEM)")
+    agency.add_argument("--reconnect-attempts", help="tries to reach the server (default 10)")
     agency.add_argument(
         "--quiet", action="store_true", help="no progress bar on a terminal (log lines unchanged)"
     )
@@ -105,10 +117,16 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--server", required=True, help="HOST:PORT of the server")
     status.add_argument("--json", action="store_true", help="print the raw JSON")
     status.add_argument("--timeout", type=float, default=5.0)
+    status.add_argument("--tls-ca", help="CA certificate to trust for a TLS server (PEM)")
 
     ping = commands.add_parser("ping", help="exit 0 if a server answers (health checks)")
     ping.add_argument("server", help="HOST:PORT of the server")
     ping.add_argument("--timeout", type=float, default=5.0)
+    ping.add_argument("--tls-ca", help="CA certificate to trust for a TLS server (PEM)")
+
+    make_secrets = commands.add_parser("make-secrets", help="write a secrets file for N agencies")
+    make_secrets.add_argument("agencies", type=int, help="N: agencies 1..N get a secret")
+    make_secrets.add_argument("file", help="the file to create (mode 0600; never overwritten)")
 
     export = commands.add_parser("export", help="write the stored bets as tp0's bets.csv")
     export.add_argument("--data-dir", required=True)
@@ -185,6 +203,27 @@ def _single_bet_from_env() -> tuple[str, ...] | None:
     return values if all(values) else None
 
 
+def _agency_secret(config: AgencyConfig) -> bytes | None:
+    if config.secret_file:
+        try:
+            text = Path(config.secret_file).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"--secret-file {config.secret_file}: {exc.strerror}") from None
+        return parse_secret(text, f"--secret-file {config.secret_file}")
+    if config.secret:
+        return parse_secret(config.secret, "CLI_SECRET")
+    return None
+
+
+def _client_tls(ca_file: str | None) -> ssl.SSLContext | None:
+    if not ca_file:
+        return None
+    try:
+        return tls_context(ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"--tls-ca {ca_file}: {exc}") from None
+
+
 def _write_stats(path: str, agency: AsyncAgency, acknowledged: int) -> None:
     figures = {
         "agency": agency.agency_id,
@@ -215,6 +254,9 @@ async def _agency_round(
         timeout=config.timeout,
         winners_attempts=config.winners_attempts,
         winners_base_delay=config.winners_base_delay,
+        reconnect_attempts=config.reconnect_attempts,
+        secret=_agency_secret(config),
+        tls=_client_tls(config.tls_ca),
     )
     rejected = acknowledged = 0
     async with agency:
@@ -276,7 +318,7 @@ def _server_address(raw: str, flag: str) -> tuple[str, int]:
 
 def run_status(args: argparse.Namespace) -> int:
     host, port = _server_address(args.server, "--server")
-    status = asyncio.run(query_status(host, port, args.timeout))
+    status = asyncio.run(query_status(host, port, args.timeout, _client_tls(args.tls_ca)))
     if args.json:
         print(json.dumps(status, indent=2))
     else:
@@ -287,11 +329,20 @@ def run_status(args: argparse.Namespace) -> int:
 def run_ping(args: argparse.Namespace) -> int:
     host, port = _server_address(args.server, "server")
     try:
-        status = asyncio.run(query_status(host, port, args.timeout))
+        status = asyncio.run(query_status(host, port, args.timeout, _client_tls(args.tls_ca)))
     except (OSError, LotteryError) as exc:
         print(f"lottery ping: {host}:{port} did not answer: {exc or type(exc).__name__}")
         return EXIT_FAILED
     print(f"lottery ping: {host}:{port} answers; {summary(status)}")
+    return EXIT_OK
+
+
+def run_make_secrets(args: argparse.Namespace) -> int:
+    if not 1 <= args.agencies <= 100_000:
+        raise ConfigError(f"agencies: {args.agencies} must be from 1 to 100000")
+    make_secrets(args.agencies, args.file)
+    print(f"wrote secrets for agencies 1..{args.agencies} to {args.file} (mode 0600)")
+    print("give each agency its own line's secret (CLI_SECRET or --secret-file), never the file")
     return EXIT_OK
 
 
@@ -320,6 +371,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "export": run_export,
         "status": run_status,
         "ping": run_ping,
+        "make-secrets": run_make_secrets,
     }
     try:
         return commands[args.command](args)

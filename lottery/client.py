@@ -37,12 +37,14 @@ import datetime
 import json
 import os
 import random
+import ssl
 from collections.abc import Awaitable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .csvfiles import AgencyFileReader, RecordBlock, RejectedRow
 from .errors import (
+    AuthenticationRequired,
     ConnectionLost,
     InvalidBet,
     ProtocolError,
@@ -53,7 +55,9 @@ from .log import get_logger
 from .models import Bet
 from .protocol import (
     Ack,
+    Auth,
     BatchCutter,
+    Challenge,
     ClientProtocol,
     Done,
     Error,
@@ -67,13 +71,14 @@ from .protocol import (
     Welcome,
     Winners,
     WinnersQuery,
+    auth_mac,
     encode,
     encode_batch_data,
     encode_record,
     skip_records,
 )
 
-__all__ = ["AsyncAgency", "RoundResult", "SendReport", "query_status"]
+__all__ = ["AsyncAgency", "RoundResult", "SendReport", "query_status", "tls_context"]
 
 READ_SIZE = 65536
 #: Blocks of validated records waiting for the batcher.
@@ -105,6 +110,15 @@ class _Outgoing:
     frame: bytes
     count: int
     sent: float = 0.0  # loop time of the last send, for the ack latency
+
+
+class _StorageFault(Exception):
+    """Internal: the server refused a batch for a storage fault; retry it later."""
+
+
+def tls_context(ca_file: str | None = None) -> ssl.SSLContext:
+    """A client TLS context that trusts ``ca_file`` (or the system's CAs)."""
+    return ssl.create_default_context(cafile=ca_file)
 
 
 class _BlockReader(Protocol):
@@ -151,9 +165,13 @@ class _Connection:
         self._protocol = ClientProtocol()
 
     @classmethod
-    async def open(cls, host: str, port: int, timeout: float) -> _Connection:
+    async def open(
+        cls, host: str, port: int, timeout: float, tls: ssl.SSLContext | None = None
+    ) -> _Connection:
         async with asyncio.timeout(timeout):
-            reader, writer = await asyncio.open_connection(host, port)
+            reader, writer = await asyncio.open_connection(
+                host, port, ssl=tls, server_hostname=host if tls else None
+            )
         return cls(reader, writer)
 
     def send(self, data: bytes) -> None:
@@ -238,7 +256,9 @@ async def _run_together(*coroutines: Awaitable[None]) -> None:
         raise _first_error(group) from None
 
 
-async def query_status(host: str, port: int, timeout: float = 5.0) -> dict[str, Any]:
+async def query_status(
+    host: str, port: int, timeout: float = 5.0, tls: ssl.SSLContext | None = None
+) -> dict[str, Any]:
     """Ask a server how its round is going (no handshake needed).
 
     Returns:
@@ -248,7 +268,7 @@ async def query_status(host: str, port: int, timeout: float = 5.0) -> dict[str, 
         OSError: the server could not be reached or did not answer in time.
         ProtocolError: the server answered something else.
     """
-    conn = await _Connection.open(host, port, timeout)
+    conn = await _Connection.open(host, port, timeout, tls)
     try:
         conn.send(encode(StatusQuery()))
         await conn.drain(timeout)
@@ -276,6 +296,10 @@ class AsyncAgency:
         winners_timeout: seconds to wait for one winners reply (the server holds
             a query up to 30 s by default before answering "not ready").
         reconnect_attempts: tries to reach the server when it is unreachable.
+        secret: this agency's secret, for a server started with ``--secrets``
+            (see `lottery.auth`); it never crosses the wire.
+        tls: an `ssl.SSLContext` (see `tls_context`) for a server started
+            with ``--tls-cert``; None for plain TCP.
     """
 
     def __init__(
@@ -292,6 +316,8 @@ class AsyncAgency:
         winners_timeout: float = 40.0,
         reconnect_attempts: int = 10,
         reconnect_base_delay: float = 0.05,
+        secret: bytes | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         if batch_max_amount < 1 or max_in_flight < 1 or winners_attempts < 1:
             raise ValueError("batch_max_amount, max_in_flight and winners_attempts must be ≥ 1")
@@ -306,6 +332,8 @@ class AsyncAgency:
         self.winners_timeout = winners_timeout
         self.reconnect_attempts = reconnect_attempts
         self.reconnect_base_delay = reconnect_base_delay
+        self._secret = secret
+        self._tls = tls
         self._conn: _Connection | None = None
         self._connected_once = False
         self._last_seq = 0  # the last batch the server has stored, as of the handshake
@@ -360,16 +388,27 @@ class AsyncAgency:
                 self._log.info("conectar", result="in_progress", intento=attempt, error=last_error)
                 await asyncio.sleep(delay * random.uniform(0.5, 1.5))
                 delay = min(delay * 2, 5.0)
+        hint = ""
+        if isinstance(last_error, ConnectionResetError) and self._tls is None:
+            hint = " (if the server uses TLS, pass --tls-ca)"
         raise ConnectionLost(
             f"cannot reach {self.host}:{self.port} after {self.reconnect_attempts} attempts: "
-            f"{last_error}"
+            f"{last_error}{hint}"
         )
 
     async def _handshake(self) -> None:
-        conn = await _Connection.open(self.host, self.port, self.timeout)
+        conn = await _Connection.open(self.host, self.port, self.timeout, self._tls)
         try:
             conn.send(encode(Hello(self.agency_id)))
             reply = await conn.receive(self.timeout)
+            if isinstance(reply, Challenge):  # the server wants proof of who we are
+                if self._secret is None:
+                    raise AuthenticationRequired(
+                        f"{self.host}:{self.port} requires a secret for agency "
+                        f"{self.agency_id} (--secret-file or CLI_SECRET)"
+                    )
+                conn.send(encode(Auth(auth_mac(self._secret, self.agency_id, reply.nonce))))
+                reply = await conn.receive(self.timeout)
         except BaseException:
             await conn.close()
             raise
@@ -533,7 +572,7 @@ class AsyncAgency:
             try:
                 await self._pump(frames, window, report)
                 return
-            except OSError as exc:
+            except (OSError, _StorageFault) as exc:
                 fruitless = 0 if report.acknowledged > acknowledged else fruitless + 1
                 if fruitless >= self.reconnect_attempts:
                     raise ConnectionLost(
@@ -592,6 +631,10 @@ class AsyncAgency:
                 self._raise_for(reply)
 
     def _raise_for(self, reply: Message) -> None:
+        if isinstance(reply, Error) and reply.code == ErrorCode.STORAGE:
+            # The server could not store it (a full disk...) and kept nothing
+            # of it: reconnect, as after a lost line, and send it again later.
+            raise _StorageFault(reply.message)
         if isinstance(reply, Error):
             raise ServerRefused(reply.code, reply.message)
         raise ProtocolError(f"unexpected {type(reply).__name__} from the server")

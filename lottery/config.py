@@ -98,6 +98,12 @@ class AgencyConfig:
     timeout: float = 30.0
     winners_attempts: int = 5
     winners_base_delay: float = 0.5
+    reconnect_attempts: int = 10
+    #: Hex secret for a server with --secrets (prefer a file or the environment:
+    #: a command line is visible to every user of the machine).
+    secret: str = ""
+    secret_file: str = ""
+    tls_ca: str = ""
     log_level: str = "INFO"
     log_format: str = "console"
 
@@ -213,6 +219,10 @@ AGENCY_OPTIONS = (
     Option("timeout", "CLI_TIMEOUT", "server.timeout", seconds),
     Option("winners_attempts", "CLI_WINNERS_ATTEMPTS", "winners.attempts", integer(1, 100)),
     Option("winners_base_delay", "CLI_WINNERS_BASEDELAY", "winners.baseDelay", seconds),
+    Option("reconnect_attempts", "CLI_RECONNECT_ATTEMPTS", "server.reconnectAttempts", integer(1)),
+    Option("secret", "CLI_SECRET", "auth.secret", text),
+    Option("secret_file", "CLI_SECRET_FILE", "auth.secretFile", text),
+    Option("tls_ca", "CLI_TLS_CA", "server.tlsCa", text),
     Option("log_level", "CLI_LOG_LEVEL", "log.level", choice(*LEVELS)),
     Option("log_format", "CLI_LOG_FORMAT", "log.format", choice(*FORMATS)),
 )

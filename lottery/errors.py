@@ -10,6 +10,7 @@ LotteryError
 ├── StoreError           the store could not save or read
 └── AgencyError          the agency client could not finish its round
     ├── ServerRefused    the server answered a request with an error frame
+    ├── AuthenticationRequired  the server asks for a secret this agency lacks
     ├── ConnectionLost   the server went away and reconnecting did not help
     └── WinnersUnavailable  the winners query ran out of attempts
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 __all__ = [
     "AgencyError",
+    "AuthenticationRequired",
     "ConfigError",
     "ConnectionLost",
     "DrawMade",
@@ -106,6 +108,10 @@ class ServerRefused(AgencyError):
         super().__init__(f"server refused (code {code}): {message}")
         self.code = code
         self.server_message = message
+
+
+class AuthenticationRequired(AgencyError):
+    """The server authenticates agencies, and this agency was given no secret."""
 
 
 class ConnectionLost(AgencyError):
