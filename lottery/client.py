@@ -380,6 +380,8 @@ class AsyncAgency:
             try:
                 await self._handshake()
                 return
+            except ssl.SSLError as exc:  # a certificate problem does not heal by retrying
+                raise ConnectionLost(f"TLS with {self.host}:{self.port} failed: {exc}") from None
             except (OSError, ServerRefused) as exc:
                 if isinstance(exc, ServerRefused) and exc.code not in _RETRYABLE_CODES:
                     raise

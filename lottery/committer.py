@@ -62,6 +62,8 @@ class Committer:
         self._max_group_bets = max_group_bets
         self._max_pending_bets = max_pending_bets or max_group_bets
         self._pending_bets = 0
+        self._in_flight: list[tuple[PendingBatch, asyncio.Future[CommitResult]]] = []
+        self._group_done = asyncio.Event()  # set after every group, for settle()
         self._room = asyncio.Event()
         self._room.set()
         self._executor = concurrent.futures.ThreadPoolExecutor(1, "lottery-store")
@@ -114,6 +116,16 @@ class Committer:
             self._room.clear()
             await self._room.wait()
 
+    async def settle(self, agency: int) -> None:
+        """Wait until no batch of ``agency`` is waiting for, or inside, a commit.
+
+        A reconnecting agency's new handshake must report what is stored
+        *after* every batch its old connection already handed over.
+        """
+        while any(b.agency == agency for b, _ in (*self._pending, *self._in_flight)):
+            self._group_done.clear()
+            await self._group_done.wait()
+
     def submit(self, batch: PendingBatch) -> asyncio.Future[CommitResult]:
         """Queue ``batch`` for the next commit; the future resolves after it."""
         future: asyncio.Future[CommitResult] = asyncio.get_running_loop().create_future()
@@ -146,6 +158,7 @@ class Committer:
             self._wakeup.clear()
             while self._pending:
                 group = self._take_group()
+                self._in_flight = group
                 async with self._lock:
                     results: list[CommitResult]
                     seconds = -1.0  # stays negative unless the commit succeeded
@@ -156,6 +169,8 @@ class Committer:
                 for (_, future), result in zip(group, results, strict=True):
                     if not future.done():  # its connection may have been cancelled
                         future.set_result(result)
+                self._in_flight = []
+                self._group_done.set()
                 # After the futures: a failing observer must not turn a commit
                 # that happened into refused batches.
                 if seconds >= 0 and self.on_commit is not None:

@@ -288,6 +288,10 @@ class Server:
             ],
         }
 
+    def handlers_of(self, agency: int) -> list[Handler]:
+        """The live connections that speak as ``agency``."""
+        return [h for h in self._handlers if h.agency == agency]
+
     def winners_of(self, agency: int) -> tuple[str, ...]:
         return self._winners.get(agency, ())
 
@@ -601,6 +605,15 @@ class Handler:
         await self._admit(agency)
 
     async def _admit(self, agency: int) -> None:
+        # An older connection of the same agency (its process died, or the
+        # line dropped) may still hold batches it read but the store has not
+        # committed. Stop it reading, and let those batches settle, before
+        # telling the agency what is stored: else the WELCOME would be short,
+        # and a late old batch would take a sequence the agency reuses.
+        for other in self._server.handlers_of(agency):
+            if other is not self:
+                other.stop_reading()
+        await self._server.committer.settle(agency)
         self.agency = agency
         self._agency_was_done = agency in self._server.barrier.done
         self._log = self._log.bind(agencia=agency)

@@ -1,0 +1,271 @@
+"""Authentication (secrets file, challenge-response HMAC) and TLS."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import ssl
+import stat
+import subprocess
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+
+from lottery.auth import load_secrets, make_secrets, parse_secret
+from lottery.client import AsyncAgency, query_status, tls_context
+from lottery.config import ServerConfig
+from lottery.errors import AuthenticationRequired, ConfigError, ConnectionLost, ServerRefused
+from lottery.protocol import (
+    Auth,
+    Batch,
+    Challenge,
+    Error,
+    ErrorCode,
+    Hello,
+    Welcome,
+    auth_mac,
+)
+from lottery.server import Server
+
+from .conftest import UNIT
+from .helpers import (
+    LOOPBACK,
+    REPLY_TIMEOUT,
+    log_events,
+    make_rows,
+    raw_connection,
+    stored_bets,
+)
+
+pytestmark = pytest.mark.timeout(60)
+
+ROW = ("Ana", "Díaz", "30904465", "1999-03-17", "7574")
+
+
+def secrets_file(tmp_path: Path, agencies: int = 2) -> Path:
+    path = tmp_path / "secrets.txt"
+    make_secrets(agencies, path)
+    return path
+
+
+@asynccontextmanager
+async def auth_server(tmp_path: Path, **config: object) -> AsyncIterator[Server]:
+    """A started server that authenticates agencies with a fresh secrets file."""
+    settings: dict[str, object] = {
+        "host": LOOPBACK,
+        "port": 0,
+        "agencies": 2,
+        "data_dir": str(tmp_path / "data"),
+        "sync": "OFF",
+        "secrets_file": str(secrets_file(tmp_path)),
+    }
+    settings.update(config)
+    server = Server(ServerConfig(**settings))  # type: ignore[arg-type]
+    await server.start()
+    try:
+        yield server
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+# -- the secrets file -------------------------------------------------------------------------
+
+
+def test_make_secrets_writes_a_private_file_and_never_overwrites(tmp_path: Path) -> None:
+    """make-secrets gives each agency its own secret, in a 0600 file it will not clobber."""
+    path = secrets_file(tmp_path, 3)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    table = load_secrets(path, 3)
+    assert sorted(table) == [1, 2, 3]
+    assert len(set(table.values())) == 3 and all(len(s) == 32 for s in table.values())
+    with pytest.raises(ConfigError, match="exists"):
+        make_secrets(3, path)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("1 abc\n", "expected 'agency: secret'"),
+        ("9: " + "ab" * 32 + "\n", "agency 9 is not in 1..2"),
+        ("1: " + "ab" * 32 + "\n1: " + "cd" * 32 + "\n", "appears twice"),
+        ("1: xyz\n", "not hex digits"),
+        ("1: abcd\n", "at least 16"),
+    ],
+)
+def test_a_bad_secrets_file_is_one_clear_error(tmp_path: Path, content: str, message: str) -> None:
+    """Each kind of bad line is refused with its file and line named."""
+    path = tmp_path / "secrets.txt"
+    path.write_text(content)
+    path.chmod(0o600)
+    with pytest.raises(ConfigError, match=message) as error:
+        load_secrets(path, 2)
+    assert "line" in str(error.value)
+
+
+def test_a_secrets_file_others_can_read_is_refused(tmp_path: Path) -> None:
+    """The server refuses a secrets file with group or other permissions."""
+    path = secrets_file(tmp_path)
+    path.chmod(0o644)
+    with pytest.raises(ConfigError, match="chmod 600"):
+        load_secrets(path, 2)
+
+
+def test_parse_secret_takes_hex() -> None:
+    """A secret is hex text of at least 16 bytes, surrounding blanks allowed."""
+    assert parse_secret(" " + "0f" * 16 + "\n", "x") == bytes([15]) * 16
+
+
+# -- the handshake ----------------------------------------------------------------------------
+
+
+async def test_a_good_proof_gets_welcome_and_the_secret_never_travels(tmp_path: Path) -> None:
+    """HELLO gets a CHALLENGE; the right HMAC gets WELCOME; the secret is not in the bytes."""
+    async with auth_server(tmp_path) as server, raw_connection(server.port) as conn:
+        secret = load_secrets(tmp_path / "secrets.txt", 2)[1]
+        await conn.send(Hello(1))
+        challenge = await conn.receive()
+        assert isinstance(challenge, Challenge) and len(challenge.nonce) == 32
+        proof = Auth(auth_mac(secret, 1, challenge.nonce))
+        assert secret not in proof.mac
+        await conn.send(proof)
+        assert await conn.receive() == Welcome(0, 0)
+
+
+@pytest.mark.parametrize("who", ["wrong secret", "another agency's secret"])
+async def test_a_wrong_proof_is_refused_and_nothing_is_stored(tmp_path: Path, who: str) -> None:
+    """A wrong proof gets AUTH_FAILED and a closed connection; a batch sent with it is dropped."""
+    async with auth_server(tmp_path) as server:
+        secrets = load_secrets(tmp_path / "secrets.txt", 2)
+        async with raw_connection(server.port) as conn:
+            await conn.send(Hello(1))
+            challenge = await conn.receive()
+            assert isinstance(challenge, Challenge)
+            if who == "wrong secret":
+                mac = auth_mac(b"\x00" * 32, 1, challenge.nonce)
+            else:
+                mac = auth_mac(secrets[2], 2, challenge.nonce)  # agency 2 posing as 1
+            await conn.send(Auth(mac), Batch(1, [ROW]))
+            reply = await conn.receive()
+            assert isinstance(reply, Error) and reply.code == ErrorCode.AUTH_FAILED
+            await conn.expect_eof()
+    assert stored_bets(tmp_path / "data") == []
+
+
+async def test_bets_before_the_proof_are_out_of_order(tmp_path: Path) -> None:
+    """Between CHALLENGE and AUTH nothing but AUTH (or a status query) is accepted."""
+    async with auth_server(tmp_path) as server, raw_connection(server.port) as conn:
+        await conn.send(Hello(1))
+        assert isinstance(await conn.receive(), Challenge)
+        await conn.send(Batch(1, [ROW]))
+        reply = await conn.receive()
+        assert isinstance(reply, Error) and reply.code == ErrorCode.OUT_OF_ORDER
+        await conn.expect_eof()
+    assert stored_bets(tmp_path / "data") == []
+
+
+async def test_agencies_with_their_secrets_play_a_whole_round(tmp_path: Path) -> None:
+    """AsyncAgency answers the challenge with its secret and completes the round."""
+    async with auth_server(tmp_path) as server:
+        secrets = load_secrets(tmp_path / "secrets.txt", 2)
+        results = []
+        for agency_id in (1, 2):
+            agency = AsyncAgency(
+                agency_id, LOOPBACK, server.port, secret=secrets[agency_id], timeout=REPLY_TIMEOUT
+            )
+            async with agency:
+                await agency.send_bets(make_rows(10))
+                await agency.notify()
+            results.append(agency)
+        async with AsyncAgency(1, LOOPBACK, server.port, secret=secrets[1]) as agency:
+            assert isinstance(await agency.winners(), list)
+    assert len(stored_bets(tmp_path / "data")) == 20
+
+
+async def test_an_agency_without_a_secret_is_told_it_needs_one(tmp_path: Path) -> None:
+    """Against an authenticating server, an agency with no secret fails at once, clearly."""
+    async with auth_server(tmp_path) as server:
+        agency = AsyncAgency(1, LOOPBACK, server.port, reconnect_attempts=1)
+        with pytest.raises(AuthenticationRequired, match="requires a secret"):
+            await agency.connect()
+        await agency.aclose()
+
+
+async def test_an_agency_with_a_wrong_secret_is_refused(tmp_path: Path) -> None:
+    """A wrong secret is not retried: ServerRefused with AUTH_FAILED."""
+    async with auth_server(tmp_path) as server:
+        agency = AsyncAgency(1, LOOPBACK, server.port, secret=b"\x01" * 32)
+        with pytest.raises(ServerRefused) as error:
+            await agency.connect()
+        assert error.value.code == ErrorCode.AUTH_FAILED
+        await agency.aclose()
+
+
+async def test_an_open_server_says_so_when_it_starts(
+    tmp_path: Path, log_stream: io.StringIO
+) -> None:
+    """Without a secrets file the server warns that any client may speak as any agency."""
+    server = Server(
+        ServerConfig(host=LOOPBACK, port=0, agencies=1, data_dir=str(tmp_path), sync="OFF")
+    )
+    await server.start()
+    server.close()
+    await server.wait_closed()
+    (warning,) = log_events(log_stream, "auth")
+    assert warning["result"] == "in_progress" and "any agency" in warning["detalle"]
+
+
+# -- TLS ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def certificate(tmp_path: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1, made with the openssl command."""
+    if shutil.which("openssl") is None:
+        pytest.skip("the openssl command is not installed")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+            "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", str(key), "-out", str(cert),
+            "-days", "1", "-subj", "/CN=localhost",
+            "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=30 * UNIT,
+    )  # fmt: skip
+    os.chmod(key, 0o600)
+    return cert, key
+
+
+async def test_a_round_over_tls(tmp_path: Path, certificate: tuple[Path, Path]) -> None:
+    """With --tls-cert/--tls-key, agencies trusting the CA send bets and read status over TLS."""
+    cert, key = certificate
+    config = ServerConfig(
+        host=LOOPBACK, port=0, agencies=1, data_dir=str(tmp_path / "data"), sync="OFF",
+        tls_cert=str(cert), tls_key=str(key),
+    )  # fmt: skip
+    server = Server(config)
+    await server.start()
+    try:
+        tls = tls_context(str(cert))
+        async with AsyncAgency(1, LOOPBACK, server.port, tls=tls) as agency:
+            report = await agency.send_bets(make_rows(5))
+            assert report.acknowledged == 5
+        status = await query_status(LOOPBACK, server.port, REPLY_TIMEOUT, tls)
+        assert status["agency"][0]["committed_bets"] == 5
+        plain = AsyncAgency(1, LOOPBACK, server.port, reconnect_attempts=1, timeout=REPLY_TIMEOUT)
+        with pytest.raises(ConnectionLost, match="--tls-ca"):
+            await plain.connect()
+        await plain.aclose()
+        untrusting = AsyncAgency(1, LOOPBACK, server.port, tls=ssl.create_default_context())
+        with pytest.raises((ssl.SSLError, ConnectionLost)):
+            await untrusting.connect()
+        await untrusting.aclose()
+    finally:
+        server.close()
+        await server.wait_closed()
