@@ -81,6 +81,8 @@ from .protocol import (
 __all__ = ["AsyncAgency", "RoundResult", "SendReport", "query_status", "tls_context"]
 
 READ_SIZE = 65536
+#: The longest wait between two tries (connecting, or asking for the winners).
+MAX_BACKOFF = 5.0
 #: Blocks of validated records waiting for the batcher.
 BLOCK_QUEUE_SIZE = 4
 # Refusals worth a reconnect: the server may have room or be back later.
@@ -389,7 +391,7 @@ class AsyncAgency:
             if attempt < self.reconnect_attempts:
                 self._log.info("conectar", result="in_progress", intento=attempt, error=last_error)
                 await asyncio.sleep(delay * random.uniform(0.5, 1.5))
-                delay = min(delay * 2, 5.0)
+                delay = min(delay * 2, MAX_BACKOFF)
         hint = ""
         if isinstance(last_error, ConnectionResetError) and self._tls is None:
             hint = " (if the server uses TLS, pass --tls-ca)"
@@ -709,7 +711,7 @@ class AsyncAgency:
                     motivo=outcome, espera=round(wait, 3),
                 )  # fmt: skip
                 await asyncio.sleep(wait)
-                delay *= 2
+                delay = min(delay * 2, MAX_BACKOFF)
         raise WinnersUnavailable(
             f"no winners after {self.winners_attempts} attempts (last: {outcome})"
         )

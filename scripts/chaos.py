@@ -366,6 +366,7 @@ class ChaosRun:
             "--timeout", str(self.cfg.agency_timeout),
             "--winners-attempts", str(self.cfg.winners_attempts),
             "--winners-base-delay", str(self.cfg.winners_base_delay), "--quiet",
+            "--reconnect-attempts", "30",  # many server deaths in a row: keep trying
         ]  # fmt: skip
         with log_path.open("w", encoding="utf-8") as out:
             proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, text=True)
