@@ -68,6 +68,9 @@ from roundrunner import lottery_command, parse_log_line
 
 __all__ = ["ChaosConfig", "ChaosResult", "agency_kill_spread", "main", "run_chaos"]
 
+# Many server deaths in a row: the agencies must keep trying through them.
+RECONNECT_ATTEMPTS = 30
+
 DRAW_DELAY_ENV = "LOTTERY_FAULT_DRAW_DELAY"
 WINNING_NUMBER = 7574
 POLL = 0.002  # seconds between looks at the logs
@@ -366,7 +369,7 @@ class ChaosRun:
             "--timeout", str(self.cfg.agency_timeout),
             "--winners-attempts", str(self.cfg.winners_attempts),
             "--winners-base-delay", str(self.cfg.winners_base_delay), "--quiet",
-            "--reconnect-attempts", "30",  # many server deaths in a row: keep trying
+            "--reconnect-attempts", str(RECONNECT_ATTEMPTS),
         ]  # fmt: skip
         with log_path.open("w", encoding="utf-8") as out:
             proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, text=True)
@@ -692,8 +695,9 @@ class ChaosRun:
             f"barrier and draw; agency kills: {r.agency_kills}; server lives: "
             f"{len(self.watcher.lives)}",
             f"agencies: {f['losses']} connections lost, {f['resumes']} handshakes resuming after "
-            f"stored batches; longest run of failed connects {f['connect_streak']} (of 10 "
-            f"allowed), most winners tries {f['winners_tries'] + 1} (of {cfg.winners_attempts})",
+            f"stored batches; longest run of failed connects {f['connect_streak']} (of "
+            f"{RECONNECT_ATTEMPTS} allowed), most winners tries {f['winners_tries'] + 1} "
+            f"(of {cfg.winners_attempts})",
         ]
         for c in r.checks:
             lines.append(f"  {'ok  ' if c.ok else 'FAIL'} {c.name:<{width}}  {c.detail}")
