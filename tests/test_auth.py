@@ -269,3 +269,17 @@ async def test_a_round_over_tls(tmp_path: Path, certificate: tuple[Path, Path]) 
     finally:
         server.close()
         await server.wait_closed()
+
+
+def test_the_make_secrets_command_and_the_secrets_flag(tmp_path: Path) -> None:
+    """`lottery make-secrets N FILE` writes the file once; `server --secrets FILE` reads it."""
+    from lottery.cli import _flags, build_parser, main
+    from lottery.config import load_server_config
+
+    path = tmp_path / "secrets.txt"
+    assert main(["make-secrets", "3", str(path)]) == 0
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert main(["make-secrets", "3", str(path)]) == 2  # never overwritten
+    args = build_parser().parse_args(["server", "--secrets", str(path), "--agencies", "3"])
+    config = load_server_config(_flags(args), {}, None)
+    assert config.secrets_file == str(path)
