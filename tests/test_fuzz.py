@@ -1,0 +1,499 @@
+"""Hostile input, in-process: mutated frames over real sockets, and a state machine on the decoder.
+
+Two layers, checked two ways:
+
+- over loopback, a few hundred frames from scripts/fuzz_server.py's generator
+  hit a real `Server`; every reply must be what that script's oracle says the
+  server owes, and a clean round afterwards stores exactly its own bets;
+- a Hypothesis state machine feeds the sans-I/O `ServerProtocol` valid frames,
+  mutated frames, random bytes and EOF, split anywhere, and compares each step
+  with an independent model written from docs/PROTOCOL.md (framing, the state
+  table, and the body rules through `validate_fields`, not the decoder's
+  regular expression).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import itertools
+import logging
+import random
+import struct
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
+
+from lottery.client import AsyncAgency
+from lottery.errors import InvalidBatch, InvalidBet, OutOfOrder, ProtocolError
+from lottery.models import validate_fields
+from lottery.protocol import (
+    MAX_FRAME_SIZE,
+    Auth,
+    Batch,
+    Done,
+    FrameType,
+    Hello,
+    Message,
+    ServerProtocol,
+    SingleBet,
+    StatusQuery,
+    WinnersQuery,
+)
+
+from .conftest import UNIT
+from .helpers import LOOPBACK, data_dir_of, make_rows, running_server, stored_bets
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "scripts"))
+import fuzz_server as fz
+
+pytestmark = pytest.mark.timeout(120 * UNIT)
+
+TODAY = datetime.date.today().isoformat()
+FS, RS = "\x1f", "\x1e"
+HEADER = struct.Struct("!IB")
+MAX_BODY = MAX_FRAME_SIZE - HEADER.size
+CLIENT_TYPES = frozenset(t for t in FrameType if t < 0x80)
+
+
+# -- over real sockets -------------------------------------------------------------------------
+
+
+async def test_fuzzed_connections_then_a_clean_round_stores_exactly_its_bets(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Hostile frames get exactly the replies owed; a clean round then stores just its own bets."""
+    agencies, bets = 3, 300
+    caplog.set_level(logging.ERROR, logger="asyncio")
+    async with running_server(tmp_path, agencies=agencies) as server:
+        maker = fz.ScriptMaker(agencies, seed=7)
+        stats = await fz.fuzz(
+            LOOPBACK, server.port, maker, concurrency=20, timeout=2 * UNIT,
+            keep_going=lambda s: s.frames < 400,
+        )  # fmt: skip
+        rows = [make_rows(bets, start=i * bets, winners=[i]) for i in range(agencies)]
+
+        async def clean(agency: int) -> list[str]:
+            async with AsyncAgency(agency, LOOPBACK, server.port, timeout=10 * UNIT) as client:
+                return (await client.run(rows[agency - 1])).winners
+
+        winners = await asyncio.gather(*(clean(a) for a in range(1, agencies + 1)))
+    mismatches = [
+        f"conn {r.script.index} {r.script.kind}: {r.mismatch}; {fz._hex(r.script.data, 60)}"
+        for r in stats.mismatches
+    ]
+    assert stats.mismatch_count == 0, mismatches
+    assert stats.frames >= 400
+    assert {"WELCOME", "INVALID_BET", "BAD_FRAME", "OUT_OF_ORDER"} <= set(stats.replies), stats
+    assert winners == [[rows[i][i][2]] for i in range(agencies)]
+    expected = [(a + 1, *row[:4], int(row[4])) for a in range(agencies) for row in rows[a]]
+    assert sorted(stored_bets(data_dir_of(tmp_path))) == sorted(expected)
+    assert not [r.getMessage() for r in caplog.records if r.name == "asyncio"]
+
+
+# -- the decoder against a model -----------------------------------------------------------------
+
+# docs/PROTOCOL.md §9, with CHALLENGED for a server that has secrets.
+TRANSITIONS: dict[str, dict[int, str]] = {
+    "handshake": {FrameType.HELLO: "open", FrameType.STATUS_QUERY: "handshake"},
+    "challenged": {FrameType.AUTH: "open", FrameType.STATUS_QUERY: "challenged"},
+    "open": {
+        FrameType.BET: "open",
+        FrameType.BATCH: "open",
+        FrameType.DONE: "done",
+        FrameType.WINNERS_QUERY: "open",
+        FrameType.STATUS_QUERY: "open",
+    },
+    "done": {
+        FrameType.DONE: "done",
+        FrameType.WINNERS_QUERY: "done",
+        FrameType.STATUS_QUERY: "done",
+    },
+}
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What the model says the next ``next_event`` does."""
+
+    kind: str  # "need" (None), "event", "error" (ProtocolError), "order" (OutOfOrder), "invalid"
+    size: int = 0  # bytes of the frame it consumes
+    message: object = None  # the event's fields, for "event"
+    index: int = -1  # the first bad bet, for "invalid"
+    ftype: int = 0  # the frame's type, for "event" (it moves the state)
+
+
+def _records(data: bytes) -> tuple[list[tuple[str, ...]] | None, int]:
+    """The records of a body, per the documented rules: (records, -1), (None, bad index) or
+    (None, -2) when the bytes are not records at all."""
+    try:
+        text = data.decode()
+    except UnicodeDecodeError:
+        return None, -2
+    if not text.endswith(RS):
+        return None, -2
+    rows = [tuple(raw.split(FS)) for raw in text[:-1].split(RS)]
+    for index, row in enumerate(rows):
+        try:
+            validate_fields(row, TODAY)
+        except InvalidBet:
+            return None, index
+    return rows, -1
+
+
+def _decode_body(ftype: int, body: bytes) -> Outcome:
+    size = HEADER.size + len(body)
+    if ftype == FrameType.HELLO:
+        if len(body) != 5:
+            return Outcome("error", size)
+        version, agency = struct.unpack("!BI", body)
+        return Outcome("event", size, ("hello", agency, version))
+    if ftype == FrameType.AUTH:
+        return Outcome("event", size, ("auth", body)) if len(body) == 32 else Outcome("error", size)
+    if ftype in (FrameType.DONE, FrameType.WINNERS_QUERY, FrameType.STATUS_QUERY):
+        return (
+            Outcome("event", size, (FrameType(ftype).name,)) if not body else Outcome("error", size)
+        )
+    head = 6 if ftype == FrameType.BATCH else 4
+    if len(body) < head:
+        return Outcome("error", size)
+    seq = struct.unpack_from("!I", body)[0]
+    if seq == 0:
+        return Outcome("error", size)
+    count = struct.unpack_from("!H", body, 4)[0] if ftype == FrameType.BATCH else 1
+    if count == 0:
+        return Outcome("error", size)
+    rows, bad = _records(body[head:])
+    if rows is None:
+        return Outcome("invalid", size, index=bad) if bad >= 0 else Outcome("error", size)
+    if len(rows) != count:
+        return Outcome("error", size)
+    return Outcome("event", size, (FrameType(ftype).name, seq, rows))
+
+
+def model_next(pending: bytes, state: str) -> Outcome:
+    """What ``ServerProtocol.next_event`` must do with ``pending`` in ``state``."""
+    if len(pending) < HEADER.size:
+        return Outcome("need")
+    length, ftype = HEADER.unpack_from(pending)
+    if length > MAX_BODY or ftype not in CLIENT_TYPES:
+        return Outcome("error")  # refused at the header, before the body is in
+    if len(pending) < HEADER.size + length:
+        return Outcome("need")
+    if ftype not in TRANSITIONS[state]:
+        return Outcome("order", HEADER.size + length)
+    outcome = _decode_body(ftype, pending[HEADER.size : HEADER.size + length])
+    return Outcome(outcome.kind, outcome.size, outcome.message, outcome.index, ftype)
+
+
+def _fields(message: Message) -> object:
+    """A decoded message in the model's terms."""
+    if isinstance(message, Hello):
+        return ("hello", message.agency, message.version)
+    if isinstance(message, Auth):
+        return ("auth", message.mac)
+    if isinstance(message, Batch):
+        return ("BATCH", message.seq, [tuple(r) for r in message.records])
+    if isinstance(message, SingleBet):
+        return ("BET", message.seq, [tuple(message.record)])
+    names = {Done: "DONE", WinnersQuery: "WINNERS_QUERY", StatusQuery: "STATUS_QUERY"}
+    return (names[type(message)],)
+
+
+# -- strategies --
+
+names = st.text(
+    st.characters(codec="utf-8", exclude_categories=("Cc", "Cs")), min_size=1, max_size=100
+)
+valid_rows = st.tuples(
+    names,
+    names,
+    st.from_regex(r"[0-9]{1,10}", fullmatch=True),
+    st.dates(max_value=datetime.date.fromisoformat(TODAY)).map(datetime.date.isoformat),
+    st.from_regex(r"[0-9]{1,4}", fullmatch=True),
+)
+sequences = st.integers(1, 2**32 - 1)
+#: Sequence 0 (never a batch's: a protocol error) and the extremes among the others.
+any_sequences = st.one_of(st.sampled_from([0, 0, 1, 2**32 - 1]), sequences)
+
+
+_digits = "0123456789"
+BAD_VALUES = {  # per field: values that break its rule (docs/PROTOCOL.md §3)
+    0: st.one_of(
+        st.sampled_from(["", "N" * 101, "Ana\x1d", "\x9f"]),  # one past each edge first
+        st.text(min_size=101, max_size=120).filter(lambda t: FS not in t and RS not in t),
+        st.builds(lambda a, c: a + c, names, st.sampled_from(["\x00", "\x07", "\x7f", "\x85"])),
+    ),
+    2: st.one_of(
+        st.sampled_from(["", "1" * 11, "12345678901", "0x1", "１"]),
+        st.text(_digits, min_size=11, max_size=14),
+        st.builds(lambda d, c: d + c, st.text(_digits, max_size=5), st.sampled_from("a-١ .")),
+    ),
+    3: st.one_of(
+        st.dates(min_value=datetime.date.fromisoformat(TODAY) + datetime.timedelta(days=1)).map(
+            datetime.date.isoformat
+        ),
+        st.from_regex(
+            r"[0-9]{4}-(02-3[01]|(04|06|09|11)-31|1[3-9]-[0-2][0-9]|00-1[0-9])", fullmatch=True
+        ),
+        st.from_regex(r"[0-9]{2,4}[/.][0-9]{1,2}[/.][0-9]{1,2}", fullmatch=True),
+        st.sampled_from(["0000-01-01", "1900-02-29", "2001-02-29", "1990-1-01", "1990-01-1 "]),
+    ),
+    4: st.one_of(
+        st.sampled_from(["", "10000", "99999", "00000", "-1", "1e3"]),
+        st.text(_digits, min_size=5, max_size=8),
+        st.builds(lambda d, c: d + c, st.text(_digits, max_size=3), st.sampled_from("-.x٣ ")),
+    ),
+}
+
+
+@st.composite
+def invalid_rows(draw: st.DrawFn) -> tuple[str, ...]:
+    """A row with one field that breaks its rule (or the wrong number of fields)."""
+    row = list(draw(valid_rows))
+    field = draw(st.sampled_from([0, 1, 2, 3, 4, 5]))
+    if field == 5:  # the wrong number of fields is an invalid bet too
+        return tuple(row[: draw(st.sampled_from([1, 4]))]) if draw(st.booleans()) else (*row, "")
+    row[field] = draw(BAD_VALUES[0 if field < 2 else field])
+    return tuple(row)
+
+
+def frame(ftype: int, body: bytes) -> bytes:
+    return HEADER.pack(len(body), ftype) + body
+
+
+def batch_frame(seq: int, rows: list[tuple[str, ...]], count: int | None = None) -> bytes:
+    text = "".join(FS.join(r) + RS for r in rows).encode()
+    announced = len(rows) if count is None else count
+    return frame(FrameType.BATCH, struct.pack("!IH", seq, announced) + text)
+
+
+def bet_frame(seq: int, row: tuple[str, ...]) -> bytes:
+    return frame(FrameType.BET, struct.pack("!I", seq) + (FS.join(row) + RS).encode())
+
+
+client_frames = st.one_of(
+    st.builds(
+        lambda agency, version: frame(FrameType.HELLO, struct.pack("!BI", version, agency)),
+        st.integers(0, 2**32 - 1),
+        st.one_of(st.just(1), st.integers(0, 255)),
+    ),
+    st.builds(batch_frame, any_sequences, st.lists(valid_rows, min_size=1, max_size=8)),
+    st.builds(bet_frame, any_sequences, valid_rows),
+    st.sampled_from(
+        [frame(t, b"") for t in (FrameType.DONE, FrameType.WINNERS_QUERY, FrameType.STATUS_QUERY)]
+    ),
+    st.binary(min_size=32, max_size=32).map(lambda mac: frame(FrameType.AUTH, mac)),
+)
+
+
+class ServerProtocolMachine(RuleBasedStateMachine):
+    """One connection's `ServerProtocol`, shadowed by `model_next`; EOF starts a new one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.require_auth = False
+        self.events: list[Message] = []
+        self.new_connection()
+
+    def new_connection(self) -> None:
+        self.protocol = ServerProtocol(require_auth=self.require_auth)
+        self.state = "handshake"
+        self.pending = b""
+
+    @initialize(require_auth=st.booleans())
+    def server_kind(self, require_auth: bool) -> None:
+        self.require_auth = require_auth
+        self.new_connection()
+
+    def feed(self, data: bytes, cuts: list[int]) -> None:
+        """Feed ``data`` in pieces, pulling every event after each piece."""
+        points = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
+        for start, end in itertools.pairwise(points):
+            self.protocol.receive_data(data[start:end])
+            self.pending += data[start:end]
+            if not self.drain():
+                return  # the stream broke: the server would close; the rest is not sent
+
+    def drain(self) -> bool:
+        """Pull events until more bytes are needed; False if the connection had to close."""
+        while True:
+            expected = model_next(self.pending, self.state)
+            try:
+                message = self.protocol.next_event(TODAY)
+            except ProtocolError as exc:
+                if isinstance(exc, InvalidBatch):
+                    assert expected.kind == "invalid", (expected, exc)
+                    assert exc.index == expected.index, (expected, exc)
+                    self.pending = self.pending[expected.size :]
+                    continue
+                wanted = "order" if isinstance(exc, OutOfOrder) else "error"
+                assert expected.kind == wanted and type(exc) in (ProtocolError, OutOfOrder), (
+                    expected,
+                    exc,
+                )
+                self.new_connection()  # a broken stream: the server answers ERROR and closes
+                return False
+            # Anything else escaping next_event fails the test by itself.
+            if message is None:
+                assert expected.kind == "need", expected
+                return True
+            assert expected.kind == "event", (expected, message)
+            assert _fields(message) == expected.message
+            self.events.append(message)
+            self.state = TRANSITIONS[self.state][expected.ftype]
+            if expected.ftype == FrameType.HELLO and self.require_auth:
+                self.state = "challenged"
+            self.pending = self.pending[expected.size :]
+
+    @precondition(lambda self: self.state in ("handshake", "challenged") and not self.pending)
+    @rule(
+        agency=st.integers(0, 2**32 - 1),
+        version=st.sampled_from([1, 1, 1, 0, 2]),
+        mac=st.binary(min_size=32, max_size=32),
+        cuts=st.lists(st.integers(0, 64), max_size=3),
+    )
+    def shake_hands(self, agency: int, version: int, mac: bytes, cuts: list[int]) -> None:
+        if self.state == "challenged":
+            self.feed(frame(FrameType.AUTH, mac), cuts)
+        else:
+            self.feed(frame(FrameType.HELLO, struct.pack("!BI", version, agency)), cuts)
+
+    @precondition(lambda self: not self.pending)  # well-formed frames start at a boundary
+    @rule(data=client_frames, cuts=st.lists(st.integers(0, 2**13), max_size=4))
+    def valid_frame(self, data: bytes, cuts: list[int]) -> None:
+        self.feed(data, cuts)
+
+    @precondition(lambda self: not self.pending)
+    @rule(ftype=st.sampled_from([FrameType.DONE, FrameType.WINNERS_QUERY, FrameType.STATUS_QUERY]))
+    def request(self, ftype: int) -> None:
+        self.feed(frame(ftype, b""), [])
+
+    @precondition(lambda self: self.state == "open" and not self.pending)
+    @rule(
+        seq=any_sequences,
+        rows=st.lists(valid_rows, min_size=0, max_size=5),
+        count=st.integers(0, 2**16 - 1),
+    )
+    def batch_with_any_count(self, seq: int, rows: list[tuple[str, ...]], count: int) -> None:
+        self.feed(batch_frame(seq, rows, count), [])
+
+    @precondition(lambda self: self.state == "open" and not self.pending)
+    @rule(
+        seq=sequences,
+        size=st.sampled_from([MAX_FRAME_SIZE, MAX_FRAME_SIZE - 1, 4096, 60]),
+        announce=st.sampled_from([None, MAX_BODY, MAX_BODY + 1, 2**32 - 1]),
+        cut=st.integers(0, 40),
+    )
+    def frame_at_the_limit(self, seq: int, size: int, announce: int | None, cut: int) -> None:
+        """A valid batch of exactly ``size`` bytes, or a header announcing ``announce`` bytes."""
+        data = fz.exact_batch(seq, size)
+        if announce is not None:
+            data = HEADER.pack(announce, FrameType.BATCH) + data[HEADER.size : len(data) - cut]
+        self.feed(data, [])
+
+    @precondition(lambda self: self.state == "open" and not self.pending)
+    @rule(
+        seq=sequences,
+        rows=st.lists(valid_rows, min_size=1, max_size=8),
+        cuts=st.lists(st.integers(0, 2**13), max_size=3),
+    )
+    def valid_batch_decodes_to_its_records(
+        self, seq: int, rows: list[tuple[str, ...]], cuts: list[int]
+    ) -> None:
+        self.feed(batch_frame(seq, rows), cuts)
+        # A whole, valid batch where batches are allowed: exactly these records.
+        assert _fields(self.events[-1]) == ("BATCH", seq, [tuple(r) for r in rows])
+        assert self.state == "open" and not self.pending
+
+    @precondition(lambda self: self.state == "open" and not self.pending)
+    @rule(
+        seq=sequences,
+        rows=st.lists(valid_rows, min_size=0, max_size=6),
+        bad=st.lists(invalid_rows(), min_size=1, max_size=2),
+        position=st.integers(0, 6),
+        single=st.booleans(),
+    )
+    def batch_with_invalid_bets(
+        self,
+        seq: int,
+        rows: list[tuple[str, ...]],
+        bad: list[tuple[str, ...]],
+        position: int,
+        single: bool,
+    ) -> None:
+        if single:
+            self.feed(bet_frame(seq, bad[0]), [])
+            return
+        mixed = rows[:position] + bad + rows[position:]
+        self.feed(batch_frame(seq, mixed), [])
+
+    @precondition(lambda self: self.state == "open" and not self.pending)
+    @rule(seq=sequences, row=invalid_rows())
+    def bet_with_an_invalid_field(self, seq: int, row: tuple[str, ...]) -> None:
+        self.feed(bet_frame(seq, row), [])
+
+    @rule(
+        data=client_frames,
+        other=client_frames,
+        rng=st.randoms(use_true_random=False),
+        times=st.integers(0, 3),
+        noise=st.binary(max_size=64),
+        cuts=st.lists(st.integers(0, 2**13), max_size=3),
+        close=st.booleans(),
+    )
+    def garbage(
+        self,
+        data: bytes,
+        other: bytes,
+        rng: random.Random,
+        times: int,
+        noise: bytes,
+        cuts: list[int],
+        close: bool,
+    ) -> None:
+        """A frame mutated ``times`` times (0: random bytes instead), perhaps then EOF."""
+        for _ in range(times):
+            _, data = fz.mutate(rng, data, other)
+        self.feed(data if times else noise, cuts)
+        if close:
+            self.eof()
+
+    @rule()
+    def eof(self) -> None:
+        try:
+            self.protocol.receive_eof()
+        except ProtocolError:
+            assert self.pending, "EOF between frames is a normal end"
+        else:
+            assert not self.pending, "EOF inside a frame must be a protocol error"
+        self.new_connection()
+
+    @invariant()
+    def state_is_the_models(self) -> None:
+        assert self.protocol.state.value == self.state
+
+
+def test_server_protocol_follows_the_model_for_any_bytes_in_any_split() -> None:
+    """Valid, mutated and random bytes in any split make ServerProtocol do what the model says."""
+    run_state_machine_as_test(
+        ServerProtocolMachine,
+        settings=settings(
+            max_examples=100,
+            stateful_step_count=30,
+            deadline=None,
+            suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+        ),
+    )
