@@ -177,6 +177,8 @@ class _Connection:
         return cls(reader, writer)
 
     def send(self, data: bytes) -> None:
+        if self._writer.transport.is_closing():  # uvloop would raise RuntimeError
+            raise ConnectionResetError("the connection to the server is closed")
         self._writer.write(data)
 
     async def drain(self, timeout: float) -> None:

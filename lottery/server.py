@@ -49,6 +49,7 @@ from .protocol import (
     Done,
     Error,
     ErrorCode,
+    FrameType,
     Hello,
     Message,
     NotReady,
@@ -72,6 +73,7 @@ READ_SIZE = 65536
 #: bounds the batches one agency has waiting for a commit (backpressure).
 MAX_PENDING_REPLIES = 64
 CLOSE_TIMEOUT = 1.0
+LINGER = 0.5  # seconds a closing connection may still drain what the peer sends
 
 
 class LatencySample:
@@ -126,6 +128,7 @@ class Server:
         #: Since start: bets and batches stored, batches refused (for metrics).
         self.counters = dict.fromkeys(("bets_stored", "batches_stored", "batches_refused"), 0)
         self._handlers: set[Handler] = set()
+        self._finishing: set[int] = set()  # agencies whose DONE is being stored
         #: Seconds from reading each batch to writing its ack (logged at shutdown).
         self.ack_latencies = LatencySample()
         self._listener: asyncio.Server | None = None
@@ -295,9 +298,24 @@ class Server:
     def winners_of(self, agency: int) -> tuple[str, ...]:
         return self._winners.get(agency, ())
 
+    def is_done(self, agency: int) -> bool:
+        """Whether ``agency`` said DONE (stored, or being stored): no more bets from it."""
+        return agency in self._finishing or agency in self.barrier.done
+
     async def agency_done(self, agency: int) -> None:
-        """Durably record ``agency`` as done; the last one to arrive runs the draw."""
-        await self._committer.call(lambda s: s.mark_done(agency))
+        """Durably record ``agency`` as done; the last one to arrive runs the draw.
+
+        From the moment DONE is read, the agency's bets are refused on every
+        connection, and the ones handed over before it are let settle first:
+        done means every bet before it is stored and none after it will be.
+        """
+        self._finishing.add(agency)
+        try:
+            await self._committer.settle(agency)
+            await self._committer.call(lambda s: s.mark_done(agency))
+        except BaseException:
+            self._finishing.discard(agency)  # not done after all: it may try again
+            raise
         self._log.info("agencia_lista", result="success", agencia=agency)
         if self.barrier.arrive(agency):
             if self.config.fault_draw_delay:  # fault injection for scripts/chaos.py only
@@ -359,7 +377,7 @@ class Server:
                 writer.write(encode(Error(*refusal)))
                 async with asyncio.timeout(CLOSE_TIMEOUT):
                     await writer.drain()
-            await _close_writer(writer)
+            await _close_writer(writer, reader)
             return
         handler = Handler(self, reader, writer)
         self._handlers.add(handler)
@@ -382,7 +400,19 @@ def _tls_context(config: ServerConfig) -> ssl.SSLContext | None:
     return context
 
 
-async def _close_writer(writer: asyncio.StreamWriter) -> None:
+async def _close_writer(
+    writer: asyncio.StreamWriter, reader: asyncio.StreamReader | None = None
+) -> None:
+    if reader is not None and writer.can_write_eof() and not writer.transport.is_closing():
+        # A lingering close: say we are done writing, then discard what the
+        # peer still sends, briefly. Closing with unread bytes makes the
+        # kernel answer with a reset, which can destroy the ERROR frame we
+        # just wrote before the peer reads it.
+        with contextlib.suppress(OSError, RuntimeError, TimeoutError):
+            writer.write_eof()
+            async with asyncio.timeout(LINGER):
+                while await reader.read(READ_SIZE):
+                    pass
     writer.close()
     with contextlib.suppress(OSError, TimeoutError):
         async with asyncio.timeout(CLOSE_TIMEOUT):
@@ -438,13 +468,13 @@ class Handler:
         self._protocol = ServerProtocol(require_auth=server.secrets is not None)
         self._challenge: tuple[int, bytes] | None = None  # (agency, nonce) awaiting AUTH
         self._replies: asyncio.Queue[_Reply | None] = asyncio.Queue(MAX_PENDING_REPLIES + 1)
+        self._sent_error = False  # an ERROR frame was written: linger when closing
         self._slots = asyncio.Semaphore(MAX_PENDING_REPLIES)
         self._unanswered = 0  # replies queued or being answered, not yet written
         self._last_reply = 0.0  # loop time of the last reply written
         self._reader_task: asyncio.Task[None] | None = None
         self.task: asyncio.Task[Any] | None = None
         self.agency: int | None = None
-        self._agency_was_done = False  # at the handshake: its bets are all in
         peer = writer.get_extra_info("peername")
         self._log = get_logger(ip=peer[0] if peer else "?")
 
@@ -467,7 +497,9 @@ class Handler:
                 self._reader_task = tg.create_task(self._read_loop())
                 tg.create_task(self._write_loop())
         finally:
-            await _close_writer(self._writer)
+            # Linger only after an ERROR: that is when the peer may still be
+            # sending and must not lose the frame that says what went wrong.
+            await _close_writer(self._writer, self._reader if self._sent_error else None)
             self._log.info(
                 "close_resource", result="success", resource="connection", agencia=self.agency
             )
@@ -543,7 +575,7 @@ class Handler:
             # Every agency is done (or the deadline passed): the draw is made
             # or about to be, and a bet now could not take part in it.
             raise DrawMade(f"{type(message).__name__} refused: the draw is made")
-        if isinstance(message, Batch | SingleBet) and self._agency_was_done:
+        if isinstance(message, Batch | SingleBet) and self._server.is_done(self.agency or 0):
             # Done is per agency, not per connection: no bets after it, even
             # on a new connection (they would miss the draw).
             raise OutOfOrder(
@@ -615,7 +647,6 @@ class Handler:
                 other.stop_reading()
         await self._server.committer.settle(agency)
         self.agency = agency
-        self._agency_was_done = agency in self._server.barrier.done
         self._log = self._log.bind(agencia=agency)
         last_seq, committed = await self._server.committer.call(lambda s: s.progress(agency))
         self._log.info("handshake", result="success", last_seq=last_seq, bets=committed)
@@ -634,7 +665,10 @@ class Handler:
             loop = asyncio.get_running_loop()
             while (reply := await self._replies.get()) is not _END:
                 data = await self._answer(reply)
+                if self._writer.transport.is_closing():  # reset by the peer meanwhile
+                    raise ConnectionResetError("the agency closed the connection")
                 self._writer.write(data)
+                self._sent_error = self._sent_error or data[4] == FrameType.ERROR
                 async with asyncio.timeout(idle):
                     await self._writer.drain()
                 self._unanswered -= 1
@@ -642,8 +676,9 @@ class Handler:
                 if isinstance(reply, _BatchReply):
                     self._server.ack_latencies.add(self._last_reply - reply.received)
                 self._slots.release()
-        except (OSError, TimeoutError):
+        except (OSError, TimeoutError, RuntimeError):
             # The peer is gone or stopped reading: nothing more can reach it.
+            # (uvloop raises RuntimeError for a write to a transport it closed.)
             if self._reader_task is not None:
                 self._reader_task.cancel()
 

@@ -504,3 +504,24 @@ async def test_a_failed_draw_is_made_again_on_the_next_winners_query(tmp_path: P
     finally:
         server.close()
         await server.wait_closed()
+
+
+async def test_no_bet_is_stored_after_its_agency_said_done(tmp_path: Path) -> None:
+    """A batch on another connection, right behind the agency's DONE, is refused, not stored."""
+    async with running_server(tmp_path, agencies=2, sync="FULL") as server:
+        first = await RawConnection.open(server.port)
+        late = await RawConnection.open(server.port)
+        try:
+            await first.hello(1)
+            await first.send(Batch(1, make_rows(2)))
+            assert await first.receive() == Ack(1)
+            await first.send(Done())
+            await late.send(Hello(1), Batch(2, make_rows(3, start=100)))
+            assert await first.receive() == Ack(0)
+            replies = [await late.receive(), await late.receive()]
+            assert isinstance(replies[0], Welcome)
+            assert isinstance(replies[1], Error) and replies[1].code == ErrorCode.OUT_OF_ORDER
+        finally:
+            await first.close()
+            await late.close()
+    assert len(stored_bets(data_dir_of(tmp_path))) == 2
