@@ -78,60 +78,8 @@ class Store(Protocol):
         ...
 
     def commit(self, batches: Sequence[PendingBatch]) -> list[Outcome]:
-        # Decide everything first, in Python; then write it in a handful of
-        # statements. Each SQLite call hands the GIL to the event loop and
-        # must win it back, which can take a whole switch interval (5 ms)
-        # while the loop is busy: a statement per batch would make a group of
-        # fifty batches wait a quarter of a second for the GIL alone.
-        outcomes: list[Outcome] = []
-        progress = dict(self._progress)  # published only once the commit succeeds
-        stored: list[tuple[int, int, int, str]] = []
-        winners: list[tuple[int, str]] = []
-        marks = self._winner_marks()
-        for batch in batches:
-            last_seq, count = progress.get(batch.agency, (0, 0))
-            if batch.seq <= last_seq:
-                outcomes.append(Outcome.DUPLICATE)
-                continue
-            if batch.seq != last_seq + 1:
-                outcomes.append(Outcome.GAP)
-                continue
-            records = batch.records
-            if not isinstance(records, Records):
-                records = Records.from_fields(records)
-            stored.append((batch.agency, batch.seq, len(records), records.text))
-            if any(mark in records.text for mark in marks):
-                number = self.winning_number
-                winners += [(batch.agency, r[2]) for r in records if int(r[4]) == number]
-            progress[batch.agency] = (batch.seq, count + len(records))
-            outcomes.append(Outcome.STORED)
-        changed = [
-            (agency, *progress[agency])
-            for agency in {b.agency for b in batches}
-            if progress.get(agency) != self._progress.get(agency)
-        ]
-        db = self._db
-        try:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                _insert(db, "INSERT INTO batches VALUES {}", stored)
-                _insert(db, "INSERT INTO winners VALUES {}", winners)
-                _insert(
-                    db,
-                    "INSERT INTO agencies (agency, last_seq, committed_bets) VALUES {} "
-                    "ON CONFLICT(agency) DO UPDATE SET "
-                    "last_seq = excluded.last_seq, committed_bets = excluded.committed_bets",
-                    changed,
-                )
-                db.execute("COMMIT")
-            except BaseException:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-                raise
-        except sqlite3.Error as exc:
-            raise StoreError(f"commit of {len(batches)} batches failed: {exc}") from exc
-        self._progress = progress
-        return outcomes
+        """Store ``batches`` in one durable transaction; one outcome per batch."""
+        ...
 
     def mark_done(self, agency: int) -> None:
         """Durably record that ``agency`` has sent all its bets."""
@@ -283,46 +231,47 @@ class SQLiteStore:
         return dict(self._progress)
 
     def commit(self, batches: Sequence[PendingBatch]) -> list[Outcome]:
+        # Decide everything first, in Python; then write it in a handful of
+        # statements. Each SQLite call hands the GIL to the event loop and
+        # must win it back, which can take a whole switch interval (5 ms)
+        # while the loop is busy: a statement per batch would make a group of
+        # fifty batches wait a quarter of a second for the GIL alone.
         outcomes: list[Outcome] = []
         progress = dict(self._progress)  # published only once the commit succeeds
+        stored: list[tuple[int, int, int, str]] = []
+        winners: list[tuple[int, str]] = []
+        marks = self._winner_marks()
+        for batch in batches:
+            last_seq, count = progress.get(batch.agency, (0, 0))
+            if batch.seq <= last_seq:
+                outcomes.append(Outcome.DUPLICATE)
+                continue
+            if batch.seq != last_seq + 1:
+                outcomes.append(Outcome.GAP)
+                continue
+            records = batch.records
+            if not isinstance(records, Records):
+                records = Records.from_fields(records)
+            stored.append((batch.agency, batch.seq, len(records), records.text))
+            if any(mark in records.text for mark in marks):
+                number = self.winning_number
+                winners += [(batch.agency, r[2]) for r in records if int(r[4]) == number]
+            progress[batch.agency] = (batch.seq, count + len(records))
+            outcomes.append(Outcome.STORED)
+        changed = [
+            (agency, *progress[agency])
+            for agency in {b.agency for b in batches}
+            if progress.get(agency) != self._progress.get(agency)
+        ]
         db = self._db
         try:
             db.execute("BEGIN IMMEDIATE")
             try:
-                marks = self._winner_marks()
-                for batch in batches:
-                    last_seq, count = progress.get(batch.agency, (0, 0))
-                    if batch.seq <= last_seq:
-                        outcomes.append(Outcome.DUPLICATE)
-                        continue
-                    if batch.seq != last_seq + 1:
-                        outcomes.append(Outcome.GAP)
-                        continue
-                    records = batch.records
-                    if not isinstance(records, Records):
-                        records = Records.from_fields(records)
-                    db.execute(
-                        "INSERT INTO batches VALUES (?, ?, ?, ?)",
-                        (batch.agency, batch.seq, len(records), records.text),
-                    )
-                    if any(mark in records.text for mark in marks):
-                        db.executemany(
-                            "INSERT INTO winners VALUES (?, ?)",
-                            [
-                                (batch.agency, r[2])
-                                for r in records
-                                if int(r[4]) == self.winning_number
-                            ],
-                        )
-                    progress[batch.agency] = (batch.seq, count + len(records))
-                    outcomes.append(Outcome.STORED)
-                changed = [
-                    (agency, *progress[agency])
-                    for agency in {b.agency for b in batches}
-                    if progress.get(agency) != self._progress.get(agency)
-                ]
-                db.executemany(
-                    "INSERT INTO agencies (agency, last_seq, committed_bets) VALUES (?, ?, ?) "
+                _insert(db, "INSERT INTO batches VALUES {}", stored)
+                _insert(db, "INSERT INTO winners VALUES {}", winners)
+                _insert(
+                    db,
+                    "INSERT INTO agencies (agency, last_seq, committed_bets) VALUES {} "
                     "ON CONFLICT(agency) DO UPDATE SET "
                     "last_seq = excluded.last_seq, committed_bets = excluded.committed_bets",
                     changed,
