@@ -13,7 +13,7 @@ back for long. The pending list is bounded too: once a group's worth of bets
 waits for a commit, handlers await `wait_for_room` before reading more, and the
 backpressure reaches the agencies through TCP. A batch then waits for at most
 the running commit and its own, however many agencies send at once (measured
-with 1,000 agencies: p99 from reading a batch to its ack about 50 ms; bigger
+with 1,000 agencies: p99 from reading a batch to its ack about 32 ms; bigger
 groups raise it, see docs/PERFORMANCE.md).
 """
 

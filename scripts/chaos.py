@@ -64,7 +64,7 @@ from typing import IO
 
 sys.path.insert(0, str(Path(__file__).parent))
 from gen_dataset import generate_agency_file
-from roundrunner import lottery_command, parse_log_line
+from roundrunner import input_bets, lottery_command, parse_log_line
 
 __all__ = ["ChaosConfig", "ChaosResult", "agency_kill_spread", "main", "run_chaos"]
 
@@ -261,18 +261,6 @@ class Watcher:
 # -- the run -------------------------------------------------------------------------------
 
 
-def _input_bets(files: Sequence[Path]) -> list[tuple[str, ...]]:
-    """tests/test_e2e.py's reading of the input: (agency, five fields, int(number))."""
-    bets = []
-    for agency, path in enumerate(files, 1):
-        with path.open(newline="", encoding="utf-8-sig") as f:
-            for row in csv.reader(f):
-                if row:
-                    first, last, document, birthdate, number = row
-                    bets.append((str(agency), first, last, document, birthdate, str(int(number))))
-    return bets
-
-
 def _read_export(path: Path) -> list[tuple[str, ...]]:
     with path.open(newline="", encoding="utf-8") as f:
         return [(*row[:5], str(int(row[5]))) for row in csv.reader(f) if row]
@@ -402,7 +390,7 @@ class ChaosRun:
             path = self.work / f"agency-{agency}.csv"
             generate_agency_file(path, self.cfg.bets, rows, self.seed * 1000 + agency)
             self.files.append(path)
-        for agency, bets in enumerate(_split_by_agency(_input_bets(self.files)), 1):
+        for agency, bets in enumerate(_split_by_agency(input_bets(self.files)), 1):
             self.expected_winners[agency] = [b[3] for b in bets if int(b[5]) == WINNING_NUMBER]
         self.result.total_bets = self.cfg.agencies * self.cfg.bets
 
@@ -614,7 +602,7 @@ class ChaosRun:
             )
 
         exported = self.export()
-        wanted = collections.Counter(_input_bets(self.files))
+        wanted = collections.Counter(input_bets(self.files))
         have = collections.Counter(exported)
         missing = sum((wanted - have).values())
         extra = sum((have - wanted).values())

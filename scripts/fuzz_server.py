@@ -89,6 +89,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from gen_dataset import generate_agency_file
 from roundrunner import (
     AgencyProcess,
+    input_bets,
     lottery_command,
     start_agency,
     start_server,
@@ -1120,18 +1121,6 @@ def make_round(workdir: Path, agencies: int, bets: int, seed: int) -> Round:
         files.append(path)
         winners.append(sorted(docs))
     return Round(files, winners)
-
-
-def input_bets(files: Sequence[Path]) -> list[tuple[str, ...]]:
-    """Every bet of the files as ``lottery export`` writes it (as tests/test_e2e.py)."""
-    bets = []
-    for agency, path in enumerate(files, 1):
-        with path.open(newline="", encoding="utf-8-sig") as f:
-            for row in csv.reader(f):
-                if row:
-                    first, last, document, birthdate, number = row
-                    bets.append((str(agency), first, last, document, birthdate, str(int(number))))
-    return bets
 
 
 def export_bets(data_dir: Path, out: Path) -> list[tuple[str, ...]]:

@@ -14,6 +14,7 @@ it got, so rounds never collide on a fixed port.
 
 from __future__ import annotations
 
+import csv
 import os
 import shutil
 import signal
@@ -30,6 +31,7 @@ from typing import IO
 __all__ = [
     "AgencyProcess",
     "ServerProcess",
+    "input_bets",
     "lottery_command",
     "parse_log_line",
     "start_agency",
@@ -50,6 +52,23 @@ def parse_log_line(line: str) -> dict[str, str]:
         if sep:
             fields[key.strip()] = value
     return fields
+
+
+def input_bets(files: Sequence[os.PathLike[str] | str]) -> list[tuple[str, ...]]:
+    """Every bet of agency files 1..N, as ``lottery export`` writes it back.
+
+    (agency, first_name, last_name, document, birthdate, number as an int's
+    text): compare it with the export as a multiset to prove nothing was
+    lost or stored twice.
+    """
+    bets = []
+    for agency, path in enumerate(files, 1):
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            for row in csv.reader(f):
+                if row:
+                    first, last, document, birthdate, number = row
+                    bets.append((str(agency), first, last, document, birthdate, str(int(number))))
+    return bets
 
 
 def lottery_command() -> list[str]:

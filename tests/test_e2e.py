@@ -29,6 +29,7 @@ from gen_dataset import generate_agency_file
 from roundrunner import (
     AgencyProcess,
     ServerProcess,
+    input_bets,
     lottery_command,
     parse_log_line,
     start_agency,
@@ -77,17 +78,6 @@ def _export(tmp_path: Path, env: dict[str, str] | None = None) -> list[tuple[str
         return [tuple(row) for row in csv.reader(f)]
 
 
-def _input_bets(files: list[Path]) -> list[tuple[str, ...]]:
-    bets = []
-    for agency, path in enumerate(files, 1):
-        with path.open(newline="", encoding="utf-8-sig") as f:
-            for row in csv.reader(f):
-                if row:
-                    first, last, document, birthdate, number = row
-                    bets.append((str(agency), first, last, document, birthdate, str(int(number))))
-    return bets
-
-
 def _assert_healthy(server: ServerProcess, agencies: list[AgencyProcess], status: int) -> None:
     logs = server.log() + "".join(a.output for a in agencies)
     assert "result: fail" not in logs, logs[-3000:]
@@ -124,7 +114,7 @@ def test_three_agencies_winners_at_chosen_rows(tmp_path: Path) -> None:
             if f.get("action") == "consulta_ganadores" and f.get("result") == "success"
         ]
         assert answered == [str(len(agency.winners or []))]
-    assert sorted(_export(tmp_path)) == sorted(_input_bets(files))
+    assert sorted(_export(tmp_path)) == sorted(input_bets(files))
 
 
 def test_five_agencies_one_to_five_winners(tmp_path: Path) -> None:
@@ -133,7 +123,7 @@ def test_five_agencies_one_to_five_winners(tmp_path: Path) -> None:
     server, agencies, status = _run_round(tmp_path, files)
     _assert_healthy(server, agencies, status)
     assert _winner_counts(agencies) == [1, 2, 3, 4, 5]
-    assert sorted(_export(tmp_path)) == sorted(_input_bets(files))
+    assert sorted(_export(tmp_path)) == sorted(input_bets(files))
 
 
 @pytest.mark.parametrize("bets", [200, 201])
@@ -146,7 +136,7 @@ def test_no_bet_lost_at_batch_and_window_edges(tmp_path: Path, bets: int) -> Non
     _assert_healthy(server, agencies, status)
     exported = _export(tmp_path)
     assert len(exported) == 2 * bets
-    assert sorted(exported) == sorted(_input_bets(files))
+    assert sorted(exported) == sorted(input_bets(files))
     assert server.log().count("cantidad: 25") == 2 * (bets // 25)
 
 
@@ -161,7 +151,7 @@ def test_birthdates_do_not_move_with_the_time_zone(tmp_path: Path) -> None:
     )
     server, agencies, status = _run_round(tmp_path, [path], env=env)
     _assert_healthy(server, agencies, status)
-    assert sorted(_export(tmp_path, env)) == sorted(_input_bets([path]))
+    assert sorted(_export(tmp_path, env)) == sorted(input_bets([path]))
 
 
 def test_quoted_commas_and_bad_rows(tmp_path: Path) -> None:
@@ -270,7 +260,7 @@ def test_real_tp0_dataset(tmp_path: Path) -> None:
     assert _winner_counts(agencies) == [2, 3, 3, 2, 0]
     exported = _export(tmp_path)
     assert len(exported) == 78_697
-    assert collections.Counter(exported) == collections.Counter(_input_bets(files))
+    assert collections.Counter(exported) == collections.Counter(input_bets(files))
 
 
 def test_python_dash_m_lottery_runs() -> None:
