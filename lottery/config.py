@@ -14,7 +14,6 @@ which source, and what is wrong.
 from __future__ import annotations
 
 import configparser
-import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -318,7 +317,3 @@ def load_agency_config(
     if "id" not in values:
         raise ConfigError("agency id is missing: pass --id or set CLI_ID")
     return AgencyConfig(**values)
-
-
-def field_names(cls: type) -> list[str]:
-    return [f.name for f in dataclasses.fields(cls)]

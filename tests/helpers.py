@@ -16,7 +16,7 @@ from typing import Any
 from lottery.config import ServerConfig
 from lottery.protocol import ClientProtocol, Hello, Message, Welcome, encode
 from lottery.server import Server
-from lottery.store import SQLiteStore
+from lottery.store import SQLiteStore, Store
 
 from .conftest import UNIT
 
@@ -54,17 +54,23 @@ def data_dir_of(tmp_path: Path) -> Path:
 
 
 @asynccontextmanager
-async def running_server(tmp_path: Path, **config: Any) -> AsyncIterator[Server]:
+async def running_server(
+    tmp_path: Path,
+    open_store: Callable[[ServerConfig], Store] | None = None,
+    **config: Any,
+) -> AsyncIterator[Server]:
     """A started `Server` on 127.0.0.1, port 0, that is always shut down after.
 
     ``config`` overrides `ServerConfig` fields; by default the round has two
     agencies, the store lives in ``tmp_path / "data"`` and commits with
     ``sync="OFF"`` (durability is the store's tests' business, not speed's).
+    ``open_store(config)``, if given, builds the store (a faulty one, say).
     """
     config.setdefault("agencies", 2)
     config.setdefault("data_dir", str(data_dir_of(tmp_path)))
     config.setdefault("sync", "OFF")
-    server = Server(ServerConfig(host=LOOPBACK, port=0, **config))
+    settings = ServerConfig(host=LOOPBACK, port=0, **config)
+    server = Server(settings, open_store and (lambda: open_store(settings)))
     await server.start()
     try:
         yield server

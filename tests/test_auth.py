@@ -11,6 +11,7 @@ import subprocess
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -37,6 +38,7 @@ from .helpers import (
     log_events,
     make_rows,
     raw_connection,
+    running_server,
     stored_bets,
 )
 
@@ -52,24 +54,12 @@ def secrets_file(tmp_path: Path, agencies: int = 2) -> Path:
 
 
 @asynccontextmanager
-async def auth_server(tmp_path: Path, **config: object) -> AsyncIterator[Server]:
+async def auth_server(tmp_path: Path, **config: Any) -> AsyncIterator[Server]:
     """A started server that authenticates agencies with a fresh secrets file."""
-    settings: dict[str, object] = {
-        "host": LOOPBACK,
-        "port": 0,
-        "agencies": 2,
-        "data_dir": str(tmp_path / "data"),
-        "sync": "OFF",
-        "secrets_file": str(secrets_file(tmp_path)),
-    }
-    settings.update(config)
-    server = Server(ServerConfig(**settings))  # type: ignore[arg-type]
-    await server.start()
-    try:
+    async with running_server(
+        tmp_path, secrets_file=str(secrets_file(tmp_path)), **config
+    ) as server:
         yield server
-    finally:
-        server.close()
-        await server.wait_closed()
 
 
 # -- the secrets file -------------------------------------------------------------------------

@@ -7,6 +7,7 @@ import io
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -31,7 +32,14 @@ from lottery.server import Server
 from lottery.store import Outcome, PendingBatch, SQLiteStore
 
 from .conftest import UNIT
-from .helpers import LOOPBACK, log_events, make_rows, raw_connection, stored_bets
+from .helpers import (
+    LOOPBACK,
+    log_events,
+    make_rows,
+    raw_connection,
+    running_server,
+    stored_bets,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -64,23 +72,14 @@ class FaultyStore(SQLiteStore):
 
 
 @asynccontextmanager
-async def faulty_server(tmp_path: Path, **config: object) -> AsyncIterator[Server]:
-    settings: dict[str, object] = {
-        "host": LOOPBACK,
-        "port": 0,
-        "agencies": 2,
-        "data_dir": str(tmp_path / "data"),
-        "sync": "OFF",
-    }
-    settings.update(config)
-    cfg = ServerConfig(**settings)  # type: ignore[arg-type]
-    server = Server(cfg, open_store=lambda: FaultyStore(cfg.data_dir, cfg.agencies, 7574, "OFF"))
-    await server.start()
-    try:
+async def faulty_server(tmp_path: Path, **config: Any) -> AsyncIterator[Server]:
+    """A started server whose store is a `FaultyStore`."""
+
+    def open_store(cfg: ServerConfig) -> FaultyStore:
+        return FaultyStore(cfg.data_dir, cfg.agencies, cfg.winning_number, cfg.sync)
+
+    async with running_server(tmp_path, open_store, **config) as server:
         yield server
-    finally:
-        server.close()
-        await server.wait_closed()
 
 
 def big_batch(seq: int, first_document: int) -> Batch:

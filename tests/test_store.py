@@ -218,6 +218,16 @@ def test_refused_open_closes_its_connection(
 ) -> None:
     """A store that refuses to open (wrong agency count) does not leak its SQLite connection."""
     SQLiteStore(data_dir, 3).close()
+    opened = track_connections(monkeypatch)
+    with pytest.raises(ConfigError):
+        SQLiteStore(data_dir, 4)
+    assert len(opened) == 1
+    with pytest.raises(sqlite3.ProgrammingError, match="closed"):
+        opened[0].execute("SELECT 1")
+
+
+def track_connections(monkeypatch: pytest.MonkeyPatch) -> list[sqlite3.Connection]:
+    """Record every SQLite connection opened from now on (to check none leaks)."""
     opened: list[sqlite3.Connection] = []
     real_connect = sqlite3.connect
 
@@ -227,11 +237,7 @@ def test_refused_open_closes_its_connection(
         return conn
 
     monkeypatch.setattr(sqlite3, "connect", tracking_connect)
-    with pytest.raises(ConfigError):
-        SQLiteStore(data_dir, 4)
-    assert len(opened) == 1
-    with pytest.raises(sqlite3.ProgrammingError, match="closed"):
-        opened[0].execute("SELECT 1")
+    return opened
 
 
 # -- atomic group commits -----------------------------------------------------
@@ -440,15 +446,7 @@ def test_corrupt_database_raises_store_error_and_closes(
     """A data directory whose database file is not SQLite raises StoreError and leaks nothing."""
     data_dir.mkdir()
     (data_dir / DB_FILENAME).write_bytes(b"this is not a database, just text" * 100)
-    opened: list[sqlite3.Connection] = []
-    real_connect = sqlite3.connect
-
-    def tracking_connect(*args: Any, **kwargs: Any) -> sqlite3.Connection:
-        conn = real_connect(*args, **kwargs)
-        opened.append(conn)
-        return conn
-
-    monkeypatch.setattr(sqlite3, "connect", tracking_connect)
+    opened = track_connections(monkeypatch)
     with pytest.raises(StoreError, match="cannot open"):
         SQLiteStore(data_dir, AGENCIES)
     assert len(opened) == 1
