@@ -14,18 +14,22 @@ Here the barrier is two pieces of plain state and one event:
   agency that reconnects is still the same agency. Its size is the counter.
 - ``opened``: becomes True exactly once, when the set reaches N. `arrive`
   returns True to that one caller only, and that caller runs the draw.
-- ``_wake``: an `asyncio.Event` that winners queries wait on. It is set when
-  the draw has been made (`set_drawn`) or when the server shuts down
-  (`shutdown`), so no waiter can sleep through either.
+- ``_wake``: an `asyncio.Event` that winners queries wait on (`wait`). Its
+  owner, the `Round`, sets it with `release` once the draw is made; `shutdown`
+  sets it too, so no waiter can sleep through either. Opening and releasing
+  are two steps because the draw sits between them: the barrier opens the
+  moment the last agency is done, and its waiters may go only once the
+  winners are known.
 
 Nothing here needs a lock: `arrive` changes the set and the flag without an
 await in between, and in one event loop no other coroutine can run in the
 middle of synchronous code. (The draw itself does await the store; the
-committer's lock covers that.)
+round's draw lock covers that.)
 
 A connection closing changes nothing here: it was never counted, only its
 agency id was. A restarted server rebuilds the barrier from the store's record
-of done agencies and of the draw (`DrawBarrier(n, done=..., drawn=...)`).
+of done agencies (`DrawBarrier(n, done=...)`), and releases it at once if the
+draw was already made.
 """
 
 from __future__ import annotations
@@ -42,27 +46,24 @@ class DrawBarrier:
     Args:
         agencies: N, the number of agencies in the round (ids 1..N).
         done: agencies already done (from the store, after a restart).
-        drawn: whether the draw was already made (from the store).
     """
 
-    def __init__(self, agencies: int, done: Iterable[int] = (), drawn: bool = False) -> None:
+    def __init__(self, agencies: int, done: Iterable[int] = ()) -> None:
         if agencies < 1:
             raise ValueError("a round needs at least one agency")
         self.agencies = agencies
         self._done: set[int] = {a for a in done if 1 <= a <= agencies}
         self.opened = len(self._done) >= agencies
-        self.drawn = drawn
         self.closed = False
+        self._released = False
         self._wake = asyncio.Event()
-        if drawn:
-            self._wake.set()
 
     def arrive(self, agency: int) -> bool:
         """Count ``agency`` as done.
 
         Returns:
             True for exactly one call: the one whose agency completes the set.
-            That caller must run the draw and then call `set_drawn`.
+            That caller must run the draw and then call `release`.
 
         Raises:
             ValueError: ``agency`` is not one of 1..N (the server checks ids in
@@ -98,22 +99,29 @@ class DrawBarrier:
         """Agency ids (1..N) that have not said they are done."""
         return [a for a in range(1, self.agencies + 1) if a not in self._done]
 
-    def set_drawn(self) -> None:
-        """The draw is made: wake every winners query."""
-        self.drawn = True
+    @property
+    def released(self) -> bool:
+        """Whether `release` was called: the waiters have been let go."""
+        return self._released
+
+    def release(self) -> None:
+        """The draw is made: let every waiter go (and every later one at once)."""
+        self.opened = True
+        self._released = True
         self._wake.set()
 
     def shutdown(self) -> None:
-        """The server is stopping: wake every waiter (they see `drawn` False)."""
+        """The server is stopping: wake every waiter; `wait` returns False."""
         self.closed = True
         self._wake.set()
 
-    async def wait_drawn(self) -> bool:
-        """Wait until the draw is made or the server shuts down.
+    async def wait(self) -> bool:
+        """Wait until the barrier is released or the server shuts down.
 
         Returns:
-            True if the draw was made, False if woken by shutdown. Callers
-            bound the wait with `asyncio.timeout`.
+            True if released (the draw is made), False if woken by shutdown
+            before that.
+            Callers bound the wait with `asyncio.timeout`.
         """
         await self._wake.wait()
-        return self.drawn
+        return self._released

@@ -21,8 +21,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import IO
 
-from .errors import InvalidBet, ProtocolError
-from .protocol import FS, RS, encode_record, validate_records
+from .errors import InvalidBatch, InvalidBet, ProtocolError
+from .models import FS, RS, encode_record, validate_records
 
 __all__ = ["AgencyFileReader", "RecordBlock", "RejectedRow", "read_bets_csv", "write_bets_csv"]
 
@@ -151,7 +151,7 @@ class AgencyFileReader:
             return None  # a blank line, or a quote the csv module refuses
         try:
             count = validate_records(body, self.today)
-        except ProtocolError:
+        except (InvalidBatch, ProtocolError):
             return None
         self.rows_read += count
         return RecordBlock(body.encode(), count)

@@ -3,19 +3,27 @@
 LotteryError
 ├── ConfigError          a setting has a bad value (the CLI exits 2)
 ├── InvalidBet           one bet breaks a rule; says which field and why
+├── InvalidBatch         a batch holds an invalid bet; says its index (the
+│                        batch is refused, the connection goes on)
 ├── ProtocolError        the peer sent bytes that break the wire protocol
 │   ├── OutOfOrder       a well-formed frame the connection's state forbids
-│   ├── DrawMade         a bet after the draw was made
-│   └── InvalidBatch     a batch holds an invalid bet; says its index
+│   └── DrawMade         a bet after the draw was made
 ├── StoreError           the store could not save or read
 └── AgencyError          the agency client could not finish its round
     ├── ServerRefused    the server answered a request with an error frame
     ├── AuthenticationRequired  the server asks for a secret this agency lacks
     ├── ConnectionLost   the server went away and reconnecting did not help
     └── WinnersUnavailable  the winners query ran out of attempts
+
+`ErrorCode` is the code an ERROR frame carries. It lives here, not in the
+protocol module, because the exceptions carry it too: each `ProtocolError`
+subclass knows the code the server answers it with, and `ServerRefused` the
+code the server answered.
 """
 
 from __future__ import annotations
+
+import enum
 
 __all__ = [
     "AgencyError",
@@ -23,6 +31,7 @@ __all__ = [
     "ConfigError",
     "ConnectionLost",
     "DrawMade",
+    "ErrorCode",
     "InvalidBatch",
     "InvalidBet",
     "LotteryError",
@@ -32,6 +41,22 @@ __all__ = [
     "StoreError",
     "WinnersUnavailable",
 ]
+
+
+class ErrorCode(enum.IntEnum):
+    """The code carried by an ERROR frame (docs/PROTOCOL.md lists when each is sent)."""
+
+    BAD_FRAME = 1  # the bytes break the protocol; the server closes the connection
+    OUT_OF_ORDER = 2  # a frame the connection's state does not allow
+    INVALID_BET = 3  # the batch holds an invalid bet; nothing of it was stored
+    STORAGE = 4  # the store failed; the batch was not stored, resend it later
+    TOO_MANY_CONNECTIONS = 5  # the server is at its connection limit
+    SHUTTING_DOWN = 6  # the server is stopping
+    BAD_SEQUENCE = 7  # a batch sequence skipped ahead of the last committed one
+    BAD_VERSION = 8  # the handshake's protocol version is not spoken here
+    UNKNOWN_AGENCY = 9  # the agency id is outside 1..N
+    AUTH_FAILED = 10  # the agency's answer to the challenge is wrong, or it had none
+    DRAW_MADE = 11  # the draw is made: no more bets
 
 
 class LotteryError(Exception):
@@ -63,28 +88,29 @@ class ProtocolError(LotteryError):
     error frame and closes that one connection.
     """
 
-    code = 1  # ErrorCode.BAD_FRAME; kept as a plain int so errors.py imports nothing
+    code: ErrorCode = ErrorCode.BAD_FRAME
 
 
 class OutOfOrder(ProtocolError):
     """A well-formed frame that the connection's state does not allow (bets after done)."""
 
-    code = 2  # ErrorCode.OUT_OF_ORDER
+    code = ErrorCode.OUT_OF_ORDER
 
 
 class DrawMade(ProtocolError):
     """A bet after the draw was made: it could no longer take part."""
 
-    code = 11  # ErrorCode.DRAW_MADE
+    code = ErrorCode.DRAW_MADE
 
 
-class InvalidBatch(ProtocolError):
-    """A batch (or single bet) holds an invalid bet, so the whole batch is refused.
+class InvalidBatch(LotteryError):
+    """A run of records holds an invalid bet, so the whole batch is refused.
 
-    The connection stays open: the frame itself was well formed.
+    Not a `ProtocolError`: the frame itself was well formed, so the connection
+    stays open (the protocol turns it into a `RejectedBatch` event).
     """
 
-    code = 3  # ErrorCode.INVALID_BET
+    code = ErrorCode.INVALID_BET
 
     def __init__(self, index: int, bet_error: InvalidBet, count: int = 0) -> None:
         super().__init__(f"bet {index}: {bet_error}")
@@ -105,7 +131,8 @@ class ServerRefused(AgencyError):
     """The server answered with an error frame."""
 
     def __init__(self, code: int, message: str) -> None:
-        super().__init__(f"server refused (code {code}): {message}")
+        name = ErrorCode(code).name if code in ErrorCode._value2member_map_ else str(code)
+        super().__init__(f"server refused ({name}): {message}")
         self.code = code
         self.server_message = message
 

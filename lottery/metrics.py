@@ -89,25 +89,23 @@ class _ServerCollector:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
         server = self._server
-        counters = server.counters
+        stats = server.round.stats
         committer = server.committer
-        # Read the barrier through the server each time: start() replaces it
-        # with one rebuilt from the store.
-        barrier = server.barrier
+        barrier = server.round.barrier
         yield CounterMetricFamily(
             "lottery_bets_stored",
             "Bets durably stored since the server started (duplicates not counted).",
-            value=counters["bets_stored"],
+            value=stats.bets_stored,
         )
         yield CounterMetricFamily(
             "lottery_batches_stored",
             "Batches durably stored (and acknowledged) since the server started.",
-            value=counters["batches_stored"],
+            value=stats.batches_stored,
         )
         yield CounterMetricFamily(
             "lottery_batches_refused",
             "Batches refused since the server started: invalid bets, sequence gaps, store errors.",
-            value=counters["batches_refused"],
+            value=stats.batches_refused,
         )
         yield CounterMetricFamily(
             "lottery_commits",
@@ -123,14 +121,16 @@ class _ServerCollector:
             value=len(barrier.done),
         )
         yield GaugeMetricFamily(
-            "lottery_draw_done", "1 once the draw has been made, else 0.", value=int(barrier.drawn)
+            "lottery_draw_done",
+            "1 once the draw has been made, else 0.",
+            value=int(server.round.drawn),
         )
-        if server.draw_seconds is not None:
+        if stats.draw_seconds is not None:
             # Unknown when the draw was made before a restart: left out, not 0.
             yield GaugeMetricFamily(
                 "lottery_draw_duration_seconds",
                 "Seconds the draw took (made by this process).",
-                value=server.draw_seconds,
+                value=stats.draw_seconds,
             )
         status = self.status
         if status is not None:
@@ -285,8 +285,7 @@ class MetricsServer:
 
         status: dict[str, Any] | None = None
         try:
-            async with asyncio.timeout(STATUS_TIMEOUT):
-                status = await self._server.status()
+            status = self._server.status()
         except Exception as exc:  # the store is closing or busy: serve the other figures
             self._log.debug("metrics_status", result="fail", error=repr(exc))
         encoder, content_type = choose_encoder(accept)

@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import datetime
 import functools
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
-from .errors import InvalidBet
+from .errors import InvalidBatch, InvalidBet, ProtocolError
 
 __all__ = [
     "FIELDS",
@@ -32,8 +33,10 @@ __all__ = [
     "Record",
     "Records",
     "birthdate_problem",
+    "encode_record",
     "field_patterns",
     "validate_fields",
+    "validate_records",
 ]
 
 #: Between the fields of a record, and after each record.
@@ -127,11 +130,11 @@ class Records(Sequence[Record]):
     list of `Record` tuples.
     """
 
-    __slots__ = ("_rows", "count", "text")
+    __slots__ = ("_length", "_rows", "text")
 
     def __init__(self, text: str, count: int) -> None:
         self.text = text  # every record ended by RS
-        self.count = count
+        self._length = count  # not `count`: that is Sequence.count(value)
         self._rows: list[Record] | None = None
 
     @classmethod
@@ -146,7 +149,7 @@ class Records(Sequence[Record]):
         return self._rows
 
     def __len__(self) -> int:
-        return self.count
+        return self._length
 
     def __getitem__(self, index: int) -> Record:  # type: ignore[override]
         return self.rows()[index]
@@ -228,3 +231,57 @@ def validate_fields(fields: Sequence[str], today: str | None = None) -> None:
         raise InvalidBet("birthdate", problem)
     if not (1 <= len(number) <= 4 and _is_ascii_digits(number)):
         raise InvalidBet("number", f"{number!r} is not an integer from 0 to 9999")
+
+
+# -- many bets at once: the record form, checked in bulk -----------------------
+
+
+@functools.lru_cache(maxsize=4)
+def _records_re(today: str) -> re.Pattern[str]:
+    """One or more valid records, as of ``today`` (the birthdate rule needs the day)."""
+    record = FS.join(f"(?:{p})" for p in field_patterns(today)) + RS
+    return re.compile(f"(?:{record})++")
+
+
+def encode_record(fields: Sequence[str], today: str | None = None) -> bytes:
+    """Validate a bet's five fields and return its wire record.
+
+    Raises:
+        InvalidBet: naming the first offending field and the reason.
+    """
+    today = today or datetime.date.today().isoformat()
+    if len(fields) == 5:
+        text = FS.join(fields) + RS
+        if _records_re(today).fullmatch(text):
+            return text.encode()
+    validate_fields(fields, today)
+    # validate_fields accepts only what the pattern accepts (tested), so a row
+    # reaching this line would be a bug in one of them.
+    raise InvalidBet("row", "does not match the record pattern")
+
+
+def _explain_records(text: str, today: str) -> InvalidBatch | ProtocolError:
+    """Why ``text`` is not a valid sequence of records (the slow, exact path)."""
+    if not text.endswith(RS):
+        return ProtocolError("records must end with the record separator 0x1E")
+    for index, raw in enumerate(text[:-1].split(RS)):
+        try:
+            validate_fields(raw.split(FS), today)
+        except InvalidBet as exc:
+            return InvalidBatch(index, exc)
+    return ProtocolError("malformed records")
+
+
+def validate_records(text: str, today: str) -> int:
+    """Check a run of wire records (each ended by 0x1E) and return how many.
+
+    The whole run is checked by one regular expression, in C; only a failure
+    takes the slow path that finds the first bad bet and says why.
+
+    Raises:
+        InvalidBatch: naming the first invalid bet's index, field and reason.
+        ProtocolError: the text is not records at all (no final 0x1E).
+    """
+    if not _records_re(today).fullmatch(text):
+        raise _explain_records(text, today)
+    return text.count(RS)

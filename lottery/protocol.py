@@ -5,10 +5,14 @@ tested and fuzzed with plain bytes. The entry points are:
 
 - `encode(message)` turns any message into the bytes of one or more frames.
 - `ServerProtocol` is what the central runs per connection: feed it bytes with
-  `receive_data`, then pull messages with `next_event` until it returns None.
-  It enforces the order of frames (handshake first, no bets after done).
+  `receive_data`, pull requests with `next_event` until it returns None, and
+  turn each reply into bytes with `send`, which also moves the state and says
+  (`close_expected`) when the connection must close. It enforces the order of
+  frames (handshake first, no bets after done) in one transition table.
 - `ClientProtocol` is the agency's side: it decodes the server's replies.
-- `encode_record` turns a bet's five fields into wire bytes, validating them.
+- `closes_connection(message)` is the closing rule both sides and the fuzzer
+  share: every ERROR closes the connection but the few in `RECOVERABLE_ERRORS`.
+- `encode_record` (from `models`) turns a bet's five fields into a record.
 
 Frame layout (docs/PROTOCOL.md has every frame byte by byte)::
 
@@ -28,9 +32,7 @@ be confused by a name such as ``"O'Hara, Jr."``.
 
 from __future__ import annotations
 
-import datetime
 import enum
-import functools
 import hashlib
 import hmac
 import re
@@ -38,21 +40,15 @@ import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from .errors import InvalidBatch, InvalidBet, OutOfOrder, ProtocolError
-from .models import (
-    FS,
-    RS,
-    Record,
-    Records,
-    field_patterns,
-    validate_fields,
-)
+from .errors import ErrorCode, InvalidBatch, OutOfOrder, ProtocolError
+from .models import FS, RS, Record, Records, encode_record, validate_records
 
 __all__ = [
     "BATCH_OVERHEAD",
     "FS",
     "MAX_FRAME_SIZE",
     "PROTOCOL_VERSION",
+    "RECOVERABLE_ERRORS",
     "RS",
     "Ack",
     "Auth",
@@ -69,6 +65,8 @@ __all__ = [
     "Message",
     "NotReady",
     "Record",
+    "RejectedBatch",
+    "ServerEvent",
     "ServerProtocol",
     "ServerState",
     "SingleBet",
@@ -78,6 +76,7 @@ __all__ = [
     "Winners",
     "WinnersQuery",
     "auth_mac",
+    "closes_connection",
     "encode",
     "encode_batch",
     "encode_batch_data",
@@ -107,13 +106,6 @@ MAX_SEQ = 2**32 - 1
 MAX_AGENCY = 2**32 - 1
 
 
-@functools.lru_cache(maxsize=4)
-def _records_re(today: str) -> re.Pattern[str]:
-    """One or more valid records, as of ``today`` (the birthdate rule needs the day)."""
-    record = FS.join(f"(?:{p})" for p in field_patterns(today)) + RS
-    return re.compile(f"(?:{record})++")
-
-
 _DOCUMENTS_RE = re.compile(f"(?:[0-9]{{1,10}}(?:{FS}[0-9]{{1,10}})*)?")
 
 
@@ -134,22 +126,6 @@ class FrameType(enum.IntEnum):
     NOT_READY = 0x85
     STATUS = 0x86
     CHALLENGE = 0x87
-
-
-class ErrorCode(enum.IntEnum):
-    """The code carried by an ERROR frame."""
-
-    BAD_FRAME = 1  # the bytes break the protocol; the server closes the connection
-    OUT_OF_ORDER = 2  # a frame the connection's state does not allow
-    INVALID_BET = 3  # the batch holds an invalid bet; nothing of it was stored
-    STORAGE = 4  # the store failed; the batch was not stored, resend it later
-    TOO_MANY_CONNECTIONS = 5  # the server is at its connection limit
-    SHUTTING_DOWN = 6  # the server is stopping
-    BAD_SEQUENCE = 7  # a batch sequence skipped ahead of the last committed one
-    BAD_VERSION = 8  # the handshake's protocol version is not spoken here
-    UNKNOWN_AGENCY = 9  # the agency id is outside 1..N
-    AUTH_FAILED = 10  # the agency's answer to the challenge is wrong, or it had none
-    DRAW_MADE = 11  # the draw is made: no more bets
 
 
 # -- messages -----------------------------------------------------------------
@@ -256,6 +232,24 @@ class Status:
     last: bool = True
 
 
+@dataclass(frozen=True, slots=True)
+class RejectedBatch:
+    """An event, never a frame: a well-formed BATCH or BET held an invalid bet.
+
+    Nothing of it may be stored. The server answers ERROR ``INVALID_BET`` and
+    the connection goes on, so the agency can fix the row and send the rest.
+    """
+
+    seq: int
+    count: int  # the bets the frame announced (1 for a BET)
+    index: int  # the first invalid bet's position in the batch
+    reason: str  # which field, and what is wrong with it
+
+    def error(self) -> Error:
+        """The ERROR frame that answers it."""
+        return Error(ErrorCode.INVALID_BET, f"bet {self.index}: {self.reason}")
+
+
 Message = (
     Hello
     | Challenge
@@ -291,23 +285,6 @@ def _frame(ftype: FrameType, body: bytes = b"") -> bytes:
     if len(body) > MAX_BODY_SIZE:
         raise ValueError(f"{ftype.name} body of {len(body)} bytes exceeds {MAX_BODY_SIZE}")
     return HEADER.pack(len(body), ftype) + body
-
-
-def encode_record(fields: Sequence[str], today: str | None = None) -> bytes:
-    """Validate a bet's five fields and return its wire record.
-
-    Raises:
-        InvalidBet: naming the first offending field and the reason.
-    """
-    today = today or datetime.date.today().isoformat()
-    if len(fields) == 5:
-        text = FS.join(fields) + RS
-        if _records_re(today).fullmatch(text):
-            return text.encode()
-    validate_fields(fields, today)
-    # validate_fields accepts only what the pattern accepts (tested), so a row
-    # reaching this line would be a bug in one of them.
-    raise InvalidBet("row", "does not match the record pattern")
 
 
 def encode_batch(seq: int, records: Sequence[bytes]) -> bytes:
@@ -518,33 +495,6 @@ class FrameDecoder:
         return ftype, body
 
 
-def _explain_records(text: str, today: str) -> InvalidBatch | ProtocolError:
-    """Why ``text`` is not a valid sequence of records (the slow, exact path)."""
-    if not text.endswith(RS):
-        return ProtocolError("records must end with the record separator 0x1E")
-    for index, raw in enumerate(text[:-1].split(RS)):
-        try:
-            validate_fields(raw.split(FS), today)
-        except InvalidBet as exc:
-            return InvalidBatch(index, exc)
-    return ProtocolError("malformed records")
-
-
-def validate_records(text: str, today: str) -> int:
-    """Check a run of wire records (each ended by 0x1E) and return how many.
-
-    The whole run is checked by one regular expression, in C; only a failure
-    takes the slow path that finds the first bad bet and says why.
-
-    Raises:
-        InvalidBatch: naming the first invalid bet's index, field and reason.
-        ProtocolError: the text is not records at all.
-    """
-    if not _records_re(today).fullmatch(text):
-        raise _explain_records(text, today)
-    return text.count(RS)
-
-
 def _decode_records(data: bytes, today: str) -> Records:
     try:
         text = data.decode()
@@ -572,7 +522,7 @@ def _check_seq(seq: int) -> None:
         raise ProtocolError("sequence 0 is not valid; an agency's sequences start at 1")
 
 
-def _decode_bet(body: bytes, today: str) -> SingleBet:
+def _decode_bet(body: bytes, today: str) -> SingleBet | RejectedBatch:
     if len(body) < _SEQ.size:
         raise ProtocolError("BET body too short for its sequence")
     (seq,) = _SEQ.unpack_from(body)
@@ -580,14 +530,13 @@ def _decode_bet(body: bytes, today: str) -> SingleBet:
     try:
         records = _decode_records(body[_SEQ.size :], today)
     except InvalidBatch as exc:
-        exc.count = 1
-        raise
+        return RejectedBatch(seq, 1, exc.index, str(exc.bet_error))
     if len(records) != 1:
         raise ProtocolError(f"BET must hold exactly one bet, got {len(records)}")
     return SingleBet(seq, records[0])
 
 
-def _decode_batch(body: bytes, today: str) -> Batch:
+def _decode_batch(body: bytes, today: str) -> Batch | RejectedBatch:
     if len(body) < _BATCH.size:
         raise ProtocolError("BATCH body too short for its header")
     seq, count = _BATCH.unpack_from(body)
@@ -597,8 +546,7 @@ def _decode_batch(body: bytes, today: str) -> Batch:
     try:
         records = _decode_records(body[_BATCH.size :], today)
     except InvalidBatch as exc:
-        exc.count = count
-        raise
+        return RejectedBatch(seq, count, exc.index, str(exc.bet_error))
     if len(records) != count:
         raise ProtocolError(f"BATCH announces {count} bets but holds {len(records)}")
     return Batch(seq, records)
@@ -628,21 +576,27 @@ def _decode_winners(body: bytes) -> Winners:
 class ServerState(enum.Enum):
     """Where a connection is, seen from the server."""
 
-    HANDSHAKE = "handshake"
-    CHALLENGED = "challenged"  # HELLO answered with a CHALLENGE; waiting for AUTH
-    OPEN = "open"
-    DONE = "done"
+    HANDSHAKE = "handshake"  # waiting for HELLO
+    ADMITTING = "admitting"  # HELLO (or AUTH) read; the server's answer is not sent yet
+    CHALLENGED = "challenged"  # CHALLENGE sent; waiting for AUTH
+    OPEN = "open"  # WELCOME sent: bets, DONE and queries
+    DONE = "done"  # the agency said DONE: queries only
+    CLOSED = "closed"  # a closing ERROR was sent: nothing more is read or sent
 
 
-# Every legal move of a connection, in one table: state -> frame -> next state.
-# A frame missing from its state's row is refused as out of order.
+# Every legal move on receiving, in one table: state -> frame -> next state.
+# A frame missing from its state's row is refused as out of order. The moves
+# out of ADMITTING are made by what the server *sends* (`_SEND_TRANSITIONS`).
 _SERVER_TRANSITIONS: dict[ServerState, dict[int, ServerState]] = {
     ServerState.HANDSHAKE: {
-        FrameType.HELLO: ServerState.OPEN,  # CHALLENGED when the server has secrets
+        FrameType.HELLO: ServerState.ADMITTING,
         FrameType.STATUS_QUERY: ServerState.HANDSHAKE,
     },
+    ServerState.ADMITTING: {
+        FrameType.STATUS_QUERY: ServerState.ADMITTING,
+    },
     ServerState.CHALLENGED: {
-        FrameType.AUTH: ServerState.OPEN,
+        FrameType.AUTH: ServerState.ADMITTING,
         FrameType.STATUS_QUERY: ServerState.CHALLENGED,
     },
     ServerState.OPEN: {
@@ -657,38 +611,68 @@ _SERVER_TRANSITIONS: dict[ServerState, dict[int, ServerState]] = {
         FrameType.WINNERS_QUERY: ServerState.DONE,
         FrameType.STATUS_QUERY: ServerState.DONE,
     },
+    ServerState.CLOSED: {},
+}
+# Sending these moves the state: a handshake answer (state -> next state).
+_SEND_TRANSITIONS: dict[type, dict[ServerState, ServerState]] = {
+    Challenge: {ServerState.ADMITTING: ServerState.CHALLENGED},
+    Welcome: {ServerState.ADMITTING: ServerState.OPEN},
 }
 _CLIENT_FRAMES = frozenset(t for t in FrameType if t < 0x80)
 _SERVER_FRAMES = frozenset(t for t in FrameType if t >= 0x80)
 
+#: The ERROR codes after which the connection goes on: the request was
+#: refused, but the stream is intact and the peer may fix it and go on.
+#: Every other ERROR ends the connection once it is sent.
+RECOVERABLE_ERRORS = frozenset({ErrorCode.INVALID_BET, ErrorCode.STORAGE, ErrorCode.BAD_SEQUENCE})
+
+
+def closes_connection(message: Message) -> bool:
+    """Whether sending ``message`` ends the connection (the rule both sides rely on)."""
+    return isinstance(message, Error) and message.code not in RECOVERABLE_ERRORS
+
+
+#: What `ServerProtocol.next_event` returns.
+ServerEvent = Hello | Auth | SingleBet | Batch | RejectedBatch | Done | WinnersQuery | StatusQuery
+
 
 class ServerProtocol:
-    """The central's view of one connection.
+    """The central's view of one connection, both ways, with no I/O.
 
-    Feed bytes with `receive_data` (and `receive_eof` at the end), then call
-    `next_event` until it returns None. A `ProtocolError` means the stream is
-    broken: answer with an error frame and close. An `InvalidBatch` (a subclass)
-    means one well-formed batch held a bad bet: refuse it and carry on.
+    Receiving: feed bytes with `receive_data` (and `receive_eof` at the end),
+    then call `next_event` until it returns None. A `ProtocolError` means the
+    stream is broken: `send` the error it names (``exc.code``), then close.
+
+    Sending: `send` turns each reply into bytes and moves the state. After a
+    HELLO (or AUTH) the server must answer with WELCOME, CHALLENGE or an ERROR
+    before it reads anything but STATUS_QUERY; an ERROR whose code is not in
+    `RECOVERABLE_ERRORS` closes the connection, and then `close_expected` is
+    True: write what `send` returned, and close.
     """
 
-    def __init__(self, require_auth: bool = False) -> None:
+    def __init__(self) -> None:
         self.state = ServerState.HANDSHAKE
-        self.require_auth = require_auth
         self._decoder = FrameDecoder(_CLIENT_FRAMES)
 
     def receive_data(self, data: bytes) -> None:
         self._decoder.receive_data(data)
 
     def receive_eof(self) -> None:
+        """The peer closed its side. Raises ProtocolError if it stopped mid-frame."""
         self._decoder.receive_eof()
 
-    def next_event(self, today: str | None = None) -> Message | None:
-        """The next message from the agency, or None when more bytes are needed.
+    def next_event(self, today: str) -> ServerEvent | None:
+        """The next request from the agency, or None when more bytes are needed.
+
+        Args:
+            today: the ISO date that counts as today for the birthdate rule
+                (the server's, passed in so the protocol reads no clock).
 
         Raises:
             ProtocolError: the bytes break the protocol or arrive out of order.
-            InvalidBatch: a batch or single bet holds an invalid bet.
         """
+        if self.state is ServerState.CLOSED:
+            return None
         frame = self._decoder.next_frame()
         if frame is None:
             return None
@@ -696,14 +680,36 @@ class ServerProtocol:
         next_state = _SERVER_TRANSITIONS[self.state].get(ftype)
         if next_state is None:
             raise OutOfOrder(f"{FrameType(ftype).name} is not allowed in state {self.state.value}")
-        message = self._decode(ftype, body, today or datetime.date.today().isoformat())
-        if ftype == FrameType.HELLO and self.require_auth:
-            next_state = ServerState.CHALLENGED
+        message = self._decode(ftype, body, today)
         self.state = next_state
         return message
 
+    def send(self, message: Message) -> bytes:
+        """The bytes of the reply ``message``; moves the state as it says.
+
+        Raises:
+            RuntimeError: the server's own code broke the protocol (a reply
+                after the connection closed, a WELCOME nobody asked for).
+        """
+        if self.state is ServerState.CLOSED:
+            raise RuntimeError(f"cannot send {type(message).__name__}: the connection is closed")
+        moves = _SEND_TRANSITIONS.get(type(message))
+        if moves is not None:
+            if self.state not in moves:
+                raise RuntimeError(
+                    f"cannot send {type(message).__name__} in state {self.state.value}"
+                )
+            self.state = moves[self.state]
+        elif closes_connection(message):
+            self.state = ServerState.CLOSED
+        return encode(message)
+
+    def close_expected(self) -> bool:
+        """Whether the connection must close once what `send` returned is written."""
+        return self.state is ServerState.CLOSED
+
     @staticmethod
-    def _decode(ftype: int, body: bytes, today: str) -> Message:
+    def _decode(ftype: int, body: bytes, today: str) -> ServerEvent:
         if ftype == FrameType.BATCH:
             return _decode_batch(body, today)
         if ftype == FrameType.BET:

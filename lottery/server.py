@@ -1,17 +1,22 @@
-"""The central server: accept agencies, store their bets, draw once, answer winners.
+"""The central server: the listener, its connections, and shutdown.
 
 Entry point: `Server` (``async with Server(config) as server: await
 server.serve_forever()``). Its pieces:
 
-- the accept callback (`Server._accept`) refuses connections past the limit
-  with an error frame, and otherwise runs one `Handler` per connection;
-- a `Handler` runs two tasks in a `TaskGroup`: the reader turns bytes into
-  messages (through the sans-I/O `ServerProtocol`) and queues a reply slot for
-  each; the writer fills the slots in order (awaiting the batch's commit, the
-  draw...) and writes them, so acks go out in the order batches came in while
+- `Server` opens the store, builds the `Round` from it, listens, refuses
+  connections past the limit with an error frame, and otherwise runs one
+  `Handler` per connection; it owns the connections and the shutdown;
+- the `Round` (lottery/round.py) owns everything the connections share: the
+  barrier, the draw, who speaks for each agency, progress, counters;
+- a `Handler` gets the round and the config, never the server. It runs two
+  tasks in a `TaskGroup`: the reader turns bytes into requests (through the
+  sans-I/O `ServerProtocol`) and queues each; the writer answers them in
+  order (awaiting the batch's commit, the draw...), turns each answer into
+  bytes with `ServerProtocol.send`, writes them, and closes the connection
+  when the protocol says so. Acks go out in the order batches came in while
   the reader keeps pipelining;
-- the `Committer` group-commits batches on the store thread;
-- the `DrawBarrier` opens when every agency is done, and the draw runs once.
+- the `Committer` group-commits batches; the store (`ThreadedStore` over
+  `SQLiteStore` by default) keeps them.
 
 Shutdown (`close()`, plain and safe to call twice; `wait_closed()` waits):
 stop accepting, wake every winners query, stop each reader, let each writer
@@ -22,7 +27,6 @@ seconds, cancel what is left, then commit what is pending and close the store.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import datetime
 import functools
@@ -30,14 +34,14 @@ import hmac
 import json
 import secrets
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import Any
 
 from .auth import load_secrets
-from .barrier import DrawBarrier
 from .committer import Committer
 from .config import ServerConfig
-from .errors import ConfigError, DrawMade, InvalidBatch, OutOfOrder, ProtocolError, StoreError
+from .errors import ConfigError, ErrorCode, ProtocolError, StoreError
 from .log import get_logger
 from .protocol import (
     NONCE_SIZE,
@@ -48,12 +52,10 @@ from .protocol import (
     Challenge,
     Done,
     Error,
-    ErrorCode,
-    FrameType,
     Hello,
     Message,
     NotReady,
-    Record,
+    RejectedBatch,
     ServerProtocol,
     SingleBet,
     Status,
@@ -62,9 +64,9 @@ from .protocol import (
     Winners,
     WinnersQuery,
     auth_mac,
-    encode,
 )
-from .store import Outcome, PendingBatch, SQLiteStore
+from .round import Round, WinnersWait
+from .store import Outcome, SQLiteStore, Store, ThreadedStore
 
 __all__ = ["Handler", "Server"]
 
@@ -76,61 +78,27 @@ CLOSE_TIMEOUT = 1.0
 LINGER = 0.5  # seconds a closing connection may still drain what the peer sends
 
 
-class LatencySample:
-    """Latencies, kept up to a bound (every other one is dropped past it)."""
-
-    def __init__(self, limit: int = 100_000) -> None:
-        self.count = 0
-        self._limit = limit
-        self._stride = 1
-        self._values: list[float] = []
-
-    def add(self, seconds: float) -> None:
-        self.count += 1
-        if self.count % self._stride == 0:
-            self._values.append(seconds)
-            if len(self._values) >= self._limit:  # keep memory bounded on long runs
-                del self._values[::2]
-                self._stride *= 2
-
-    def percentile(self, q: float) -> float:
-        if not self._values:
-            return 0.0
-        ordered = sorted(self._values)
-        return ordered[min(len(ordered) - 1, int(len(ordered) * q / 100))]
-
-
 class Server:
     """The lottery's central server. See the module docstring.
 
     Args:
         config: the settings.
-        open_store: builds the store (default: `SQLiteStore` in
-            ``config.data_dir``); called on the store thread.
+        open_store: builds a blocking store (default: `SQLiteStore` in
+            ``config.data_dir``); called on the store's own thread.
     """
 
-    def __init__(self, config: ServerConfig, open_store: Any = None) -> None:
+    def __init__(self, config: ServerConfig, open_store: Callable[[], Store] | None = None) -> None:
         self.config = config
         self._log = get_logger()
-        self._committer = Committer(
-            open_store
-            or functools.partial(
-                SQLiteStore, config.data_dir, config.agencies, config.winning_number, config.sync
-            ),
-            max_group_bets=config.max_group_bets,
+        self._open_store = open_store or functools.partial(
+            SQLiteStore, config.data_dir, config.agencies, config.winning_number, config.sync
         )
-        self.barrier = DrawBarrier(config.agencies)
-        self._winners: dict[int, tuple[str, ...]] = {}
-        self.draw_seconds: float | None = None
+        self._store: ThreadedStore | None = None
+        self._committer: Committer | None = None
+        self._round: Round | None = None
         #: agency → secret, from --secrets; None: the server runs open, as tp0 did.
         self.secrets: dict[int, bytes] | None = None
-        self._deadline_task: asyncio.Task[None] | None = None
-        #: Since start: bets and batches stored, batches refused (for metrics).
-        self.counters = dict.fromkeys(("bets_stored", "batches_stored", "batches_refused"), 0)
         self._handlers: set[Handler] = set()
-        self._finishing: set[int] = set()  # agencies whose DONE is being stored
-        #: Seconds from reading each batch to writing its ack (logged at shutdown).
-        self.ack_latencies = LatencySample()
         self._listener: asyncio.Server | None = None
         self._shutdown_task: asyncio.Task[None] | None = None
         self._closed = asyncio.Event()
@@ -138,21 +106,22 @@ class Server:
     # -- life cycle ----------------------------------------------------------------
 
     async def start(self) -> None:
-        """Open the store, rebuild the barrier from it, and start listening."""
+        """Open the store, build the round from it, and start listening."""
         cfg = self.config
         if cfg.secrets_file:
             self.secrets = load_secrets(cfg.secrets_file, cfg.agencies)
         tls = _tls_context(cfg)
-        await self._committer.start()
+        store = self._store = await ThreadedStore.open(self._open_store)
         try:
-            done = await self._committer.call(lambda s: s.done_agencies())
-            drawn = await self._committer.call(lambda s: s.drawn())
-            self.barrier = DrawBarrier(cfg.agencies, done, drawn)
-            if drawn:
-                winners = await self._committer.call(lambda s: s.winners())
-                self._winners = {a: tuple(d) for a, d in winners.items()}
-            elif self.barrier.opened:  # every agency was done when the server stopped
-                await self.draw()
+            committer = self._committer = Committer(store, max_group_bets=cfg.max_group_bets)
+            committer.start()
+            self._round = await Round.load(
+                store,
+                committer,
+                cfg.agencies,
+                draw_deadline=cfg.draw_deadline,
+                fault_draw_delay=cfg.fault_draw_delay,
+            )
             self._listener = await asyncio.start_server(
                 self._accept,
                 cfg.host,
@@ -162,7 +131,12 @@ class Server:
                 ssl_handshake_timeout=cfg.timeout_handshake if tls else None,
             )
         except BaseException:  # e.g. the port is taken: close the store and its thread
-            await self._committer.close()
+            if self._round is not None:
+                self._round.shutdown()
+                await self._round.wait_closed()
+            if self._committer is not None:
+                await self._committer.close()
+            await store.aclose()
             raise
         self._log.info(
             "config",
@@ -173,8 +147,8 @@ class Server:
             agencies=cfg.agencies,
             data_dir=cfg.data_dir,
             sync=cfg.sync,
-            agencies_done=len(done),
-            drawn=drawn,
+            agencies_done=len(self._round.barrier.done),
+            drawn=self._round.drawn,
             auth="hmac" if self.secrets is not None else "none",
             tls=tls is not None,
         )
@@ -185,16 +159,39 @@ class Server:
                 modo="abierto",
                 detalle="no --secrets file: any client may speak as any agency, as in tp0",
             )
-        if cfg.draw_deadline and not self.barrier.drawn:
-            self._deadline_task = asyncio.create_task(
-                self._draw_at_deadline(cfg.draw_deadline), name="lottery-draw-deadline"
-            )
 
     @property
     def port(self) -> int:
         """The port listened on (useful with port 0)."""
         assert self._listener is not None, "the server is not started"
         return int(self._listener.sockets[0].getsockname()[1])
+
+    @property
+    def round(self) -> Round:
+        """The round this server serves (after `start`)."""
+        assert self._round is not None, "the server is not started"
+        return self._round
+
+    @property
+    def store(self) -> ThreadedStore:
+        """The open store (after `start`); tests inject faults through ``store.call``."""
+        assert self._store is not None, "the server is not started"
+        return self._store
+
+    @property
+    def committer(self) -> Committer:
+        """The group committer (after `start`); metrics observe its commits."""
+        assert self._committer is not None, "the server is not started"
+        return self._committer
+
+    @property
+    def connections(self) -> int:
+        """Connections open now (handshake done or not)."""
+        return len(self._handlers)
+
+    def status(self) -> dict[str, Any]:
+        """The round's state, for STATUS replies, ``lottery status`` and metrics."""
+        return self.round.status()
 
     async def __aenter__(self) -> Server:
         await self.start()
@@ -226,11 +223,8 @@ class Server:
         if self._listener is not None:
             self._listener.close()
             log.info("close_resource", result="success", resource="listener")
-        self.barrier.shutdown()
-        if self._deadline_task is not None:
-            self._deadline_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._deadline_task
+        round_ = self.round
+        round_.shutdown()
         handlers = list(self._handlers)
         for handler in handlers:
             handler.stop_reading()
@@ -242,9 +236,12 @@ class Server:
             if late:
                 await asyncio.wait(late, timeout=CLOSE_TIMEOUT)
                 log.warning("shutdown", result="in_progress", cancelled_connections=len(late))
-        await self._committer.close()
+        committer = self.committer
+        await committer.close()
+        await round_.wait_closed()
+        await self.store.aclose()
         log.info("close_resource", result="success", resource="store")
-        committer, latencies = self._committer, self.ack_latencies
+        latencies = round_.stats.ack_latencies
         log.info(
             "commits",
             result="success",
@@ -262,129 +259,33 @@ class Server:
         self._closed.set()
         log.info("shutdown", result="success")
 
-    # -- shared round state ----------------------------------------------------------
-
-    @property
-    def committer(self) -> Committer:
-        return self._committer
-
-    async def status(self) -> dict[str, Any]:
-        """The round's state, for STATUS replies, ``lottery status`` and metrics."""
-        progress = await self._committer.call(lambda s: s.all_progress())
-        connected = collections.Counter(h.agency for h in self._handlers if h.agency)
-        barrier = self.barrier
-        return {
-            "agencies": self.config.agencies,
-            "opened": barrier.opened,
-            "drawn": barrier.drawn,
-            "draw_seconds": self.draw_seconds,
-            "connections": len(self._handlers),
-            "agency": [
-                {
-                    "id": agency,
-                    "committed_bets": progress.get(agency, (0, 0))[1],
-                    "last_seq": progress.get(agency, (0, 0))[0],
-                    "connected": connected[agency] > 0,
-                    "done": agency in barrier.done,
-                }
-                for agency in range(1, self.config.agencies + 1)
-            ],
-        }
-
-    def handlers_of(self, agency: int) -> list[Handler]:
-        """The live connections that speak as ``agency``."""
-        return [h for h in self._handlers if h.agency == agency]
-
-    def winners_of(self, agency: int) -> tuple[str, ...]:
-        return self._winners.get(agency, ())
-
-    def is_done(self, agency: int) -> bool:
-        """Whether ``agency`` said DONE (stored, or being stored): no more bets from it."""
-        return agency in self._finishing or agency in self.barrier.done
-
-    async def agency_done(self, agency: int) -> None:
-        """Durably record ``agency`` as done; the last one to arrive runs the draw.
-
-        From the moment DONE is read, the agency's bets are refused on every
-        connection, and the ones handed over before it are let settle first:
-        done means every bet before it is stored and none after it will be.
-        """
-        self._finishing.add(agency)
-        try:
-            await self._committer.settle(agency)
-            await self._committer.call(lambda s: s.mark_done(agency))
-        except BaseException:
-            self._finishing.discard(agency)  # not done after all: it may try again
-            raise
-        self._log.info("agencia_lista", result="success", agencia=agency)
-        if self.barrier.arrive(agency):
-            if self.config.fault_draw_delay:  # fault injection for scripts/chaos.py only
-                self._log.warning(
-                    "sorteo", result="in_progress", demora=self.config.fault_draw_delay
-                )
-                await asyncio.sleep(self.config.fault_draw_delay)
-            await self.draw()
-
-    async def _draw_at_deadline(self, seconds: float) -> None:
-        """--draw-deadline: when it passes, draw without the agencies still missing."""
-        await asyncio.sleep(seconds)
-        missing = self.barrier.close_early()
-        if missing is None:  # every agency made it in time
-            return
-        self._log.warning(
-            "sorteo",
-            result="in_progress",
-            motivo=f"draw deadline of {seconds:g} s passed",
-            faltantes=" ".join(map(str, missing)),
-        )
-        await self.draw()
-
-    async def draw(self) -> None:
-        """Make the draw (once: the committer's lock and the store make sure)."""
-        started = asyncio.get_running_loop().time()
-        try:
-            winners = await self._committer.draw()
-        except StoreError as exc:
-            self._log.error("sorteo", result="fail", error=str(exc))
-            return
-        if winners is None:  # made before: by another caller, or before a restart
-            winners = await self._committer.call(lambda s: s.winners())
-        else:
-            self._log.info(
-                "sorteo",
-                result="success",
-                cant_ganadores=sum(len(d) for d in winners.values()),
-                segundos=round(asyncio.get_running_loop().time() - started, 3),
-            )
-            self.draw_seconds = asyncio.get_running_loop().time() - started
-        self._winners = {a: tuple(d) for a, d in winners.items()}
-        self.barrier.set_drawn()
-
     # -- connections -------------------------------------------------------------------
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        refusal: tuple[ErrorCode, str] | None = None
+        refusal: Error | None = None
         if self._shutdown_task is not None:
-            refusal = (ErrorCode.SHUTTING_DOWN, "the server is shutting down")
+            refusal = Error(ErrorCode.SHUTTING_DOWN, "the server is shutting down")
         elif len(self._handlers) >= self.config.connection_limit:
-            refusal = (
+            refusal = Error(
                 ErrorCode.TOO_MANY_CONNECTIONS,
                 f"the server is at its limit of {self.config.connection_limit} connections",
             )
         if refusal is not None:
-            self._log.warning("accept_connections", result="fail", motivo=refusal[1])
+            self._log.warning("accept_connections", result="fail", motivo=refusal.message)
             with contextlib.suppress(OSError, TimeoutError):
-                writer.write(encode(Error(*refusal)))
+                writer.write(ServerProtocol().send(refusal))
                 async with asyncio.timeout(CLOSE_TIMEOUT):
                     await writer.drain()
             await _close_writer(writer, reader)
             return
-        handler = Handler(self, reader, writer)
+        handler = Handler(self.round, self.config, self.secrets, reader, writer)
         self._handlers.add(handler)
+        self.round.connections += 1
         try:
             await handler.run()
         finally:
             self._handlers.discard(handler)
+            self.round.connections -= 1
 
 
 def _tls_context(config: ServerConfig) -> ssl.SSLContext | None:
@@ -419,56 +320,51 @@ async def _close_writer(
             await writer.wait_closed()
 
 
-# What the reader queues for the writer, one per reply, in arrival order.
 @dataclass(slots=True)
-class _BatchReply:
+class _Submitted:
+    """A batch (or single bet) handed to the commit queue, waiting for its outcome."""
+
+    request: Batch | SingleBet
     future: asyncio.Future[Any]
-    seq: int
-    count: int
-    single: Record | None  # the bet, when it came alone (tp0 ej5)
-    received: float  # loop time when the batch was read, for the ack latency
+    received: float  # loop time when it was read, for the ack latency
 
 
-@dataclass(slots=True)
-class _FixedReply:
-    message: Message
-    log_fail: int = 0  # a refused batch's bet count, logged as apuesta_recibida fail
-
-
-class _DoneReply:
-    pass
-
-
-class _StatusReply:
-    pass
-
-
-class _WinnersReply:
-    pass
-
-
-_Reply = _BatchReply | _FixedReply | _DoneReply | _WinnersReply | _StatusReply
+#: What the reader queues for the writer, one per reply, in arrival order: the
+#: request itself, a submitted batch, or an ERROR decided while reading.
+_Request = Hello | Auth | Done | WinnersQuery | StatusQuery | RejectedBatch | _Submitted | Error
 _END = None  # the reader has stopped: the writer ends after what is queued
 
 
 class Handler:
     """One agency connection: a reader task and a writer task.
 
+    It holds the round and the config, not the server: everything it shares
+    with other connections goes through the `Round`.
+
     The reader may run up to `MAX_PENDING_REPLIES` requests ahead of the
     writer; a semaphore (not the queue) enforces that bound, so the reader's
-    final end marker always fits and never blocks.
+    final end marker always fits and never blocks. A HELLO or AUTH is the
+    exception: the reader waits until the writer has answered it, since what
+    the connection may send next depends on that answer.
     """
 
     def __init__(
-        self, server: Server, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+        self,
+        round_: Round,
+        config: ServerConfig,
+        agency_secrets: dict[int, bytes] | None,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
     ) -> None:
-        self._server = server
+        self._round = round_
+        self._config = config
+        self._secrets = agency_secrets
         self._reader = reader
         self._writer = writer
-        self._protocol = ServerProtocol(require_auth=server.secrets is not None)
+        self._protocol = ServerProtocol()
         self._challenge: tuple[int, bytes] | None = None  # (agency, nonce) awaiting AUTH
-        self._replies: asyncio.Queue[_Reply | None] = asyncio.Queue(MAX_PENDING_REPLIES + 1)
-        self._sent_error = False  # an ERROR frame was written: linger when closing
+        self._replies: asyncio.Queue[_Request | None] = asyncio.Queue(MAX_PENDING_REPLIES + 1)
+        self._handshake_answered = asyncio.Event()
         self._slots = asyncio.Semaphore(MAX_PENDING_REPLIES)
         self._unanswered = 0  # replies queued or being answered, not yet written
         self._last_reply = 0.0  # loop time of the last reply written
@@ -485,7 +381,7 @@ class Handler:
         )
 
     def stop_reading(self) -> None:
-        """Shutdown: read no more requests; the writer finishes those in flight."""
+        """Read no more requests (shutdown, or a newer connection of this agency)."""
         if self._reader_task is not None:
             self._reader_task.cancel()
 
@@ -497,22 +393,26 @@ class Handler:
                 self._reader_task = tg.create_task(self._read_loop())
                 tg.create_task(self._write_loop())
         finally:
-            # Linger only after an ERROR: that is when the peer may still be
-            # sending and must not lose the frame that says what went wrong.
-            await _close_writer(self._writer, self._reader if self._sent_error else None)
+            if self.agency is not None:
+                self._round.leave(self.agency, self)
+            # Linger only after a closing ERROR: that is when the peer may
+            # still be sending and must not lose the frame that says what
+            # went wrong.
+            linger = self._protocol.close_expected()
+            await _close_writer(self._writer, self._reader if linger else None)
             self._log.info(
                 "close_resource", result="success", resource="connection", agencia=self.agency
             )
 
     # -- reader --------------------------------------------------------------------------
 
-    async def _queue(self, reply: _Reply) -> None:
+    async def _queue(self, request: _Request) -> None:
         await self._slots.acquire()
         self._unanswered += 1
-        self._replies.put_nowait(reply)
+        self._replies.put_nowait(request)
 
     async def _read_loop(self) -> None:
-        config = self._server.config
+        config = self._config
         idle = config.timeout_idle
         loop = asyncio.get_running_loop()
         # Until it says who it is, a connection gets `timeout_handshake` in all:
@@ -537,7 +437,7 @@ class Handler:
                     # Not idle while a request is unanswered (e.g. a winners
                     # query waiting for the draw, already off the queue), nor
                     # until the peer has had `idle` seconds after the last reply.
-                    since_reply = asyncio.get_running_loop().time() - self._last_reply
+                    since_reply = loop.time() - self._last_reply
                     if self._unanswered or since_reply < idle:
                         continue
                     self._log.info("idle_timeout", result="success", agencia=self.agency)
@@ -546,207 +446,185 @@ class Handler:
                     self._protocol.receive_eof()
                     return
                 self._protocol.receive_data(data)
-                await self._handle_frames()
+                if not await self._handle_requests():
+                    return
         except ProtocolError as exc:
             self._log.warning("protocolo", result="fail", agencia=self.agency, error=str(exc))
-            await self._queue(_FixedReply(Error(exc.code, str(exc))))
-        except _CloseConnection:
-            pass
+            await self._queue(Error(exc.code, str(exc)))
         except OSError:
             pass  # the peer went away; nothing of it is half-stored
         finally:
             self._replies.put_nowait(_END)
 
-    async def _handle_frames(self) -> None:
+    async def _handle_requests(self) -> bool:
+        """Queue every request buffered so far; False once the connection is to close."""
         today = datetime.date.today().isoformat()
-        while True:
-            try:
-                message = self._protocol.next_event(today)
-            except InvalidBatch as exc:
-                self._log.warning("apuesta_invalida", result="fail", error=str(exc))
-                await self._queue(_FixedReply(Error(ErrorCode.INVALID_BET, str(exc)), exc.count))
-                continue
-            if message is None:
-                return
-            await self._dispatch(message)
+        while (request := self._protocol.next_event(today)) is not None:
+            if isinstance(request, Batch | SingleBet):
+                assert self.agency is not None  # the protocol allows bets only after WELCOME
+                refusal = self._round.refuse_bets(self.agency)
+                if refusal is not None:
+                    code, why = refusal
+                    message = f"{type(request).__name__} refused: {why}"
+                    self._log.warning("protocolo", result="fail", error=message)
+                    await self._queue(Error(code, message))
+                    return False
+                await self._submit(request)
+            elif isinstance(request, Hello | Auth):
+                self._handshake_answered.clear()
+                await self._queue(request)
+                await self._handshake_answered.wait()
+                if self._protocol.close_expected():
+                    return False
+            else:
+                if isinstance(request, RejectedBatch):
+                    self._log.warning(
+                        "apuesta_invalida", result="fail", error=request.error().message
+                    )
+                await self._queue(request)
+        return True
 
-    async def _dispatch(self, message: Message) -> None:
-        if isinstance(message, Batch | SingleBet) and self._server.barrier.opened:
-            # Every agency is done (or the deadline passed): the draw is made
-            # or about to be, and a bet now could not take part in it.
-            raise DrawMade(f"{type(message).__name__} refused: the draw is made")
-        if isinstance(message, Batch | SingleBet) and self._server.is_done(self.agency or 0):
-            # Done is per agency, not per connection: no bets after it, even
-            # on a new connection (they would miss the draw).
-            raise OutOfOrder(
-                f"{type(message).__name__} is not allowed: agency {self.agency} is done"
-            )
-        if isinstance(message, Batch):
-            await self._submit(message.seq, message.records, None)
-        elif isinstance(message, SingleBet):
-            await self._submit(message.seq, (message.record,), message.record)
-        elif isinstance(message, Done):
-            await self._queue(_DoneReply())
-        elif isinstance(message, StatusQuery):
-            await self._queue(_StatusReply())
-        elif isinstance(message, WinnersQuery):
-            await self._queue(_WinnersReply())
-        elif isinstance(message, Hello):
-            await self._handshake(message)
-        elif isinstance(message, Auth):
-            await self._authenticate(message)
-
-    async def _submit(self, seq: int, records: Any, single: Record | None) -> None:
-        assert self.agency is not None  # the protocol allows bets only after HELLO
+    async def _submit(self, request: Batch | SingleBet) -> None:
+        assert self.agency is not None
         await self._slots.acquire()
         # Every connection shares one commit queue: when it is full, stop
         # reading; TCP then slows the agency down instead of memory filling up.
-        committer = self._server.committer
-        await committer.wait_for_room()
+        await self._round.wait_for_room()
         self._unanswered += 1
-        future = committer.submit(PendingBatch(self.agency, seq, records))
+        records = request.records if isinstance(request, Batch) else (request.record,)
+        future = self._round.submit(self.agency, request.seq, records)
         received = asyncio.get_running_loop().time()
-        self._replies.put_nowait(_BatchReply(future, seq, len(records), single, received))
-
-    async def _handshake(self, hello: Hello) -> None:
-        agencies = self._server.config.agencies
-        if hello.version != PROTOCOL_VERSION:
-            refusal = Error(ErrorCode.BAD_VERSION, f"protocol version {hello.version} unknown")
-        elif not 1 <= hello.agency <= agencies:
-            refusal = Error(
-                ErrorCode.UNKNOWN_AGENCY, f"agency {hello.agency} is not in 1..{agencies}"
-            )
-        elif self._server.secrets is not None:
-            # Prove it: a fresh nonce, answered with an HMAC of the agency's secret.
-            nonce = secrets.token_bytes(NONCE_SIZE)
-            self._challenge = (hello.agency, nonce)
-            await self._queue(_FixedReply(Challenge(nonce)))
-            return
-        else:
-            await self._admit(hello.agency)
-            return
-        await self._refuse(refusal)
-
-    async def _authenticate(self, auth: Auth) -> None:
-        assert self._challenge is not None  # the protocol allows AUTH only after CHALLENGE
-        agency, nonce = self._challenge
-        self._challenge = None
-        secret = self._server.secrets.get(agency) if self._server.secrets else None
-        if secret is None or not hmac.compare_digest(auth.mac, auth_mac(secret, agency, nonce)):
-            await self._refuse(Error(ErrorCode.AUTH_FAILED, f"agency {agency}: wrong secret"))
-        await self._admit(agency)
-
-    async def _admit(self, agency: int) -> None:
-        # An older connection of the same agency (its process died, or the
-        # line dropped) may still hold batches it read but the store has not
-        # committed. Stop it reading, and let those batches settle, before
-        # telling the agency what is stored: else the WELCOME would be short,
-        # and a late old batch would take a sequence the agency reuses.
-        for other in self._server.handlers_of(agency):
-            if other is not self:
-                other.stop_reading()
-        await self._server.committer.settle(agency)
-        self.agency = agency
-        self._log = self._log.bind(agencia=agency)
-        last_seq, committed = await self._server.committer.call(lambda s: s.progress(agency))
-        self._log.info("handshake", result="success", last_seq=last_seq, bets=committed)
-        await self._queue(_FixedReply(Welcome(last_seq, committed)))
-
-    async def _refuse(self, refusal: Error) -> NoReturn:
-        self._log.warning("handshake", result="fail", motivo=refusal.message)
-        await self._queue(_FixedReply(refusal))
-        raise _CloseConnection
+        self._replies.put_nowait(_Submitted(request, future, received))
 
     # -- writer --------------------------------------------------------------------------
 
     async def _write_loop(self) -> None:
-        idle = self._server.config.timeout_idle
+        idle = self._config.timeout_idle
+        latencies = self._round.stats.ack_latencies
         try:
             loop = asyncio.get_running_loop()
-            while (reply := await self._replies.get()) is not _END:
-                data = await self._answer(reply)
+            while (request := await self._replies.get()) is not _END:
+                answer = await self._answer(request)
                 if self._writer.transport.is_closing():  # reset by the peer meanwhile
                     raise ConnectionResetError("the agency closed the connection")
-                self._writer.write(data)
-                self._sent_error = self._sent_error or data[4] == FrameType.ERROR
+                self._writer.write(self._protocol.send(answer))
+                if isinstance(request, Hello | Auth):
+                    self._handshake_answered.set()
                 async with asyncio.timeout(idle):
                     await self._writer.drain()
                 self._unanswered -= 1
                 self._last_reply = loop.time()
-                if isinstance(reply, _BatchReply):
-                    self._server.ack_latencies.add(self._last_reply - reply.received)
+                if isinstance(request, _Submitted):
+                    latencies.add(self._last_reply - request.received)
                 self._slots.release()
+                if self._protocol.close_expected():
+                    break
         except (OSError, TimeoutError, RuntimeError):
             # The peer is gone or stopped reading: nothing more can reach it.
             # (uvloop raises RuntimeError for a write to a transport it closed.)
-            if self._reader_task is not None:
-                self._reader_task.cancel()
+            pass
+        # Nothing more will be written: the reader must not wait for answers.
+        if self._reader_task is not None:
+            self._reader_task.cancel()
 
-    async def _answer(self, reply: _Reply) -> bytes:
-        if isinstance(reply, _BatchReply):
-            return self._answer_batch(reply, await reply.future)
-        if isinstance(reply, _FixedReply):
-            if reply.log_fail:
-                self._log.info("apuesta_recibida", result="fail", cantidad=reply.log_fail)
-                self._server.counters["batches_refused"] += 1
-            return encode(reply.message)
-        if isinstance(reply, _DoneReply):
+    async def _answer(self, request: _Request) -> Message:
+        """The reply to ``request`` (awaiting its commit, the draw...)."""
+        if isinstance(request, _Submitted):
+            return self._answer_batch(request, await request.future)
+        if isinstance(request, Error):
+            return request
+        if isinstance(request, RejectedBatch):
+            self._log.info("apuesta_recibida", result="fail", cantidad=request.count)
+            self._round.stats.batches_refused += 1
+            return request.error()
+        if isinstance(request, Hello):
+            return await self._answer_hello(request)
+        if isinstance(request, Auth):
+            return await self._answer_auth(request)
+        if isinstance(request, Done):
             return await self._answer_done()
-        if isinstance(reply, _StatusReply):
-            return encode(Status(json.dumps(await self._server.status())))
+        if isinstance(request, StatusQuery):
+            return Status(json.dumps(self._round.status()))
         return await self._answer_winners()
 
-    def _answer_batch(self, reply: _BatchReply, result: Any) -> bytes:
+    def _answer_batch(self, submitted: _Submitted, result: Any) -> Message:
         log = self._log
-        counters = self._server.counters
+        request = submitted.request
+        count = len(request.records) if isinstance(request, Batch) else 1
         if result is Outcome.STORED:
-            counters["batches_stored"] += 1
-            counters["bets_stored"] += reply.count
-            if reply.single is not None:
-                bet = reply.single
+            if isinstance(request, SingleBet):
+                bet = request.record
                 log.info("apuesta_almacenada", result="success", dni=bet[2], numero=int(bet[4]))
             else:
-                log.info("apuesta_recibida", result="success", cantidad=reply.count)
-            return encode(Ack(reply.seq))
+                log.info("apuesta_recibida", result="success", cantidad=count)
+            return Ack(request.seq)
         if result is Outcome.DUPLICATE:
-            log.debug("apuesta_duplicada", result="success", seq=reply.seq)
-            return encode(Ack(reply.seq))
-        log.info("apuesta_recibida", result="fail", cantidad=reply.count)
-        counters["batches_refused"] += 1
+            log.debug("apuesta_duplicada", result="success", seq=request.seq)
+            return Ack(request.seq)
+        log.info("apuesta_recibida", result="fail", cantidad=count)
+        self._round.stats.batches_refused += 1
         if result is Outcome.LATE:
-            return encode(Error(ErrorCode.DRAW_MADE, f"batch {reply.seq} came after the draw"))
+            return Error(ErrorCode.DRAW_MADE, f"batch {request.seq} came after the draw")
         if result is Outcome.GAP:
-            return encode(
-                Error(ErrorCode.BAD_SEQUENCE, f"batch {reply.seq} skips ahead of the last stored")
+            return Error(
+                ErrorCode.BAD_SEQUENCE, f"batch {request.seq} skips ahead of the last stored"
             )
-        return encode(Error(ErrorCode.STORAGE, f"batch {reply.seq} was not stored: {result}"))
+        return Error(ErrorCode.STORAGE, f"batch {request.seq} was not stored: {result}")
 
-    async def _answer_done(self) -> bytes:
+    async def _answer_hello(self, hello: Hello) -> Message:
+        agencies = self._config.agencies
+        if hello.version != PROTOCOL_VERSION:
+            return self._refuse(
+                Error(ErrorCode.BAD_VERSION, f"protocol version {hello.version} unknown")
+            )
+        if not 1 <= hello.agency <= agencies:
+            return self._refuse(
+                Error(ErrorCode.UNKNOWN_AGENCY, f"agency {hello.agency} is not in 1..{agencies}")
+            )
+        if self._secrets is not None:
+            # Prove it: a fresh nonce, answered with an HMAC of the agency's secret.
+            nonce = secrets.token_bytes(NONCE_SIZE)
+            self._challenge = (hello.agency, nonce)
+            return Challenge(nonce)
+        return await self._admit(hello.agency)
+
+    async def _answer_auth(self, auth: Auth) -> Message:
+        assert self._challenge is not None  # the protocol allows AUTH only after CHALLENGE
+        agency, nonce = self._challenge
+        self._challenge = None
+        secret = self._secrets.get(agency) if self._secrets else None
+        if secret is None or not hmac.compare_digest(auth.mac, auth_mac(secret, agency, nonce)):
+            return self._refuse(Error(ErrorCode.AUTH_FAILED, f"agency {agency}: wrong secret"))
+        return await self._admit(agency)
+
+    async def _admit(self, agency: int) -> Welcome:
+        last_seq, committed = await self._round.admit(agency, self)
+        self.agency = agency
+        self._log = self._log.bind(agencia=agency)
+        self._log.info("handshake", result="success", last_seq=last_seq, bets=committed)
+        return Welcome(last_seq, committed)
+
+    def _refuse(self, refusal: Error) -> Error:
+        self._log.warning("handshake", result="fail", motivo=refusal.message)
+        return refusal
+
+    async def _answer_done(self) -> Message:
         assert self.agency is not None
         try:
-            await self._server.agency_done(self.agency)
+            await self._round.agency_done(self.agency)
         except StoreError as exc:
             self._log.error("agencia_lista", result="fail", error=str(exc))
-            return encode(Error(ErrorCode.STORAGE, str(exc)))
-        return encode(Ack(0))
+            return Error(ErrorCode.STORAGE, str(exc))
+        return Ack(0)
 
-    async def _answer_winners(self) -> bytes:
+    async def _answer_winners(self) -> Message:
         assert self.agency is not None
-        barrier = self._server.barrier
-        if barrier.opened and not barrier.drawn:  # the draw failed (store error): try again
-            await self._server.draw()
-        try:
-            async with asyncio.timeout(self._server.config.timeout_winners):
-                drawn = await barrier.wait_drawn()
-        except TimeoutError:
-            self._log.info("consulta_ganadores", result="in_progress", faltan=barrier.missing)
-            return encode(NotReady())
-        if not drawn:
-            return encode(Error(ErrorCode.SHUTTING_DOWN, "the server is shutting down"))
-        winners = self._server.winners_of(self.agency)
+        winners = await self._round.winners(self.agency, self._config.timeout_winners)
+        if winners is WinnersWait.NOT_READY:
+            missing = self._round.barrier.missing
+            self._log.info("consulta_ganadores", result="in_progress", faltan=missing)
+            return NotReady()
+        if winners is WinnersWait.SHUTTING_DOWN:
+            return Error(ErrorCode.SHUTTING_DOWN, "the server is shutting down")
         self._log.info("consulta_ganadores", result="success", cant_ganadores=len(winners))
-        return encode(Winners(winners))
-
-
-class _CloseConnection(Exception):
-    """Internal: the handshake was refused; stop reading after queuing the error."""
+        return Winners(winners)

@@ -53,7 +53,7 @@ def test_arrive_opens_exactly_once_on_the_last_distinct_agency(
         assert opened_by == 0  # a rebuilt, complete barrier never opens again
     else:
         assert opened_by == (1 if len(seen) == n else 0)
-    assert not barrier.drawn
+    assert not barrier.released
 
 
 def test_missing_lists_every_agency_at_first() -> None:
@@ -62,7 +62,7 @@ def test_missing_lists_every_agency_at_first() -> None:
     assert barrier.missing == [1, 2, 3, 4]
     assert barrier.done == frozenset()
     assert not barrier.opened
-    assert not barrier.drawn
+    assert not barrier.released
     assert not barrier.closed
 
 
@@ -84,7 +84,7 @@ def test_fewer_than_one_agency_is_refused(agencies: int) -> None:
 async def test_no_winners_before_the_draw() -> None:
     """A winners query waiting on the barrier is not woken by the last arrival, only by the draw."""
     barrier = DrawBarrier(3)
-    waiter = asyncio.create_task(barrier.wait_drawn())
+    waiter = asyncio.create_task(barrier.wait())
     await let_loop_run()
     assert not waiter.done()
 
@@ -96,67 +96,68 @@ async def test_no_winners_before_the_draw() -> None:
     done, _ = await asyncio.wait({waiter}, timeout=0.05)
     assert not done
 
-    barrier.set_drawn()
+    barrier.release()
     assert await waiter is True
-    assert barrier.drawn
+    assert barrier.released
 
 
-async def test_set_drawn_wakes_every_waiter_and_later_ones_pass() -> None:
-    """set_drawn() wakes all current waiters with True, and later waiters do not wait."""
+async def test_release_wakes_every_waiter_and_later_ones_pass() -> None:
+    """release() wakes all current waiters with True, and later waiters do not wait."""
     barrier = DrawBarrier(2)
-    waiters = [asyncio.create_task(barrier.wait_drawn()) for _ in range(10)]
+    waiters = [asyncio.create_task(barrier.wait()) for _ in range(10)]
     await let_loop_run()
     barrier.arrive(1)
     barrier.arrive(2)
-    barrier.set_drawn()
+    barrier.release()
     assert await asyncio.gather(*waiters) == [True] * 10
-    async with asyncio.timeout(0):  # already drawn: must not even suspend
-        assert await barrier.wait_drawn() is True
+    async with asyncio.timeout(0):  # already released: must not even suspend
+        assert await barrier.wait() is True
 
 
 async def test_shutdown_wakes_every_waiter_with_false() -> None:
     """shutdown() wakes every waiter, and they see that no draw was made."""
     barrier = DrawBarrier(3)
     barrier.arrive(1)
-    waiters = [asyncio.create_task(barrier.wait_drawn()) for _ in range(5)]
+    waiters = [asyncio.create_task(barrier.wait()) for _ in range(5)]
     await let_loop_run()
     assert not any(w.done() for w in waiters)
 
     barrier.shutdown()
     assert await asyncio.gather(*waiters) == [False] * 5
     assert barrier.closed
-    assert await barrier.wait_drawn() is False
+    assert await barrier.wait() is False
 
 
 async def test_shutdown_after_the_draw_still_reports_the_draw() -> None:
     """A waiter woken after both draw and shutdown sees that the draw was made."""
     barrier = DrawBarrier(1)
     barrier.arrive(1)
-    barrier.set_drawn()
+    barrier.release()
     barrier.shutdown()
-    assert await barrier.wait_drawn() is True
+    assert await barrier.wait() is True
 
 
 async def test_cancelled_waiter_does_not_disturb_the_others() -> None:
     """A winners query that times out leaves the other waiters waiting for the draw."""
     barrier = DrawBarrier(2)
-    patient = asyncio.create_task(barrier.wait_drawn())
+    patient = asyncio.create_task(barrier.wait())
     with pytest.raises(TimeoutError):
         async with asyncio.timeout(0.01):
-            await barrier.wait_drawn()
+            await barrier.wait()
     assert not patient.done()
-    barrier.set_drawn()
+    barrier.release()
     assert await patient is True
 
 
 async def test_rebuilt_drawn_barrier_answers_at_once_and_never_reopens() -> None:
-    """A barrier rebuilt as done and drawn answers True at once and never opens again."""
-    barrier = DrawBarrier(3, done=[3, 1, 2], drawn=True)
+    """A barrier rebuilt as done and released answers True at once and never opens again."""
+    barrier = DrawBarrier(3, done=[3, 1, 2])
+    barrier.release()
     assert barrier.opened
-    assert barrier.drawn
+    assert barrier.released
     assert barrier.missing == []
     async with asyncio.timeout(0):  # must not even suspend
-        assert await barrier.wait_drawn() is True
+        assert await barrier.wait() is True
     assert [barrier.arrive(a) for a in (1, 2, 3)] == [False, False, False]
 
 
@@ -166,10 +167,10 @@ async def test_rebuilt_barrier_without_draw_is_open_but_waits() -> None:
     assert barrier.opened
     assert not barrier.arrive(1)
     assert not barrier.arrive(2)
-    waiter = asyncio.create_task(barrier.wait_drawn())
+    waiter = asyncio.create_task(barrier.wait())
     await let_loop_run()
     assert not waiter.done()
-    barrier.set_drawn()
+    barrier.release()
     assert await waiter is True
 
 

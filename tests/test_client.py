@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import io
 import socket
 import struct
@@ -164,7 +165,7 @@ async def test_in_flight_window_is_never_exceeded(tmp_path: Path) -> None:
                 if not data:
                     raise ConnectionResetError
                 protocol.receive_data(data)
-                while (message := protocol.next_event()) is not None:
+                while (message := protocol.next_event(TODAY)) is not None:
                     pending.append(message)
             return pending.pop(0)
 
@@ -177,7 +178,7 @@ async def test_in_flight_window_is_never_exceeded(tmp_path: Path) -> None:
             return extra
 
         assert isinstance(await next_message(REPLY_TIMEOUT), Hello)
-        writer.write(encode(Welcome(0, 0)))
+        writer.write(protocol.send(Welcome(0, 0)))
         batches = [await next_message(REPLY_TIMEOUT) for _ in range(window)]
         batches += await more_within(quiet)
         observed["before_any_ack"] = len(batches)
@@ -207,6 +208,7 @@ async def test_in_flight_window_is_never_exceeded(tmp_path: Path) -> None:
 
 # -- reconnecting ----------------------------------------------------------------------------
 
+TODAY = datetime.date.today().isoformat()
 WELCOME_SIZE = len(encode(Welcome(0, 0)))
 ACK_SIZE = len(encode(Ack(1)))
 
@@ -373,9 +375,9 @@ async def test_winners_retries_until_the_draw_answers() -> None:
         protocol = ServerProtocol()
         while data := await reader.read(65536):
             protocol.receive_data(data)
-            while (message := protocol.next_event()) is not None:
+            while (message := protocol.next_event(TODAY)) is not None:
                 if isinstance(message, Hello):
-                    writer.write(encode(Welcome(0, 0)))
+                    writer.write(protocol.send(Welcome(0, 0)))
                 elif isinstance(message, WinnersQuery):
                     queries.append(asyncio.get_running_loop().time())
                     answer = NotReady() if len(queries) < 3 else Winners(("30000001", "7"))
@@ -417,7 +419,7 @@ async def test_notify_is_acknowledged_and_repeatable(tmp_path: Path) -> None:
         async with agency(1, server.port) as client:
             await client.notify()
             await client.notify()
-        assert server.barrier.done == {1}
+        assert server.round.barrier.done == {1}
 
 
 async def test_single_bet_is_sent_and_stored(tmp_path: Path) -> None:

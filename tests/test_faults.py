@@ -95,7 +95,7 @@ async def test_a_storage_fault_refuses_the_batch_and_the_server_goes_on(
 ) -> None:
     """A full or read-only store: ERROR STORAGE, never an ack, a fail line; then it heals."""
     async with faulty_server(tmp_path) as server, raw_connection(server.port, agency=1) as conn:
-        await server.committer.call(lambda s: getattr(s, fault)())
+        await server.store.call(lambda s: getattr(s, fault)())
         await conn.send(big_batch(1, 1000))
         reply = await conn.receive()
         assert isinstance(reply, Error) and reply.code == ErrorCode.STORAGE
@@ -104,7 +104,7 @@ async def test_a_storage_fault_refuses_the_batch_and_the_server_goes_on(
         await conn.send(StatusQuery())  # the server still serves this connection
         assert isinstance(await conn.receive(), Status)
 
-        await server.committer.call(lambda s: s.heal())
+        await server.store.call(lambda s: s.heal())
         await conn.send(big_batch(1, 1000))  # the same batch again, same sequence
         assert await conn.receive() == Ack(1)
     assert len(stored_bets(tmp_path / "data")) == 50
@@ -117,7 +117,7 @@ async def test_an_agency_retries_through_a_storage_fault(tmp_path: Path) -> None
         def fail_twice(store: FaultyStore) -> None:
             store.failures_left = 2
 
-        await server.committer.call(fail_twice)  # type: ignore[arg-type]
+        await server.store.call(fail_twice)  # type: ignore[arg-type]
         agency = AsyncAgency(
             1, LOOPBACK, server.port, batch_max_amount=20, reconnect_base_delay=0.05 * UNIT
         )

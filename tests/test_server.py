@@ -217,9 +217,9 @@ async def test_readiness_is_keyed_by_agency_id_across_reconnects(tmp_path: Path)
     async with running_server(tmp_path, agencies=2) as server:
         await done(server.port, 1)
         async with raw_connection(server.port, 1) as conn:  # back, on a new connection
-            assert not server.barrier.opened
+            assert not server.round.barrier.opened
             await done(server.port, 2)
-            assert server.barrier.opened
+            assert server.round.barrier.opened
             await conn.send(WinnersQuery())
             assert await conn.receive() == Winners(())
 
@@ -232,9 +232,9 @@ async def test_repeated_done_counts_once(tmp_path: Path) -> None:
                 await conn.send(Done())
                 assert await conn.receive() == Ack(0)
         await done(server.port, 1)
-        assert server.barrier.done == {1}
-        assert not server.barrier.opened
-        assert server.barrier.missing == [2]
+        assert server.round.barrier.done == {1}
+        assert not server.round.barrier.opened
+        assert server.round.barrier.missing == [2]
 
 
 async def test_connection_closing_after_done_changes_nothing(tmp_path: Path) -> None:
@@ -244,8 +244,8 @@ async def test_connection_closing_after_done_changes_nothing(tmp_path: Path) -> 
             await conn.send(Done())
             assert await conn.receive() == Ack(0)
             await conn.send(WinnersQuery())  # left waiting when the line closes
-        assert server.barrier.done == {1}
-        assert not server.barrier.opened
+        assert server.round.barrier.done == {1}
+        assert not server.round.barrier.opened
         async with raw_connection(server.port, 1) as conn:  # the query still works later
             await done(server.port, 2)
             await conn.send(WinnersQuery())
@@ -333,9 +333,9 @@ async def test_restarted_server_remembers_done_agencies(tmp_path: Path) -> None:
             await send_round(conn, 1, make_rows(1, winners=[0]))
         await done(server.port, 1)
     async with running_server(tmp_path, agencies=2) as server:
-        assert server.barrier.done == {1}
+        assert server.round.barrier.done == {1}
         await done(server.port, 2)
-        assert server.barrier.drawn
+        assert server.round.drawn
         async with raw_connection(server.port, 1) as conn:
             await conn.send(WinnersQuery())
             assert await conn.receive() == Winners((make_rows(1)[0][2],))
@@ -372,7 +372,7 @@ async def test_server_started_after_every_agency_was_done_makes_the_draw(
     finally:
         store.close()
     async with running_server(tmp_path, agencies=2) as server:
-        assert server.barrier.drawn
+        assert server.round.drawn
         async with raw_connection(server.port, 1) as conn:
             await conn.send(WinnersQuery())
             assert await conn.receive() == Winners((row[2],))
@@ -498,7 +498,7 @@ async def test_a_failed_draw_is_made_again_on_the_next_winners_query(tmp_path: P
             await conn.send(Batch(1, [("Ana", "Díaz", "1", "1990-01-01", "7574")]), Done())
             assert await conn.receive() == Ack(1)
             assert await conn.receive() == Ack(0)  # done is stored, though the draw failed
-            assert not server.barrier.drawn
+            assert not server.round.drawn
             await conn.send(WinnersQuery())
             assert await conn.receive() == Winners(("1",))
     finally:

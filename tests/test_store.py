@@ -180,7 +180,8 @@ def test_done_agencies_and_draw_survive_reopen(data_dir: Path) -> None:
     s.mark_done(1)
     s.mark_done(3)
     s.mark_done(3)
-    assert s.draw() == {1: ["1"]}
+    assert s.draw() is True
+    assert s.winners() == {1: ["1"]}
     s.close()
 
     s = SQLiteStore(data_dir, AGENCIES, WINNING)
@@ -377,7 +378,8 @@ def test_winners_groups_winning_documents_by_agency(store: SQLiteStore) -> None:
     assert store.winners() == expected
     assert list(store.winners()) == [1, 2, 3]  # agencies in order
     assert not store.drawn()
-    assert store.draw() == expected
+    assert store.draw() is True
+    assert store.winners() == expected
     assert store.drawn()
 
 
@@ -387,7 +389,8 @@ def test_the_draw_reads_the_winners_not_every_bet(store: SQLiteStore) -> None:
     queries: list[str] = []
     store._db.set_trace_callback(queries.append)
     try:
-        assert store.draw() == {1: ["w"]}
+        assert store.draw() is True
+        assert store.winners() == {1: ["w"]}
     finally:
         store._db.set_trace_callback(None)
     assert queries
@@ -401,7 +404,8 @@ def test_zero_padded_numbers_win_like_the_number(data_dir: Path, number: str) ->
     store = SQLiteStore(data_dir, AGENCIES, winning)
     try:
         store.commit([batch(1, 1, rec("a", number), rec("b", str(winning + 1)))])
-        assert store.draw() == {1: ["a"]}
+        assert store.draw() is True
+        assert store.winners() == {1: ["a"]}
     finally:
         store.close()
 
@@ -452,3 +456,22 @@ def test_corrupt_database_raises_store_error_and_closes(
     assert len(opened) == 1
     with pytest.raises(sqlite3.ProgrammingError, match="closed"):
         opened[0].execute("SELECT 1")
+
+
+def test_the_draw_is_recorded_once_and_then_nothing_is_stored(data_dir: Path) -> None:
+    """Only the first draw() says it made the draw; after it every batch is LATE, even reopened."""
+    s = SQLiteStore(data_dir, AGENCIES, WINNING)
+    try:
+        assert s.draw() is True
+        assert s.draw() is False
+        assert s.commit([batch(1, 1, rec("1"))]) == [Outcome.LATE]
+        assert s.progress(1) == (0, 0)
+    finally:
+        s.close()
+    s = SQLiteStore(data_dir, AGENCIES, WINNING)
+    try:
+        assert s.draw() is False
+        assert s.commit([batch(2, 1, rec("2"))]) == [Outcome.LATE]
+        assert list(s.bets()) == []
+    finally:
+        s.close()

@@ -1,107 +1,33 @@
-"""Durable storage of bets, agency progress and the draw, behind `Store`.
+"""`SQLiteStore`: the embedded default store (stdlib sqlite3, WAL, one file).
 
-`Store` is the small synchronous interface the server needs; `SQLiteStore` is
-the embedded default (stdlib sqlite3, WAL, one file in the data directory).
-A shared PostgreSQL store for several servers can implement the same methods.
-
-Nothing here is async, and an `SQLiteStore` must be used from one thread
-only: `lottery.committer.Committer` owns that thread and keeps it off the
-event loop.
-
-What the store guarantees, and the server builds on:
-
-- `commit` stores a group of batches in one transaction. When it returns, the
-  transaction is on disk (``synchronous=FULL`` by default), so the server may
-  acknowledge every batch in it. If it raises, none of the group is stored.
-- Per agency it keeps the last committed batch sequence and bet count, in the
-  same transaction as the bets. A batch whose sequence is already committed is
-  reported `Outcome.DUPLICATE` and not stored again: resends are harmless.
-- Which agencies are done, and whether the draw happened, are stored too, so a
-  restarted server neither forgets a done agency nor draws twice.
-
-`SQLiteStore` keeps each batch as one row holding its bets in record form
+It keeps each batch as one row holding its bets in record form
 (`lottery.models.Records`: fields joined by 0x1F, bets ended by 0x1E), the
 form the server has already validated. One row per batch instead of one per
 bet makes a commit several times cheaper; `bets()` splits the records again
 for the export. The winning bets are picked out as each batch is stored (a
 substring test, in C), so the draw reads a short `winners` table instead of
 every bet.
+
+An `SQLiteStore` must be used from one thread only (SQLite connections belong
+to the thread that opened them): the server runs it through `ThreadedStore`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import enum
 import os
 import sqlite3
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
-from .errors import ConfigError, StoreError
-from .models import FS, RS, Record, Records
+from ..errors import ConfigError, StoreError
+from ..models import FS, RS, Records
+from .base import Outcome, PendingBatch
 
-__all__ = ["DB_FILENAME", "SYNC_MODES", "Outcome", "PendingBatch", "SQLiteStore", "Store"]
+__all__ = ["DB_FILENAME", "SYNC_MODES", "SQLiteStore"]
 
 DB_FILENAME = "lottery.db"
 SYNC_MODES = ("FULL", "NORMAL", "OFF")
-
-
-class Outcome(enum.Enum):
-    """What `Store.commit` did with one batch."""
-
-    STORED = "stored"
-    DUPLICATE = "duplicate"  # its sequence was already committed: acknowledge again
-    GAP = "gap"  # its sequence skips ahead of the last committed one: refuse
-    LATE = "late"  # the draw was made first: not stored (decided by the committer)
-
-
-@dataclass(frozen=True, slots=True)
-class PendingBatch:
-    """One batch waiting for a commit: whose, which sequence, which bets."""
-
-    agency: int
-    seq: int
-    records: Sequence[Record]  # a `Records` from the server; any rows will do
-
-
-class Store(Protocol):
-    """What the server needs from a bet store. Every method blocks."""
-
-    def progress(self, agency: int) -> tuple[int, int]:
-        """(last committed sequence, committed bets) of ``agency``."""
-        ...
-
-    def all_progress(self) -> dict[int, tuple[int, int]]:
-        """`progress` of every agency that stored something."""
-        ...
-
-    def commit(self, batches: Sequence[PendingBatch]) -> list[Outcome]:
-        """Store ``batches`` in one durable transaction; one outcome per batch."""
-        ...
-
-    def mark_done(self, agency: int) -> None:
-        """Durably record that ``agency`` has sent all its bets."""
-        ...
-
-    def done_agencies(self) -> set[int]: ...
-
-    def drawn(self) -> bool: ...
-
-    def draw(self) -> dict[int, list[str]]:
-        """Mark the draw as made and return each agency's winning documents."""
-        ...
-
-    def winners(self) -> dict[int, list[str]]:
-        """Each agency's winning documents (for a server restarted after the draw)."""
-        ...
-
-    def bets(self) -> Iterator[tuple[int, str, str, str, str, int]]:
-        """Every stored bet, in the order it was stored."""
-        ...
-
-    def close(self) -> None: ...
 
 
 _SCHEMA = """
@@ -159,6 +85,11 @@ def _reading(what: str) -> Iterator[None]:
 class SQLiteStore:
     """`Store` on one SQLite file in WAL mode. Use from a single thread.
 
+    Every guarantee of `Store` holds; how: a commit is one ``BEGIN IMMEDIATE``
+    transaction, the draw one ``INSERT OR IGNORE`` of the ``drawn`` setting,
+    and since only one thread uses the file, a commit and the draw never
+    overlap (a commit after the draw sees ``_drawn`` and stores nothing).
+
     Args:
         data_dir: directory for ``lottery.db`` (created if missing).
         agencies: the round's agency count; a data directory remembers it and
@@ -191,6 +122,10 @@ class SQLiteStore:
                 self.winning_number = self._setting("winning_number", winning_number)
                 if agencies is not None:
                     self._setting("agencies", agencies)
+                self._drawn = (
+                    self._db.execute("SELECT 1 FROM settings WHERE name = 'drawn'").fetchone()
+                    is not None
+                )
                 self._progress = {
                     agency: (last_seq, count)
                     for agency, last_seq, count in self._db.execute(
@@ -231,6 +166,8 @@ class SQLiteStore:
         return dict(self._progress)
 
     def commit(self, batches: Sequence[PendingBatch]) -> list[Outcome]:
+        if self._drawn:  # the winners are known: a bet now cannot take part
+            return [Outcome.LATE] * len(batches)
         # Decide everything first, in Python; then write it in a handful of
         # statements. Each SQLite call hands the GIL to the event loop and
         # must win it back, which can take a whole switch interval (5 ms)
@@ -302,18 +239,17 @@ class SQLiteStore:
         return {a for (a,) in rows}
 
     def drawn(self) -> bool:
-        with _reading("the draw state"):
-            row = self._db.execute("SELECT value FROM settings WHERE name = 'drawn'").fetchone()
-        return row is not None
+        return self._drawn
 
-    def draw(self) -> dict[int, list[str]]:
+    def draw(self) -> bool:
         try:
-            self._db.execute(
+            made = self._db.execute(
                 "INSERT OR IGNORE INTO settings VALUES ('drawn', ?)", (self.winning_number,)
-            )
+            ).rowcount
         except sqlite3.Error as exc:
             raise StoreError(f"cannot record the draw: {exc}") from exc
-        return self.winners()
+        self._drawn = True
+        return made == 1
 
     def winners(self) -> dict[int, list[str]]:
         result: dict[int, list[str]] = {}

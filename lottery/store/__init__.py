@@ -1,0 +1,24 @@
+"""Durable storage of bets, agency progress and the draw.
+
+Layout: `base` states the contract every backend keeps (read its docstring
+before writing one) as `Store` (blocking) and `AsyncStore` (awaited);
+`sqlite` is the embedded default, `SQLiteStore`; `threaded` runs a blocking
+store on a thread of its own, `ThreadedStore`.
+"""
+
+from __future__ import annotations
+
+from .base import AsyncStore, Outcome, PendingBatch, Store
+from .sqlite import DB_FILENAME, SYNC_MODES, SQLiteStore
+from .threaded import ThreadedStore
+
+__all__ = [
+    "DB_FILENAME",
+    "SYNC_MODES",
+    "AsyncStore",
+    "Outcome",
+    "PendingBatch",
+    "SQLiteStore",
+    "Store",
+    "ThreadedStore",
+]

@@ -1,0 +1,127 @@
+"""What a store must guarantee: the contract every backend keeps.
+
+The server relies on these five guarantees and on nothing else, so a second
+backend (a shared PostgreSQL, say) is a new class, not a change to the server:
+
+1. **Atomic group commit with per-agency dedup.** `commit` stores a group of
+   batches in one transaction: when it returns, every batch reported `STORED`
+   is durable (it survives a crash and, with ``sync=FULL``, a power loss), and
+   the server may acknowledge it. If it raises `StoreError`, none of the group
+   is stored. Per agency it keeps the last stored sequence and bet count *in
+   the same transaction* as the bets: a batch whose sequence is already stored
+   is `DUPLICATE` (acknowledged again, stored once); one that skips ahead is
+   `GAP` (refused).
+2. **Durable done marks.** After `mark_done(agency)` returns, `done_agencies`
+   includes it, across restarts.
+3. **A draw made once.** `draw` records the draw; exactly one call over the
+   store's whole life returns True, however many servers or restarts ask.
+   Once it is recorded, `commit` stores nothing more: every batch is `LATE`.
+   A commit and the draw are ordered: each commit is wholly before the draw
+   (its bets take part) or wholly after it (`LATE`).
+4. **Winners fixed by the stored bets.** `winners` lists each agency's
+   winning documents among the bets stored before the draw, in store order.
+5. **Progress reads.** `progress` and `all_progress` report what is durably
+   stored: a restarted agency resumes from them.
+
+Two shapes of the same contract:
+
+- `Store` blocks. A backend whose driver blocks (sqlite3) implements it and
+  runs behind `ThreadedStore`, on one thread of its own, off the event loop.
+- `AsyncStore` is what the server holds. A backend with an asyncio driver may
+  implement it natively, with no thread.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from ..models import Record
+
+__all__ = ["AsyncStore", "Outcome", "PendingBatch", "Store"]
+
+
+class Outcome(enum.Enum):
+    """What `Store.commit` did with one batch."""
+
+    STORED = "stored"
+    DUPLICATE = "duplicate"  # its sequence was already committed: acknowledge again
+    GAP = "gap"  # its sequence skips ahead of the last committed one: refuse
+    LATE = "late"  # the draw was made first: not stored
+
+
+@dataclass(frozen=True, slots=True)
+class PendingBatch:
+    """One batch waiting for a commit: whose, which sequence, which bets."""
+
+    agency: int
+    seq: int
+    records: Sequence[Record]  # a `Records` from the server; any rows will do
+
+
+class Store(Protocol):
+    """The contract (see the module docstring), for a backend that blocks."""
+
+    def progress(self, agency: int) -> tuple[int, int]:
+        """(last committed sequence, committed bets) of ``agency``."""
+        ...
+
+    def all_progress(self) -> dict[int, tuple[int, int]]:
+        """`progress` of every agency that stored something."""
+        ...
+
+    def commit(self, batches: Sequence[PendingBatch]) -> list[Outcome]:
+        """Store ``batches`` in one durable transaction; one outcome per batch."""
+        ...
+
+    def mark_done(self, agency: int) -> None:
+        """Durably record that ``agency`` has sent all its bets."""
+        ...
+
+    def done_agencies(self) -> set[int]:
+        """The agencies recorded done."""
+        ...
+
+    def drawn(self) -> bool:
+        """Whether the draw is recorded."""
+        ...
+
+    def draw(self) -> bool:
+        """Record the draw; True only for the call that recorded it."""
+        ...
+
+    def winners(self) -> dict[int, list[str]]:
+        """Each agency's winning documents (empty lists are left out)."""
+        ...
+
+    def bets(self) -> Iterator[tuple[int, str, str, str, str, int]]:
+        """Every stored bet, in the order it was stored (for the export)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class AsyncStore(Protocol):
+    """The same contract, awaited: what the server's `Round` and `Committer` hold."""
+
+    async def progress(self, agency: int) -> tuple[int, int]: ...
+
+    async def all_progress(self) -> dict[int, tuple[int, int]]: ...
+
+    async def commit(self, batches: Sequence[PendingBatch]) -> list[Outcome]: ...
+
+    async def mark_done(self, agency: int) -> None: ...
+
+    async def done_agencies(self) -> set[int]: ...
+
+    async def drawn(self) -> bool: ...
+
+    async def draw(self) -> bool: ...
+
+    async def winners(self) -> dict[int, list[str]]: ...
+
+    async def aclose(self) -> None:
+        """Close the store; safe to call twice."""
+        ...

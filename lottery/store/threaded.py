@@ -1,0 +1,83 @@
+"""`ThreadedStore`: a blocking `Store` on one thread of its own, awaited.
+
+sqlite3 blocks, and an SQLite connection belongs to the thread that opened
+it. So the store gets one worker thread for its whole life: it is opened
+there, every call runs there, one at a time, and it is closed there. The
+event loop only awaits. One thread also orders every call: a commit and the
+draw can never overlap, which is half of the store's guarantee 3.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import functools
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+from .base import Outcome, PendingBatch, Store
+
+__all__ = ["ThreadedStore"]
+
+T = TypeVar("T")
+
+
+class ThreadedStore:
+    """An `AsyncStore` over a `Store` that blocks. Build it with `open`."""
+
+    def __init__(self, executor: concurrent.futures.ThreadPoolExecutor, store: Store) -> None:
+        self._executor = executor
+        self._store: Store | None = store
+
+    @classmethod
+    async def open(cls, open_store: Callable[[], Store]) -> ThreadedStore:
+        """Start the thread and open the store on it (``open_store()`` may raise)."""
+        executor = concurrent.futures.ThreadPoolExecutor(1, "lottery-store")
+        try:
+            loop = asyncio.get_running_loop()
+            store = await loop.run_in_executor(executor, open_store)
+        except BaseException:
+            executor.shutdown(wait=False)
+            raise
+        return cls(executor, store)
+
+    async def call(self, fn: Callable[[Store], T]) -> T:
+        """Run ``fn(store)`` on the store's thread (tests and fault injection use it)."""
+        store = self._store
+        if store is None:
+            raise RuntimeError("the store is closed")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, functools.partial(fn, store))
+
+    async def progress(self, agency: int) -> tuple[int, int]:
+        return await self.call(lambda s: s.progress(agency))
+
+    async def all_progress(self) -> dict[int, tuple[int, int]]:
+        return await self.call(lambda s: s.all_progress())
+
+    async def commit(self, batches: Sequence[PendingBatch]) -> list[Outcome]:
+        return await self.call(lambda s: s.commit(batches))
+
+    async def mark_done(self, agency: int) -> None:
+        await self.call(lambda s: s.mark_done(agency))
+
+    async def done_agencies(self) -> set[int]:
+        return await self.call(lambda s: s.done_agencies())
+
+    async def drawn(self) -> bool:
+        return await self.call(lambda s: s.drawn())
+
+    async def draw(self) -> bool:
+        return await self.call(lambda s: s.draw())
+
+    async def winners(self) -> dict[int, list[str]]:
+        return await self.call(lambda s: s.winners())
+
+    async def aclose(self) -> None:
+        if self._store is None:
+            return
+        try:
+            await self.call(lambda s: s.close())
+        finally:
+            self._store = None
+            self._executor.shutdown(wait=True)
