@@ -22,7 +22,10 @@ from . import __version__
 from .auth import make_secrets, parse_secret
 from .client import AsyncAgency, query_status, tls_context
 from .config import (
+    AGENCY_OPTIONS,
+    SERVER_OPTIONS,
     AgencyConfig,
+    Option,
     ServerConfig,
     load_agency_config,
     load_server_config,
@@ -30,12 +33,12 @@ from .config import (
 )
 from .csvfiles import write_bets_csv
 from .errors import AgencyError, ConfigError, InvalidBet, LotteryError, StoreError
-from .log import FORMATS, LEVELS, configure, get_logger
+from .log import configure, get_logger
 from .progress import agency_progress, console_for, count_lines, log_stream, progress_wanted
 from .server import Server
 from .status import render as render_status
 from .status import summary
-from .store import DB_FILENAME, SYNC_MODES, SQLiteStore
+from .store import DB_FILENAME, SQLiteStore
 
 __all__ = ["main"]
 
@@ -59,11 +62,32 @@ def loop_factory(name: str = "auto") -> Callable[[], asyncio.AbstractEventLoop]:
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="config file (server: config.ini, agency: config.yaml)")
-    # Values are checked by lottery.config, not argparse, so that a bad one is
-    # the same one-line error (exit 2) as one from the environment or a file.
-    parser.add_argument("--log-level", help=", ".join(LEVELS) + " (default INFO)")
-    parser.add_argument("--log-format", help=", ".join(FORMATS) + " (default console)")
-    parser.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default="auto")
+    parser.add_argument(
+        "--loop",
+        choices=("auto", "asyncio", "uvloop"),
+        default="auto",
+        help="event loop (default auto: uvloop when installed)",
+    )
+
+
+def _add_options(
+    parser: argparse.ArgumentParser, options: Sequence[Option], defaults: object, file_name: str
+) -> None:
+    """One flag per setting of ``options`` that belongs on the command line."""
+    for opt in options:
+        if not opt.command_line:
+            continue
+        default = getattr(defaults, opt.field)
+        # A zero or empty default means "unset", which the option's help explains.
+        shown = f"default {default:g}; " if isinstance(default, float) else f"default {default}; "
+        where = (shown if default else "") + f"env {opt.env}"
+        if opt.file_key:
+            where += f", {file_name} {opt.file_key}"
+        # Values stay strings: lottery.config checks them, so that a bad one
+        # is the same one-line error (exit 2) as one from the environment or a file.
+        parser.add_argument(
+            opt.flag_name, dest=opt.field, help=f"{opt.help} ({where})".replace("%", "%%")
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,42 +96,12 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     server = commands.add_parser("server", help="run the central server")
-    server.add_argument("--host", help="address to listen on (default 0.0.0.0)")
-    server.add_argument("--port", help="TCP port (default 12345; 0 picks a free one)")
-    server.add_argument("--agencies", help="N, the agencies of the round (default 5)")
-    server.add_argument("--data-dir", help="where the store lives (default ./data)")
-    server.add_argument("--listen-backlog")
-    server.add_argument("--winning-number", help="the number that wins (default 7574)")
-    server.add_argument("--sync", help=", ".join(SYNC_MODES) + " (default FULL)")
-    server.add_argument("--limit-connections", help="default 2N+16; must be ≥ N")
-    server.add_argument("--timeout-idle", help="seconds before a silent connection is closed")
-    server.add_argument("--timeout-winners", help="seconds a winners query waits for the draw")
-    server.add_argument("--timeout-graceful-shutdown", help="seconds to finish work on SIGTERM")
-    server.add_argument("--max-group-bets", help="most bets in one commit")
-    server.add_argument(
-        "--secrets", dest="secrets_file", help="agency secrets file: agencies must authenticate"
-    )
-    server.add_argument("--tls-cert", help="TLS certificate (PEM); with --tls-key")
-    server.add_argument("--tls-key", help="TLS private key (PEM)")
-    server.add_argument("--timeout-handshake", help="seconds a connection has to say who it is")
-    server.add_argument("--draw-deadline", help="seconds after start to draw without the missing")
-    server.add_argument("--metrics-port", help="serve Prometheus metrics on this port")
-    server.add_argument("--metrics-host", help="address for the metrics (default 127.0.0.1)")
+    _add_options(server, SERVER_OPTIONS, ServerConfig(), "config.ini")
     _common(server)
 
     agency = commands.add_parser("agency", help="run one agency: send bets, get winners")
-    agency.add_argument("--id", help="this agency's id, 1..N")
-    agency.add_argument("--server", dest="server_address", help="HOST:PORT of the server")
-    agency.add_argument("--bets", help="the agency's CSV file")
-    agency.add_argument("--batch-max-amount", help="most bets per batch (default 200)")
-    agency.add_argument("--max-in-flight", help="batches sent before acks return (default 8)")
-    agency.add_argument("--timeout", help="seconds for connecting and each reply")
-    agency.add_argument("--winners-attempts", help="tries of the winners query (default 5)")
-    agency.add_argument("--winners-base-delay", help="first back-off, seconds (default 0.5)")
+    _add_options(agency, AGENCY_OPTIONS, AgencyConfig(), "config.yaml")
     agency.add_argument("--stats-file", help="write the round's figures (ack latencies) as JSON")
-    agency.add_argument("--secret-file", help="file holding this agency's secret (hex)")
-    agency.add_argument("--tls-ca", help="CA certificate to trust for a TLS server (PEM)")
-    agency.add_argument("--reconnect-attempts", help="tries to reach the server (default 10)")
     agency.add_argument(
         "--quiet", action="store_true", help="no progress bar on a terminal (log lines unchanged)"
     )

@@ -20,10 +20,12 @@ from typing import Any
 
 from .errors import ConfigError
 from .log import FORMATS, LEVELS
+from .models import DEFAULT_WINNING_NUMBER
 from .store import SYNC_MODES
 
 __all__ = [
     "AGENCY_OPTIONS",
+    "DEFAULT_WINNING_NUMBER",
     "SERVER_OPTIONS",
     "AgencyConfig",
     "Option",
@@ -35,6 +37,7 @@ __all__ = [
 
 DEFAULT_PORT = 12345
 DEFAULT_BATCH_MAX_AMOUNT = 200
+#: The number that wins when none is configured (tp0's).
 
 
 @dataclass(frozen=True)
@@ -46,7 +49,7 @@ class ServerConfig:
     port: int = DEFAULT_PORT
     data_dir: str = "./data"
     listen_backlog: int = 128
-    winning_number: int = 7574
+    winning_number: int = DEFAULT_WINNING_NUMBER
     sync: str = "FULL"
     #: 0 means automatic: the agencies plus room for reconnects and tools.
     limit_connections: int = 0
@@ -167,64 +170,102 @@ def address(raw: str) -> str:
 
 @dataclass(frozen=True)
 class Option:
-    """One setting: its field, environment variable, config-file key and parser.
+    """One setting: its field, environment variable, config-file key, parser and help.
 
-    ``flag`` is its command-line flag, when not ``--`` plus the field's name.
+    The command line is generated from these tables (`lottery.cli.build_parser`),
+    so a setting is named here once. ``flag`` is its command-line flag when not
+    ``--`` plus the field's name with dashes; ``command_line=False`` keeps a
+    setting off the command line. An empty ``file_key`` keeps it out of files.
     """
 
     field: str
     env: str
     file_key: str
     parse: Callable[[str], Any]
+    help: str
     flag: str | None = None
+    command_line: bool = True
 
+    @property
+    def flag_name(self) -> str:
+        """The command-line flag, e.g. ``--data-dir``."""
+        return self.flag or _flag(self.field)
+
+
+_LEVELS_HELP = "log level: " + ", ".join(LEVELS)
+_FORMATS_HELP = "log format: " + ", ".join(FORMATS)
 
 SERVER_OPTIONS = (
-    Option("agencies", "AGENCIES", "AGENCIES", integer(1, 100_000)),
-    Option("host", "SERVER_HOST", "SERVER_HOST", text),
-    Option("port", "SERVER_PORT", "SERVER_PORT", integer(0, 65535)),
-    Option("data_dir", "SERVER_DATA_DIR", "SERVER_DATA_DIR", text),
-    Option("listen_backlog", "SERVER_LISTEN_BACKLOG", "SERVER_LISTEN_BACKLOG", integer(1)),
-    Option("winning_number", "WINNING_NUMBER", "WINNING_NUMBER", integer(0, 9999)),
-    Option("sync", "SERVER_SYNC", "SERVER_SYNC", choice(*SYNC_MODES)),
-    Option("limit_connections", "SERVER_LIMIT_CONNECTIONS", "SERVER_LIMIT_CONNECTIONS", integer(0)),
-    Option("timeout_idle", "SERVER_TIMEOUT_IDLE", "SERVER_TIMEOUT_IDLE", seconds),
-    Option("timeout_winners", "SERVER_TIMEOUT_WINNERS", "SERVER_TIMEOUT_WINNERS", seconds),
-    Option(
-        "timeout_graceful_shutdown",
-        "SERVER_TIMEOUT_GRACEFUL_SHUTDOWN",
-        "SERVER_TIMEOUT_GRACEFUL_SHUTDOWN",
-        seconds,
-    ),
-    Option("max_group_bets", "SERVER_MAX_GROUP_BETS", "SERVER_MAX_GROUP_BETS", integer(1)),
-    Option("metrics_port", "SERVER_METRICS_PORT", "SERVER_METRICS_PORT", integer(0, 65535)),
-    Option("timeout_handshake", "SERVER_TIMEOUT_HANDSHAKE", "SERVER_TIMEOUT_HANDSHAKE", seconds),
-    Option("secrets_file", "SERVER_SECRETS_FILE", "SERVER_SECRETS_FILE", text, flag="--secrets"),
-    Option("tls_cert", "SERVER_TLS_CERT", "SERVER_TLS_CERT", text),
-    Option("tls_key", "SERVER_TLS_KEY", "SERVER_TLS_KEY", text),
-    Option("draw_deadline", "SERVER_DRAW_DEADLINE", "SERVER_DRAW_DEADLINE", seconds),
-    Option("fault_draw_delay", "LOTTERY_FAULT_DRAW_DELAY", "", seconds),
-    Option("metrics_host", "SERVER_METRICS_HOST", "SERVER_METRICS_HOST", text),
-    Option("log_level", "LOGGING_LEVEL", "LOGGING_LEVEL", choice(*LEVELS)),
-    Option("log_format", "LOG_FORMAT", "LOG_FORMAT", choice(*FORMATS)),
-)
+    Option("agencies", "AGENCIES", "AGENCIES", integer(1, 100_000),
+           "N, the agencies of the round"),
+    Option("host", "SERVER_HOST", "SERVER_HOST", text, "address to listen on"),
+    Option("port", "SERVER_PORT", "SERVER_PORT", integer(0, 65535),
+           "TCP port; 0 picks a free one"),
+    Option("data_dir", "SERVER_DATA_DIR", "SERVER_DATA_DIR", text, "where the store lives"),
+    Option("listen_backlog", "SERVER_LISTEN_BACKLOG", "SERVER_LISTEN_BACKLOG", integer(1),
+           "connections the kernel queues before they are accepted"),
+    Option("winning_number", "WINNING_NUMBER", "WINNING_NUMBER", integer(0, 9999),
+           "the number that wins, 0..9999"),
+    Option("sync", "SERVER_SYNC", "SERVER_SYNC", choice(*SYNC_MODES),
+           "how hard each commit reaches the disk: " + ", ".join(SYNC_MODES)),
+    Option("limit_connections", "SERVER_LIMIT_CONNECTIONS", "SERVER_LIMIT_CONNECTIONS",
+           integer(0), "most open connections, at least N; unset: 2N+1024"),
+    Option("timeout_idle", "SERVER_TIMEOUT_IDLE", "SERVER_TIMEOUT_IDLE", seconds,
+           "seconds before a silent connection is closed"),
+    Option("timeout_winners", "SERVER_TIMEOUT_WINNERS", "SERVER_TIMEOUT_WINNERS", seconds,
+           "seconds a winners query waits for the draw"),
+    Option("timeout_graceful_shutdown", "SERVER_TIMEOUT_GRACEFUL_SHUTDOWN",
+           "SERVER_TIMEOUT_GRACEFUL_SHUTDOWN", seconds, "seconds to finish work on SIGTERM"),
+    Option("max_group_bets", "SERVER_MAX_GROUP_BETS", "SERVER_MAX_GROUP_BETS", integer(1),
+           "most bets in one commit"),
+    Option("metrics_port", "SERVER_METRICS_PORT", "SERVER_METRICS_PORT", integer(0, 65535),
+           "serve Prometheus metrics on this port; unset: no metrics"),
+    Option("timeout_handshake", "SERVER_TIMEOUT_HANDSHAKE", "SERVER_TIMEOUT_HANDSHAKE", seconds,
+           "seconds a connection has to say who it is"),
+    Option("secrets_file", "SERVER_SECRETS_FILE", "SERVER_SECRETS_FILE", text,
+           "agency secrets file: agencies must authenticate", flag="--secrets"),
+    Option("tls_cert", "SERVER_TLS_CERT", "SERVER_TLS_CERT", text,
+           "TLS certificate (PEM); with --tls-key"),
+    Option("tls_key", "SERVER_TLS_KEY", "SERVER_TLS_KEY", text, "TLS private key (PEM)"),
+    Option("draw_deadline", "SERVER_DRAW_DEADLINE", "SERVER_DRAW_DEADLINE", seconds,
+           "seconds after start to draw without the missing agencies; unset: never"),
+    # Fault injection for scripts/chaos.py: not a setting to offer operators.
+    Option("fault_draw_delay", "LOTTERY_FAULT_DRAW_DELAY", "", seconds,
+           "seconds between the barrier opening and the draw (chaos tests)", command_line=False),
+    Option("metrics_host", "SERVER_METRICS_HOST", "SERVER_METRICS_HOST", text,
+           "address for the metrics"),
+    Option("log_level", "LOGGING_LEVEL", "LOGGING_LEVEL", choice(*LEVELS), _LEVELS_HELP),
+    Option("log_format", "LOG_FORMAT", "LOG_FORMAT", choice(*FORMATS), _FORMATS_HELP),
+)  # fmt: skip
 
 AGENCY_OPTIONS = (
-    Option("id", "CLI_ID", "id", integer(1, 2**32 - 1)),
-    Option("server_address", "CLI_SERVER_ADDRESS", "server.address", address, flag="--server"),
-    Option("bets", "CLI_BETS_FILE", "bets.file", text),
-    Option("batch_max_amount", "CLI_BATCH_MAXAMOUNT", "batch.maxAmount", integer(1, 65535)),
-    Option("max_in_flight", "CLI_BATCH_MAXINFLIGHT", "batch.maxInFlight", integer(1, 1024)),
-    Option("timeout", "CLI_TIMEOUT", "server.timeout", seconds),
-    Option("winners_attempts", "CLI_WINNERS_ATTEMPTS", "winners.attempts", integer(1, 100)),
-    Option("winners_base_delay", "CLI_WINNERS_BASEDELAY", "winners.baseDelay", seconds),
-    Option("reconnect_attempts", "CLI_RECONNECT_ATTEMPTS", "server.reconnectAttempts", integer(1)),
-    Option("secret", "CLI_SECRET", "auth.secret", text),
-    Option("secret_file", "CLI_SECRET_FILE", "auth.secretFile", text),
-    Option("tls_ca", "CLI_TLS_CA", "server.tlsCa", text),
-    Option("log_level", "CLI_LOG_LEVEL", "log.level", choice(*LEVELS)),
-    Option("log_format", "CLI_LOG_FORMAT", "log.format", choice(*FORMATS)),
-)
+    Option("id", "CLI_ID", "id", integer(1, 2**32 - 1), "this agency's id, 1..N"),
+    Option("server_address", "CLI_SERVER_ADDRESS", "server.address", address,
+           "HOST:PORT of the server", flag="--server"),
+    Option("bets", "CLI_BETS_FILE", "bets.file", text, "the agency's CSV file"),
+    Option("batch_max_amount", "CLI_BATCH_MAXAMOUNT", "batch.maxAmount", integer(1, 65535),
+           "most bets per batch"),
+    Option("max_in_flight", "CLI_BATCH_MAXINFLIGHT", "batch.maxInFlight", integer(1, 1024),
+           "batches sent before their acks return"),
+    Option("timeout", "CLI_TIMEOUT", "server.timeout", seconds,
+           "seconds for connecting and for each reply"),
+    Option("winners_attempts", "CLI_WINNERS_ATTEMPTS", "winners.attempts", integer(1, 100),
+           "tries of the winners query"),
+    Option("winners_base_delay", "CLI_WINNERS_BASEDELAY", "winners.baseDelay", seconds,
+           "first back-off of the winners query, seconds"),
+    Option("reconnect_attempts", "CLI_RECONNECT_ATTEMPTS", "server.reconnectAttempts",
+           integer(1), "tries to reach the server"),
+    # A command line is visible to every user of the machine: the secret itself
+    # comes from the environment or the config file, or --secret-file.
+    Option("secret", "CLI_SECRET", "auth.secret", text, "this agency's secret (hex)",
+           command_line=False),
+    Option("secret_file", "CLI_SECRET_FILE", "auth.secretFile", text,
+           "file holding this agency's secret (hex)"),
+    Option("tls_ca", "CLI_TLS_CA", "server.tlsCa", text,
+           "CA certificate to trust for a TLS server (PEM)"),
+    Option("log_level", "CLI_LOG_LEVEL", "log.level", choice(*LEVELS), _LEVELS_HELP),
+    Option("log_format", "CLI_LOG_FORMAT", "log.format", choice(*FORMATS), _FORMATS_HELP),
+)  # fmt: skip
 
 
 def _flag(name: str) -> str:
@@ -245,7 +286,7 @@ def resolve(
     values: dict[str, Any] = {}
     for opt in options:
         sources = (
-            (opt.flag or _flag(opt.field), flags.get(opt.field)),
+            (opt.flag_name, flags.get(opt.field)),
             (f"environment variable {opt.env}", env.get(opt.env)),
             (f"{file_name} {opt.file_key}", file_values.get(opt.file_key)),
         )

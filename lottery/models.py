@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from .errors import InvalidBatch, InvalidBet, ProtocolError
 
 __all__ = [
+    "DEFAULT_WINNING_NUMBER",
     "FIELDS",
     "FS",
     "RS",
@@ -45,6 +46,9 @@ RS = "\x1e"
 
 #: A bet's five agency-file fields, as text.
 Record = tuple[str, str, str, str, str]
+
+#: tp0's fixed winning number, the default draw (see lottery.config for the setting).
+DEFAULT_WINNING_NUMBER = 7574
 
 #: The agency-file columns, in order (tp0's layout).
 FIELDS = ("first_name", "last_name", "document", "birthdate", "number")

@@ -8,8 +8,8 @@ bottom of the terminal from the agency's counters (``bets_read``,
     read 6,400 · sent 6,200 · acked 6,100 · 1,523 bets/s · reconnects 1
 
 a bar of the acknowledged bets (with a percentage when the total is known),
-the elapsed time, the counts, the ack rate over the last few seconds, and the
-reconnects if there were any.
+the elapsed time, the counts, the ack rate over the last few seconds (rich's
+own speed estimate), and the reconnects if there were any.
 
 The bar is only for people. tp0's black-box tests parse the agency's log lines
 (``action: X | result: Y | ...``) from its output, so `progress_wanted` says
@@ -20,8 +20,8 @@ the log lines and nothing else, byte for byte as before.
 
 While the bar is live, anything else written to the terminal would be drawn
 over by the next redraw, or would cut the bar in two. So log lines go through
-the same rich `Console` as the bar: `log_stream` gives structlog a file whose
-``write`` prints each complete line *above* the live bar::
+the same rich `Console` as the bar: `log_stream` gives structlog rich's own
+file proxy, which prints each complete line *above* the live bar::
 
     console = console_for(sys.stderr)
     configure(level, "console", stream=log_stream(console))
@@ -35,24 +35,20 @@ imported (and `progress_wanted` called) without the ``ui`` extra.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
-import io
 import os
 import sys
-import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, TextIO, cast
 
 if TYPE_CHECKING:
     from rich.console import Console
-    from rich.progress import Progress, TaskID
+    from rich.progress import Progress, Task, TaskID
 
     from .client import AsyncAgency
 
 __all__ = [
-    "ConsoleLogStream",
     "agency_progress",
     "console_for",
     "count_lines",
@@ -101,69 +97,27 @@ def console_for(stream: TextIO) -> Console:
     return Console(file=stream, markup=False, emoji=False, highlight=False)
 
 
-class ConsoleLogStream(io.TextIOBase):
-    """A text file that prints whole lines through a rich `Console`.
-
-    On a terminal each complete line is printed with ``console.print``, so a
-    live display (the bar) is moved below it instead of being overwritten; a
-    line is never cut, wrapped or restyled. A partial line is held until its
-    newline arrives: printed alone it would leave the bar redrawn in the
-    middle of the line. When the console is not a terminal, writes go straight
-    to ``console.file``, unchanged.
-    """
-
-    def __init__(self, console: Console) -> None:
-        super().__init__()
-        self.console = console
-        # Decided once: a stream's line handling should not change mid-run.
-        self._passthrough = not console.is_terminal
-        self._pending = ""  # the start of a line whose newline has not come yet
-        self._lock = threading.Lock()  # structlog may log from worker threads
-
-    def writable(self) -> bool:
-        return True
-
-    def isatty(self) -> bool:
-        return bool(self.console.is_terminal)
-
-    def write(self, text: str) -> int:
-        if self.closed:
-            raise ValueError("write to a closed ConsoleLogStream")
-        if self._passthrough:
-            self.console.file.write(text)
-            return len(text)
-        with self._lock:
-            lines, newline, self._pending = (self._pending + text).rpartition("\n")
-            if newline:
-                # soft_wrap: no line breaks inserted at the terminal's width
-                # and no cropping; the terminal wraps long lines visually.
-                self.console.print(
-                    lines, markup=False, emoji=False, highlight=False, soft_wrap=True
-                )
-        return len(text)
-
-    def flush(self) -> None:
-        if self._passthrough and not self.closed:
-            self.console.file.flush()
-        # Otherwise console.print has written and flushed each line already.
-
-    def close(self) -> None:
-        # A last line without its newline is still worth seeing.
-        with self._lock:
-            pending, self._pending = self._pending, ""
-        if pending and not self.closed:
-            self.console.print(pending, markup=False, emoji=False, highlight=False, soft_wrap=True)
-        super().close()
-
-
 def log_stream(console: Console) -> TextIO:
     """A file for ``lottery.log.configure(stream=...)`` whose lines print above the bar.
+
+    On a terminal that is rich's `FileProxy`: it holds a partial line until
+    its newline comes (printed alone it would leave the bar redrawn in the
+    middle of the line) and prints each whole line through ``console``, so a
+    live display is moved below it instead of being overwritten. Off a
+    terminal it is ``console.file`` itself: the lines go out exactly as written.
 
     Configure structlog with it *before* the first log call and keep it for the
     whole run: loggers cache their file on first use, and it is correct with
     and without a live display.
     """
-    return cast(TextIO, ConsoleLogStream(console))
+    if not console.is_terminal:
+        return cast(TextIO, console.file)
+    from rich.file_proxy import FileProxy
+
+    # FileProxy prints with the console's default wrapping; a log line must not
+    # be cut or broken at the terminal's width (the terminal wraps it visually).
+    console.soft_wrap = True
+    return cast(TextIO, FileProxy(console, console.file))
 
 
 def count_lines(path: str | os.PathLike[str]) -> int | None:
@@ -184,25 +138,6 @@ def count_lines(path: str | os.PathLike[str]) -> int | None:
     except (OSError, ValueError):  # ValueError: e.g. a NUL byte in the path
         return None
     return lines if last == b"\n" else lines + 1
-
-
-class _RateMeter:
-    """Acknowledged bets per second over the last `RATE_WINDOW` seconds."""
-
-    def __init__(self, now: float) -> None:
-        self.start = now
-        self._samples: collections.deque[tuple[float, int]] = collections.deque()
-
-    def live(self, now: float, count: int) -> float | None:
-        samples = self._samples
-        samples.append((now, count))
-        while len(samples) > 2 and samples[1][0] <= now - RATE_WINDOW:
-            samples.popleft()
-        then, before = samples[0]
-        return (count - before) / (now - then) if now > then else None
-
-    def average(self, now: float, count: int) -> float | None:
-        return count / (now - self.start) if now > self.start else None
 
 
 def _make_progress(console: Console, total: int | None) -> Progress:
@@ -240,19 +175,24 @@ def _make_progress(console: Console, total: int | None) -> Progress:
         # (output meant for stdout would land on stderr).
         redirect_stdout=console.file is sys.stdout,
         redirect_stderr=console.file is sys.stderr,
+        speed_estimate_period=RATE_WINDOW,
     )
 
 
+def _task(progress: Progress, task_id: TaskID) -> Task:
+    return next(task for task in progress.tasks if task.id == task_id)
+
+
 def _update(
-    progress: Progress,
-    task: TaskID,
-    agency: AsyncAgency,
-    total: int | None,
-    rate: float | None,
-    *,
-    finished: bool = False,
+    progress: Progress, task_id: TaskID, agency: AsyncAgency, total: int | None, *, finished: bool
 ) -> None:
     read, sent, acked = agency.bets_read, agency.bets_sent, agency.bets_acknowledged
+    # rich samples the acks as they move and estimates the speed from them.
+    progress.update(task_id, completed=acked)
+    task = _task(progress, task_id)
+    # Read now: a change of total below resets rich's samples, so the rate is
+    # "–" for a frame after the estimate of the total grows.
+    rate = task.finished_speed or task.speed
     done = acked
     if finished:
         # The block ended normally, so every bet is in: a full bar, even when
@@ -269,20 +209,14 @@ def _update(
     ]
     if agency.reconnects > 0:
         counts.append(f"reconnects {agency.reconnects:,}")
-    progress.update(task, total=total, completed=done, counts=" · ".join(counts))
+    progress.update(task_id, total=total, completed=done, counts=" · ".join(counts))
 
 
 async def _refresh_every(
-    interval: float,
-    progress: Progress,
-    task: TaskID,
-    agency: AsyncAgency,
-    total: int | None,
-    meter: _RateMeter,
+    interval: float, progress: Progress, task: TaskID, agency: AsyncAgency, total: int | None
 ) -> None:
-    loop = asyncio.get_running_loop()
     while True:
-        _update(progress, task, agency, total, meter.live(loop.time(), agency.bets_acknowledged))
+        _update(progress, task, agency, total, finished=False)
         progress.refresh()
         await asyncio.sleep(interval)
 
@@ -322,11 +256,9 @@ async def agency_progress(
     progress = _make_progress(console, total)
     agency_id = getattr(agency, "agency_id", None)
     task = progress.add_task("bets" if agency_id is None else f"agency {agency_id}", total=total)
-    loop = asyncio.get_running_loop()
-    meter = _RateMeter(loop.time())
-    _update(progress, task, agency, total, None)
+    _update(progress, task, agency, total, finished=False)
     progress.start()
-    refresher = asyncio.create_task(_refresh_every(interval, progress, task, agency, total, meter))
+    refresher = asyncio.create_task(_refresh_every(interval, progress, task, agency, total))
     finished = False
     try:
         yield
@@ -341,8 +273,7 @@ async def agency_progress(
         # display's; when it succeeded, a broken display is not hidden.
         with contextlib.suppress(Exception) if not finished else contextlib.nullcontext():
             try:
-                average = meter.average(loop.time(), agency.bets_acknowledged)
-                _update(progress, task, agency, total, average, finished=finished)
+                _update(progress, task, agency, total, finished=finished)
             finally:
                 progress.stop()  # draws the final frame, shows the cursor again
             if failed is not None:

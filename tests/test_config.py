@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import io
 import json
 import threading
@@ -15,11 +16,13 @@ from typing import Any
 import pytest
 import structlog
 
-from lottery.cli import main
+from lottery.cli import build_parser, main
 from lottery.config import (
     AGENCY_OPTIONS,
+    DEFAULT_WINNING_NUMBER,
     SERVER_OPTIONS,
     AgencyConfig,
+    Option,
     ServerConfig,
     load_agency_config,
     load_server_config,
@@ -246,6 +249,57 @@ def test_connection_limit_below_agencies_is_refused() -> None:
     assert "5 agencies" in str(error.value)
     assert ServerConfig(agencies=5, limit_connections=5).connection_limit == 5
     assert ServerConfig(agencies=5).connection_limit == 2 * 5 + 1024
+
+
+# Settings deliberately kept off the command line or out of config files.
+NOT_ON_COMMAND_LINE = {"fault_draw_delay", "secret"}
+NOT_IN_FILES = {"fault_draw_delay"}
+
+
+@pytest.mark.parametrize(
+    ("command", "options", "config_class"),
+    [("server", SERVER_OPTIONS, ServerConfig), ("agency", AGENCY_OPTIONS, AgencyConfig)],
+    ids=["server", "agency"],
+)
+def test_every_setting_has_its_flag_env_name_and_file_key(
+    command: str,
+    options: tuple[Option, ...],
+    config_class: type[Any],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Each config field has one Option with an env name, file key and help, exposed as a flag."""
+    assert {f.name for f in dataclasses.fields(config_class)} == {opt.field for opt in options}
+    for attribute in ("field", "env", "file_key", "flag_name"):
+        names = [getattr(opt, attribute) for opt in options if getattr(opt, attribute)]
+        assert len(names) == len(set(names)), f"two settings share a {attribute}"
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())  # argparse's line breaks undone
+    parser = build_parser()
+    for opt in options:
+        assert opt.env and opt.help, opt.field
+        assert bool(opt.file_key) != (opt.field in NOT_IN_FILES), opt.field
+        if opt.field in NOT_ON_COMMAND_LINE:
+            assert not opt.command_line
+            assert f"{opt.flag_name} " not in help_text
+            continue
+        assert getattr(parser.parse_args([command, opt.flag_name, "x"]), opt.field) == "x"
+        entry = f"{opt.flag_name} {opt.field.upper()} {opt.help} ("
+        assert entry in help_text, opt.flag_name
+        where = help_text[help_text.index(entry) + len(entry) :].split(")")[0]
+        assert f"env {opt.env}" in where
+        assert not opt.file_key or where.endswith(f" {opt.file_key}")
+
+
+def test_help_states_the_real_connection_limit(capsys: pytest.CaptureFixture[str]) -> None:
+    """The server's help gives the automatic connection limit config.py computes, 2N+1024."""
+    with pytest.raises(SystemExit):
+        main(["server", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert ServerConfig(agencies=1).connection_limit == 2 * 1 + 1024
+    assert "unset: 2N+1024" in help_text
+    assert "2N+16" not in help_text
+    assert f"default {DEFAULT_WINNING_NUMBER};" in help_text
 
 
 @pytest.mark.parametrize(

@@ -475,3 +475,15 @@ def test_the_draw_is_recorded_once_and_then_nothing_is_stored(data_dir: Path) ->
         assert list(s.bets()) == []
     finally:
         s.close()
+
+
+def test_reading_a_store_needs_no_restating_how_it_was_made(data_dir: Path) -> None:
+    """A store opened with no agency count or number takes what it holds (the export does so)."""
+    SQLiteStore(data_dir, AGENCIES, 1234).close()
+    s = SQLiteStore(data_dir)
+    try:
+        assert s.winning_number == 1234
+    finally:
+        s.close()
+    with pytest.raises(ConfigError, match="won by number 1234, not won by number 7574"):
+        SQLiteStore(data_dir, AGENCIES, 7574)

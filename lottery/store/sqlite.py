@@ -21,7 +21,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from ..errors import ConfigError, StoreError
-from ..models import FS, RS, Records
+from ..models import DEFAULT_WINNING_NUMBER, FS, RS, Records
 from .base import Outcome, PendingBatch
 
 __all__ = ["DB_FILENAME", "SYNC_MODES", "SQLiteStore"]
@@ -95,7 +95,9 @@ class SQLiteStore:
         agencies: the round's agency count; a data directory remembers it and
             refuses to be reopened with another one.
         winning_number: the number that wins. Winners are picked out as bets
-            are stored, so a data directory remembers its number too.
+            are stored, so a data directory remembers its number too. None
+            (for reading a store, e.g. the export): whatever the store holds,
+            or `DEFAULT_WINNING_NUMBER` for a new one.
         synchronous: SQLite's ``synchronous`` pragma: FULL (default; an
             acknowledged batch survives power loss), NORMAL or OFF.
     """
@@ -104,7 +106,7 @@ class SQLiteStore:
         self,
         data_dir: str | os.PathLike[str],
         agencies: int | None = None,
-        winning_number: int = 7574,
+        winning_number: int | None = None,
         synchronous: str = "FULL",
     ) -> None:
         if synchronous.upper() not in SYNC_MODES:
@@ -140,9 +142,17 @@ class SQLiteStore:
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open {self.path}: {exc}") from exc
 
-    def _setting(self, name: str, value: int) -> int:
-        """The round setting ``name``: recorded on first use, then it must match."""
+    def _setting(self, name: str, value: int | None) -> int:
+        """The round setting ``name``: recorded on first use, then it must match.
+
+        None takes what is recorded (or, for the winning number of a new store,
+        the default): reading a store never requires restating how it was made.
+        """
         row = self._db.execute("SELECT value FROM settings WHERE name = ?", (name,)).fetchone()
+        if value is None:
+            if row is not None:
+                return int(row[0])
+            value = DEFAULT_WINNING_NUMBER
         if row is None:
             self._db.execute("INSERT INTO settings VALUES (?, ?)", (name, str(value)))
         elif int(row[0]) != value:
@@ -155,7 +165,7 @@ class SQLiteStore:
 
     def _winner_marks(self) -> tuple[str, ...]:
         # The number field, with each zero padding that still reads as the
-        # winning number, between the separators around it: "\x1f7574\x1e".
+        # winning number, between the separators around it: FS + "7574" + RS.
         digits = str(self.winning_number)
         return tuple(f"{FS}{'0' * pad}{digits}{RS}" for pad in range(5 - len(digits)))
 
