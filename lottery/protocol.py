@@ -527,6 +527,9 @@ def _decode_bet(body: bytes, today: str) -> SingleBet | RejectedBatch:
         raise ProtocolError("BET body too short for its sequence")
     (seq,) = _SEQ.unpack_from(body)
     _check_seq(seq)
+    bets = body.count(_RS_BYTE, _SEQ.size)
+    if bets != 1:  # checked before validating: a BET of two bets is no bet at all
+        raise ProtocolError(f"BET must hold exactly one bet, got {bets}")
     try:
         records = _decode_records(body[_SEQ.size :], today)
     except InvalidBatch as exc:
@@ -655,11 +658,13 @@ class ServerProtocol:
         self._decoder = FrameDecoder(_CLIENT_FRAMES)
 
     def receive_data(self, data: bytes) -> None:
-        self._decoder.receive_data(data)
+        if self.state is not ServerState.CLOSED:  # after a closing ERROR, nothing is read
+            self._decoder.receive_data(data)
 
     def receive_eof(self) -> None:
         """The peer closed its side. Raises ProtocolError if it stopped mid-frame."""
-        self._decoder.receive_eof()
+        if self.state is not ServerState.CLOSED:
+            self._decoder.receive_eof()
 
     def next_event(self, today: str) -> ServerEvent | None:
         """The next request from the agency, or None when more bytes are needed.

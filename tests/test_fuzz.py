@@ -6,10 +6,11 @@ Two layers, checked two ways:
   hit a real `Server`; every reply must be what that script's oracle says the
   server owes, and a clean round afterwards stores exactly its own bets;
 - a Hypothesis state machine feeds the sans-I/O `ServerProtocol` valid frames,
-  mutated frames, random bytes and EOF, split anywhere, and compares each step
+  mutated frames, random bytes and EOF, split anywhere, sends the server's
+  answers (WELCOME, CHALLENGE, replies and ERRORs), and compares each step
   with an independent model written from docs/PROTOCOL.md (framing, the state
-  table, and the body rules through `validate_fields`, not the decoder's
-  regular expression).
+  table, the closing rule, and the body rules through `validate_fields`, not
+  the decoder's regular expression).
 """
 
 from __future__ import annotations
@@ -37,20 +38,32 @@ from hypothesis.stateful import (
 )
 
 from lottery.client import AsyncAgency
-from lottery.errors import InvalidBatch, InvalidBet, OutOfOrder, ProtocolError
+from lottery.errors import InvalidBet, OutOfOrder, ProtocolError
 from lottery.models import validate_fields
 from lottery.protocol import (
     MAX_FRAME_SIZE,
+    PROTOCOL_VERSION,
+    Ack,
     Auth,
     Batch,
+    Challenge,
     Done,
+    Error,
+    ErrorCode,
     FrameType,
     Hello,
     Message,
+    NotReady,
+    RejectedBatch,
+    ServerEvent,
     ServerProtocol,
     SingleBet,
+    Status,
     StatusQuery,
+    Welcome,
+    Winners,
     WinnersQuery,
+    encode,
 )
 
 from .conftest import UNIT
@@ -105,10 +118,12 @@ async def test_fuzzed_connections_then_a_clean_round_stores_exactly_its_bets(
 
 # -- the decoder against a model -----------------------------------------------------------------
 
-# docs/PROTOCOL.md §9, with CHALLENGED for a server that has secrets.
+# docs/PROTOCOL.md §9: what receiving a frame does. Sending moves out of "admitting"
+# (`model_send`), and nothing is read in "closed".
 TRANSITIONS: dict[str, dict[int, str]] = {
-    "handshake": {FrameType.HELLO: "open", FrameType.STATUS_QUERY: "handshake"},
-    "challenged": {FrameType.AUTH: "open", FrameType.STATUS_QUERY: "challenged"},
+    "handshake": {FrameType.HELLO: "admitting", FrameType.STATUS_QUERY: "handshake"},
+    "admitting": {FrameType.STATUS_QUERY: "admitting"},
+    "challenged": {FrameType.AUTH: "admitting", FrameType.STATUS_QUERY: "challenged"},
     "open": {
         FrameType.BET: "open",
         FrameType.BATCH: "open",
@@ -121,7 +136,21 @@ TRANSITIONS: dict[str, dict[int, str]] = {
         FrameType.WINNERS_QUERY: "done",
         FrameType.STATUS_QUERY: "done",
     },
+    "closed": {},
 }
+#: docs/PROTOCOL.md §7 and §9: the only ERROR codes after which the connection stays open.
+RECOVERABLE = {ErrorCode.INVALID_BET, ErrorCode.STORAGE, ErrorCode.BAD_SEQUENCE}
+
+
+def model_send(state: str, message: Message) -> str:
+    """The state after the server sends ``message`` in ``state`` (docs/PROTOCOL.md §9)."""
+    if isinstance(message, Welcome):
+        return "open"
+    if isinstance(message, Challenge):
+        return "challenged"
+    if isinstance(message, Error) and message.code not in RECOVERABLE:
+        return "closed"
+    return state
 
 
 @dataclass(frozen=True)
@@ -130,27 +159,27 @@ class Outcome:
 
     kind: str  # "need" (None), "event", "error" (ProtocolError), "order" (OutOfOrder), "invalid"
     size: int = 0  # bytes of the frame it consumes
-    message: object = None  # the event's fields, for "event"
+    message: object = None  # the event's fields, for "event"; (seq, count, reason) for "invalid"
     index: int = -1  # the first bad bet, for "invalid"
     ftype: int = 0  # the frame's type, for "event" (it moves the state)
 
 
-def _records(data: bytes) -> tuple[list[tuple[str, ...]] | None, int]:
-    """The records of a body, per the documented rules: (records, -1), (None, bad index) or
-    (None, -2) when the bytes are not records at all."""
+def _records(data: bytes) -> tuple[list[tuple[str, ...]] | None, int, str]:
+    """The records of a body, per the documented rules: (records, -1, ""), (None, bad index,
+    reason) or (None, -2, "") when the bytes are not records at all."""
     try:
         text = data.decode()
     except UnicodeDecodeError:
-        return None, -2
+        return None, -2, ""
     if not text.endswith(RS):
-        return None, -2
+        return None, -2, ""
     rows = [tuple(raw.split(FS)) for raw in text[:-1].split(RS)]
     for index, row in enumerate(rows):
         try:
             validate_fields(row, TODAY)
-        except InvalidBet:
-            return None, index
-    return rows, -1
+        except InvalidBet as exc:
+            return None, index, str(exc)
+    return rows, -1, ""
 
 
 def _decode_body(ftype: int, body: bytes) -> Outcome:
@@ -175,9 +204,11 @@ def _decode_body(ftype: int, body: bytes) -> Outcome:
     count = struct.unpack_from("!H", body, 4)[0] if ftype == FrameType.BATCH else 1
     if count == 0:
         return Outcome("error", size)
-    rows, bad = _records(body[head:])
+    rows, bad, reason = _records(body[head:])
     if rows is None:
-        return Outcome("invalid", size, index=bad) if bad >= 0 else Outcome("error", size)
+        if bad < 0:
+            return Outcome("error", size)
+        return Outcome("invalid", size, (seq, count, reason), index=bad)
     if len(rows) != count:
         return Outcome("error", size)
     return Outcome("event", size, (FrameType(ftype).name, seq, rows))
@@ -185,7 +216,7 @@ def _decode_body(ftype: int, body: bytes) -> Outcome:
 
 def model_next(pending: bytes, state: str) -> Outcome:
     """What ``ServerProtocol.next_event`` must do with ``pending`` in ``state``."""
-    if len(pending) < HEADER.size:
+    if state == "closed" or len(pending) < HEADER.size:  # nothing is read after closing
         return Outcome("need")
     length, ftype = HEADER.unpack_from(pending)
     if length > MAX_BODY or ftype not in CLIENT_TYPES:
@@ -299,24 +330,55 @@ client_frames = st.one_of(
 )
 
 
+#: Replies the server may send once the handshake is answered, and ERRORs of any code.
+replies = st.one_of(
+    st.builds(Ack, st.integers(0, 2**32 - 1)),
+    st.just(NotReady()),
+    st.builds(
+        Winners, st.lists(st.text("0123456789", min_size=1, max_size=10), max_size=3).map(tuple)
+    ),
+    st.builds(Status, st.text(max_size=20)),
+    st.builds(Error, st.sampled_from(list(ErrorCode)), st.text(max_size=20)),
+    st.builds(Error, st.integers(0, 2**16 - 1), st.text(max_size=20)),
+)
+
+
 class ServerProtocolMachine(RuleBasedStateMachine):
     """One connection's `ServerProtocol`, shadowed by `model_next`; EOF starts a new one."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.require_auth = False
-        self.events: list[Message] = []
+        self.auth_server = False  # answer HELLO with CHALLENGE, as a server with secrets does
+        self.answer_at_once = True  # answer HELLO and AUTH as soon as they are read
+        self.events: list[ServerEvent] = []
         self.new_connection()
 
     def new_connection(self) -> None:
-        self.protocol = ServerProtocol(require_auth=self.require_auth)
+        self.protocol = ServerProtocol()
         self.state = "handshake"
         self.pending = b""
 
-    @initialize(require_auth=st.booleans())
-    def server_kind(self, require_auth: bool) -> None:
-        self.require_auth = require_auth
+    @initialize(auth_server=st.booleans(), answer_at_once=st.booleans())
+    def server_kind(self, auth_server: bool, answer_at_once: bool) -> None:
+        self.auth_server = auth_server
+        self.answer_at_once = answer_at_once
         self.new_connection()
+
+    def send(self, message: Message) -> None:
+        """Send ``message`` as the server, checking its bytes and the state it moves to."""
+        assert self.protocol.send(message) == encode(message)
+        self.state = model_send(self.state, message)
+        assert self.protocol.close_expected() is (self.state == "closed")
+
+    def admit(self) -> None:
+        """Answer the HELLO or AUTH just read as a server would."""
+        last = self.events[-1]
+        if isinstance(last, Hello) and last.version != PROTOCOL_VERSION:
+            self.send(Error(ErrorCode.BAD_VERSION, f"version {last.version}"))
+        elif isinstance(last, Hello) and self.auth_server:
+            self.send(Challenge(bytes(32)))
+        else:
+            self.send(Welcome(0, 0))
 
     def feed(self, data: bytes, cuts: list[int]) -> None:
         """Feed ``data`` in pieces, pulling every event after each piece."""
@@ -332,31 +394,95 @@ class ServerProtocolMachine(RuleBasedStateMachine):
         while True:
             expected = model_next(self.pending, self.state)
             try:
-                message = self.protocol.next_event(TODAY)
+                event = self.protocol.next_event(TODAY)
             except ProtocolError as exc:
-                if isinstance(exc, InvalidBatch):
-                    assert expected.kind == "invalid", (expected, exc)
-                    assert exc.index == expected.index, (expected, exc)
-                    self.pending = self.pending[expected.size :]
-                    continue
                 wanted = "order" if isinstance(exc, OutOfOrder) else "error"
                 assert expected.kind == wanted and type(exc) in (ProtocolError, OutOfOrder), (
                     expected,
                     exc,
                 )
-                self.new_connection()  # a broken stream: the server answers ERROR and closes
+                code = ErrorCode.OUT_OF_ORDER if wanted == "order" else ErrorCode.BAD_FRAME
+                assert exc.code is code, (exc, exc.code)
+                self.send(Error(code, str(exc)))  # a broken stream: ERROR, which closes
+                assert self.state == "closed"
+                self.new_connection()
                 return False
             # Anything else escaping next_event fails the test by itself.
-            if message is None:
+            if event is None:
                 assert expected.kind == "need", expected
                 return True
-            assert expected.kind == "event", (expected, message)
-            assert _fields(message) == expected.message
-            self.events.append(message)
+            if isinstance(event, RejectedBatch):
+                assert expected.kind == "invalid", (expected, event)
+                assert (event.seq, event.count, event.reason) == expected.message, (expected, event)
+                assert event.index == expected.index, (expected, event)
+                self.pending = self.pending[expected.size :]
+                self.send(event.error())  # INVALID_BET: the connection carries on
+                assert self.state != "closed"
+                continue
+            assert expected.kind == "event", (expected, event)
+            assert _fields(event) == expected.message
+            self.events.append(event)
             self.state = TRANSITIONS[self.state][expected.ftype]
-            if expected.ftype == FrameType.HELLO and self.require_auth:
-                self.state = "challenged"
             self.pending = self.pending[expected.size :]
+            if self.state == "admitting" and self.answer_at_once:
+                self.admit()
+
+    @precondition(lambda self: self.state == "handshake" and not self.pending)
+    @rule(agency=st.integers(1, 2**32 - 1), mac=st.binary(min_size=32, max_size=32))
+    def open_a_connection(self, agency: int, mac: bytes) -> None:
+        """HELLO, then CHALLENGE and AUTH if the server has secrets, then WELCOME: open."""
+        self.feed(frame(FrameType.HELLO, struct.pack("!BI", PROTOCOL_VERSION, agency)), [])
+        if self.state == "admitting":
+            self.admit()
+        if self.state == "challenged":
+            self.feed(frame(FrameType.AUTH, mac), [])
+            if self.state == "admitting":
+                self.admit()
+        assert self.state == "open"
+
+    @precondition(lambda self: self.state == "admitting")
+    @rule()
+    def answer_the_handshake(self) -> None:
+        """The server answers a HELLO or AUTH it read a while ago."""
+        self.admit()
+
+    @precondition(lambda self: self.state == "admitting")
+    @rule(code=st.sampled_from([ErrorCode.UNKNOWN_AGENCY, ErrorCode.AUTH_FAILED]))
+    def refuse_the_handshake(self, code: ErrorCode) -> None:
+        """A refused handshake closes the connection: nothing more is read."""
+        self.send(Error(code, "no"))
+        assert self.protocol.close_expected()
+        self.protocol.receive_data(frame(FrameType.STATUS_QUERY, b""))
+        self.pending += frame(FrameType.STATUS_QUERY, b"")
+        assert self.protocol.next_event(TODAY) is None
+
+    @precondition(lambda self: self.state in ("open", "done"))
+    @rule(reply=replies, then=client_frames)
+    def send_a_reply(self, reply: Message, then: bytes) -> None:
+        """Any reply: an ERROR but INVALID_BET, STORAGE, BAD_SEQUENCE closes; the others do not."""
+        closes = isinstance(reply, Error) and reply.code not in RECOVERABLE
+        self.send(reply)
+        assert self.protocol.close_expected() is closes
+        if closes:
+            self.protocol.receive_data(then)  # whatever comes next is never read
+            self.pending += then
+            assert self.protocol.next_event(TODAY) is None
+            with pytest.raises(RuntimeError):
+                self.protocol.send(Ack(1))
+
+    @precondition(lambda self: self.state != "closed")
+    @rule(code=st.sampled_from(list(ErrorCode)))
+    def send_an_error(self, code: ErrorCode) -> None:
+        """An ERROR in any state closes the connection unless its code is a recoverable one."""
+        self.send(Error(code, code.name))
+        assert self.protocol.close_expected() is (code not in RECOVERABLE)
+
+    @precondition(lambda self: self.state != "admitting")
+    @rule(message=st.sampled_from([Welcome(0, 0), Challenge(bytes(32))]))
+    def answer_nobody_asked_for(self, message: Message) -> None:
+        """WELCOME or CHALLENGE outside admitting (or after closing) is refused, state unchanged."""
+        with pytest.raises(RuntimeError):
+            self.protocol.send(message)
 
     @precondition(lambda self: self.state in ("handshake", "challenged") and not self.pending)
     @rule(
@@ -473,6 +599,9 @@ class ServerProtocolMachine(RuleBasedStateMachine):
 
     @rule()
     def eof(self) -> None:
+        if self.state == "closed":  # the server closed first: it never reads an EOF
+            self.new_connection()
+            return
         try:
             self.protocol.receive_eof()
         except ProtocolError:
@@ -484,6 +613,7 @@ class ServerProtocolMachine(RuleBasedStateMachine):
     @invariant()
     def state_is_the_models(self) -> None:
         assert self.protocol.state.value == self.state
+        assert self.protocol.close_expected() is (self.state == "closed")
 
 
 def test_server_protocol_follows_the_model_for_any_bytes_in_any_split() -> None:

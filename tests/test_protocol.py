@@ -16,13 +16,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lottery import protocol
-from lottery.errors import InvalidBatch, ProtocolError
+from lottery.errors import OutOfOrder, ProtocolError
 from lottery.protocol import (
     BATCH_OVERHEAD,
     MAX_FRAME_SIZE,
     PROTOCOL_VERSION,
     Ack,
+    Auth,
     Batch,
+    Challenge,
     ClientProtocol,
     Done,
     Error,
@@ -32,12 +34,16 @@ from lottery.protocol import (
     Message,
     NotReady,
     Record,
+    RejectedBatch,
+    ServerEvent,
     ServerProtocol,
     ServerState,
     SingleBet,
+    StatusQuery,
     Welcome,
     Winners,
     WinnersQuery,
+    closes_connection,
     encode,
     encode_batch,
     encode_record,
@@ -82,20 +88,30 @@ def batch_frame(seq: int, count: int, records: bytes) -> bytes:
 
 
 def opened() -> ServerProtocol:
-    """A server protocol that has already received a HELLO."""
+    """A server protocol past the handshake: HELLO received, WELCOME sent."""
     proto = ServerProtocol()
     proto.receive_data(encode(Hello(AGENCY)))
     assert proto.next_event(TODAY) == Hello(AGENCY)
+    proto.send(Welcome(0, 0))
     return proto
 
 
-def server_events(proto: ServerProtocol, data: bytes) -> list[Message]:
-    """Feed ``data`` at once and pull every message it completes."""
+def server_events(proto: ServerProtocol, data: bytes) -> list[ServerEvent]:
+    """Feed ``data`` at once and pull every event it completes, answering HELLO with WELCOME."""
     proto.receive_data(data)
-    events: list[Message] = []
+    events: list[ServerEvent] = []
     while (event := proto.next_event(TODAY)) is not None:
         events.append(event)
+        if isinstance(event, Hello):
+            proto.send(Welcome(0, 0))
     return events
+
+
+def rejected(proto: ServerProtocol) -> RejectedBatch:
+    """The next event, which must be a RejectedBatch."""
+    event = proto.next_event(TODAY)
+    assert isinstance(event, RejectedBatch), event
+    return event
 
 
 def client_events(data: bytes, proto: ClientProtocol | None = None) -> list[Message]:
@@ -151,26 +167,29 @@ SERVER_TO_CLIENT: list[Message] = [
 @pytest.mark.parametrize("message", CLIENT_TO_SERVER, ids=repr)
 @pytest.mark.parametrize("byte_by_byte", [False, True], ids=["whole", "bytewise"])
 def test_client_messages_round_trip(message: Message, byte_by_byte: bool) -> None:
-    """Every client message decodes, after a HELLO, to itself, whole or one byte at a time."""
+    """Every client message decodes, after a HELLO and WELCOME, to itself, whole or bytewise."""
     data = encode(Hello(AGENCY)) + encode(message)
     proto = ServerProtocol()
-    events: list[Message] = []
+    events: list[ServerEvent] = []
     pieces = [data[i : i + 1] for i in range(len(data))] if byte_by_byte else [data]
     for piece in pieces:
         proto.receive_data(piece)
         while (event := proto.next_event(TODAY)) is not None:
             events.append(event)
+            if isinstance(event, Hello):
+                proto.send(Welcome(0, 0))
     assert events == [Hello(AGENCY), message]
     proto.receive_eof()
 
 
 @pytest.mark.parametrize("hello", [Hello(1), Hello(2**32 - 1), Hello(7, version=200)], ids=repr)
-def test_hello_round_trips_and_opens_the_connection(hello: Hello) -> None:
-    """A HELLO decodes to itself (any version: the server judges it) and opens the state."""
+def test_hello_round_trips_and_waits_for_the_servers_answer(hello: Hello) -> None:
+    """A HELLO decodes to itself (any version: the server judges it) and moves to admitting."""
     proto = ServerProtocol()
     assert proto.state is ServerState.HANDSHAKE
-    assert server_events(proto, encode(hello)) == [hello]
-    assert proto.state is ServerState.OPEN
+    proto.receive_data(encode(hello))
+    assert proto.next_event(TODAY) == hello
+    assert proto.state is ServerState.ADMITTING
 
 
 def test_hello_defaults_to_the_current_version() -> None:
@@ -253,7 +272,7 @@ def test_oversized_length_is_refused_from_the_header_alone(
     ftype = FrameType.BATCH if isinstance(proto, ServerProtocol) else FrameType.WINNERS
     proto.receive_data(HEADER.pack(length, ftype))
     with pytest.raises(ProtocolError, match="8192-byte limit"):
-        proto.next_event()
+        proto.next_event(TODAY) if isinstance(proto, ServerProtocol) else proto.next_event()
 
 
 def test_a_frame_of_exactly_8_kib_is_waited_for() -> None:
@@ -478,6 +497,124 @@ def test_the_transition_table_covers_every_state() -> None:
         assert all(ftype < 0x80 for ftype in row)
 
 
+# -- the sending side -----------------------------------------------------------------------------
+
+#: The codes after which, per docs/PROTOCOL.md section 7, the connection stays open.
+STAYS_OPEN = {ErrorCode.INVALID_BET, ErrorCode.STORAGE, ErrorCode.BAD_SEQUENCE}
+
+
+def admitting() -> ServerProtocol:
+    """A server protocol that has read a HELLO and not answered it yet."""
+    proto = ServerProtocol()
+    proto.receive_data(encode(Hello(AGENCY)))
+    assert proto.next_event(TODAY) == Hello(AGENCY)
+    assert proto.state is ServerState.ADMITTING
+    return proto
+
+
+def test_sending_welcome_after_hello_opens_the_connection() -> None:
+    """WELCOME, sent in answer to HELLO, opens the connection and is written as encode writes it."""
+    proto = admitting()
+    assert proto.send(Welcome(4, 100)) == encode(Welcome(4, 100))
+    assert proto.state is ServerState.OPEN
+    assert not proto.close_expected()
+    assert server_events(proto, encode(Batch(5, [rec()]))) == [Batch(5, [rec()])]
+
+
+def test_challenge_then_auth_then_welcome_opens_the_connection() -> None:
+    """CHALLENGE waits for AUTH, AUTH waits for the server's answer, and WELCOME then opens."""
+    proto = admitting()
+    nonce = bytes(range(32))
+    assert proto.send(Challenge(nonce)) == encode(Challenge(nonce))
+    assert proto.state is ServerState.CHALLENGED
+    proto.receive_data(encode(Auth(bytes(32))))
+    assert proto.next_event(TODAY) == Auth(bytes(32))
+    assert proto.state is ServerState.ADMITTING
+    proto.send(Welcome(0, 0))
+    assert proto.state is ServerState.OPEN
+    assert not proto.close_expected()
+
+
+@pytest.mark.parametrize("message", [Welcome(0, 0), Challenge(bytes(32))], ids=repr)
+@pytest.mark.parametrize("make", [ServerProtocol, opened], ids=["handshake", "open"])
+def test_a_handshake_answer_nobody_asked_for_raises_runtime_error(
+    message: Message, make: Callable[[], ServerProtocol]
+) -> None:
+    """WELCOME or CHALLENGE outside admitting (say, in open) is the server's bug: RuntimeError."""
+    proto = make()
+    before = proto.state
+    with pytest.raises(RuntimeError, match=f"in state {before.value}"):
+        proto.send(message)
+    assert proto.state is before
+
+
+@pytest.mark.parametrize("code", list(ErrorCode), ids=lambda c: c.name)
+@pytest.mark.parametrize("make", [ServerProtocol, admitting, opened], ids=lambda f: f.__name__)
+def test_every_error_closes_the_connection_but_the_three_recoverable_ones(
+    code: ErrorCode, make: Callable[[], ServerProtocol]
+) -> None:
+    """Sending an ERROR closes the connection unless it is INVALID_BET, STORAGE or BAD_SEQUENCE."""
+    proto = make()
+    before = proto.state
+    assert proto.send(Error(code, "why")) == encode(Error(code, "why"))
+    closes = code not in STAYS_OPEN
+    assert closes_connection(Error(code, "why")) is closes
+    assert proto.close_expected() is closes
+    assert proto.state is (ServerState.CLOSED if closes else before)
+    proto.receive_data(encode(StatusQuery()))
+    assert proto.next_event(TODAY) == (None if closes else StatusQuery())
+    if closes:
+        with pytest.raises(RuntimeError, match="closed"):
+            proto.send(Ack(1))
+
+
+def test_replies_that_are_not_errors_keep_the_connection_open() -> None:
+    """ACK, WINNERS, NOT_READY and STATUS never close the connection, and an unknown code does."""
+    proto = opened()
+    for reply in (Ack(1), Winners(("1",)), NotReady(), protocol.Status("{}")):
+        assert proto.send(reply) == encode(reply)
+        assert not proto.close_expected()
+    proto.send(Error(65535, "a code from the future"))
+    assert proto.close_expected()
+
+
+@pytest.mark.parametrize(
+    ("message", "name"),
+    [
+        (Hello(AGENCY), "HELLO"),
+        (SingleBet(1, rec()), "BET"),
+        (Batch(1, [rec()]), "BATCH"),
+        (Done(), "DONE"),
+        (WinnersQuery(), "WINNERS_QUERY"),
+        (Auth(bytes(32)), "AUTH"),
+    ],
+    ids=lambda m: m if isinstance(m, str) else "",
+)
+def test_nothing_but_status_query_is_read_while_admitting(message: Message, name: str) -> None:
+    """Before the server answers a HELLO, STATUS_QUERY is read and anything else is out of order."""
+    proto = admitting()
+    assert server_events(proto, encode(StatusQuery())) == [StatusQuery()]
+    assert proto.state is ServerState.ADMITTING
+    proto.receive_data(encode(message))
+    with pytest.raises(OutOfOrder, match=f"^{name} is not allowed in state admitting$"):
+        proto.next_event(TODAY)
+
+
+def test_a_rejected_batch_leaves_the_connection_open() -> None:
+    """Answering a RejectedBatch with its INVALID_BET error keeps the connection open for more."""
+    proto = opened()
+    proto.receive_data(encode(Batch(1, [rec(), rec(document="x")])) + encode(Batch(1, [rec()])))
+    event = rejected(proto)
+    assert (event.seq, event.count, event.index) == (1, 2, 1)
+    assert event.reason.startswith("document: ")
+    assert proto.send(event.error()) == encode(
+        Error(ErrorCode.INVALID_BET, f"bet 1: {event.reason}")
+    )
+    assert not proto.close_expected()
+    assert proto.state is ServerState.OPEN
+    assert proto.next_event(TODAY) == Batch(1, [rec()])
+
+
 # -- bodies that break the rules -----------------------------------------------------------------
 
 
@@ -515,7 +652,7 @@ def test_malformed_bodies_are_protocol_errors(data: bytes, reason: str) -> None:
     proto.receive_data(data)
     with pytest.raises(ProtocolError, match=reason) as info:
         proto.next_event(TODAY)
-    assert not isinstance(info.value, InvalidBatch)
+    assert info.value.code is ErrorCode.BAD_FRAME  # a broken stream, not a refused bet
 
 
 @pytest.mark.parametrize(
@@ -581,33 +718,32 @@ def test_a_batch_with_one_invalid_bet_names_index_field_and_count(
     records = raw_record(rec("1")) + raw_record(bad) + raw_record(rec("3"))
     proto = opened()
     proto.receive_data(batch_frame(7, 3, records) + encode(Batch(7, [rec("4")])))
-    with pytest.raises(InvalidBatch) as info:
-        proto.next_event(TODAY)
-    exc = info.value
-    assert (exc.index, exc.bet_error.field, exc.count) == (1, field, 3)
-    assert exc.code == ErrorCode.INVALID_BET
-    assert str(exc).startswith(f"bet 1: {field}: ")
+    event = rejected(proto)
+    assert (event.seq, event.index, event.count) == (7, 1, 3)
+    assert event.reason.startswith(f"{field}: ")
+    error = event.error()
+    assert error.code == ErrorCode.INVALID_BET
+    assert error.message == f"bet 1: {event.reason}"
     assert proto.next_event(TODAY) == Batch(7, [rec("4")])
     assert proto.state is ServerState.OPEN
 
 
 def test_invalid_batch_count_is_the_announced_one() -> None:
-    """The count an InvalidBatch carries is the header's, even if the records disagree."""
+    """The count a RejectedBatch carries is the header's, even if the records disagree."""
     proto = opened()
     proto.receive_data(batch_frame(1, 9, raw_record(rec(document="x"))))
-    with pytest.raises(InvalidBatch) as info:
-        proto.next_event(TODAY)
-    assert (info.value.index, info.value.count) == (0, 9)
+    event = rejected(proto)
+    assert (event.index, event.count) == (0, 9)
 
 
 def test_an_invalid_single_bet_counts_one() -> None:
-    """A BET frame holding an invalid bet raises InvalidBatch with index 0 and count 1."""
+    """A BET frame holding an invalid bet yields a RejectedBatch with index 0 and count 1."""
     proto = opened()
     body = struct.pack("!I", 5) + raw_record(rec(number="12345"))
     proto.receive_data(frame(FrameType.BET, body) + encode(Done()))
-    with pytest.raises(InvalidBatch) as info:
-        proto.next_event(TODAY)
-    assert (info.value.index, info.value.bet_error.field, info.value.count) == (0, "number", 1)
+    event = rejected(proto)
+    assert (event.seq, event.index, event.count) == (5, 0, 1)
+    assert event.reason.startswith("number: ")
     assert proto.next_event(TODAY) == Done()
 
 
@@ -618,10 +754,9 @@ def test_the_first_of_several_bad_birthdates_is_reported() -> None:
         for _ in range(20):  # set iteration order must not matter
             proto = opened()
             proto.receive_data(batch_frame(1, 4, b"".join(map(raw_record, order))))
-            with pytest.raises(InvalidBatch) as info:
-                proto.next_event(TODAY)
-            assert info.value.index == 1
-            assert info.value.bet_error.field == "birthdate"
+            event = rejected(proto)
+            assert event.index == 1
+            assert event.reason.startswith("birthdate: ")
 
 
 def test_the_first_bad_bet_wins_over_a_later_one_of_another_kind() -> None:
@@ -629,9 +764,9 @@ def test_the_first_bad_bet_wins_over_a_later_one_of_another_kind() -> None:
     order = [rec("0"), rec("1", birthdate="2001-02-29"), rec("x"), rec("3")]
     proto = opened()
     proto.receive_data(batch_frame(1, 4, b"".join(map(raw_record, order))))
-    with pytest.raises(InvalidBatch) as info:
-        proto.next_event(TODAY)
-    assert (info.value.index, info.value.bet_error.field) == (1, "birthdate")
+    event = rejected(proto)
+    assert event.index == 1
+    assert event.reason.startswith("birthdate: ")
 
 
 def test_birthdate_today_is_accepted_and_tomorrow_refused() -> None:
@@ -642,16 +777,17 @@ def test_birthdate_today_is_accepted_and_tomorrow_refused() -> None:
         Batch(1, [rec(birthdate=TODAY)])
     ]
     proto.receive_data(encode(Batch(2, [rec(birthdate=tomorrow)])))
-    with pytest.raises(InvalidBatch, match="in the future"):
-        proto.next_event(TODAY)
+    assert "in the future" in rejected(proto).reason
 
 
 @pytest.mark.parametrize("separator", ["\x1f", "\x1e", "\n", "\x00", "\x85"])
 def test_control_characters_in_a_name_cannot_smuggle_framing(separator: str) -> None:
     """A name holding a separator or other control character is refused, never misparsed."""
     name = f"Ana{separator}Maria"
-    with pytest.raises(ProtocolError):
-        server_events(opened(), batch_frame(1, 1, raw_record(rec(first_name=name))))
+    proto = opened()
+    proto.receive_data(batch_frame(1, 1, raw_record(rec(first_name=name))))
+    with contextlib.suppress(ProtocolError):  # a broken stream is a refusal too
+        assert isinstance(proto.next_event(TODAY), RejectedBatch)
 
 
 # -- end of stream -----------------------------------------------------------------------------
@@ -697,16 +833,22 @@ def run_server(chunks: Sequence[bytes]) -> list[Message]:
         while True:
             try:
                 event = proto.next_event(TODAY)
-            except InvalidBatch as exc:
-                assert exc.count >= 1
-                assert exc.index >= 0
-                continue  # the frame was well formed: the connection carries on
-            except ProtocolError:
-                return events  # the server answers with an error frame and closes
+            except ProtocolError as exc:
+                proto.send(Error(exc.code, str(exc)))  # the server answers, then closes
+                assert proto.close_expected()
+                return events
             if event is None:
                 break
+            if isinstance(event, RejectedBatch):
+                assert event.count >= 1
+                assert event.index >= 0
+                proto.send(event.error())  # the frame was well formed: the connection carries on
+                assert not proto.close_expected()
+                continue
             assert isinstance(event, SERVER_MESSAGES)
             events.append(event)
+            if isinstance(event, Hello):
+                proto.send(Welcome(0, 0))
     with contextlib.suppress(ProtocolError):
         proto.receive_eof()
     return events
@@ -874,14 +1016,30 @@ def test_every_hex_example_in_the_protocol_doc_is_what_encode_writes() -> None:
 
 
 def test_the_protocol_doc_lists_every_error_code_and_transition() -> None:
-    """docs/PROTOCOL.md has a row per ErrorCode and per allowed state transition."""
+    """docs/PROTOCOL.md has a row per ErrorCode, per state transition, and the closing rule."""
     text = DOCS.read_text(encoding="utf-8")
     for code in ErrorCode:
-        assert re.search(rf"^\| {code.value} \| `{code.name}` \|", text, re.M), code
-    for state, row in protocol._SERVER_TRANSITIONS.items():
-        for ftype, after in row.items():
-            line = rf"^\| {state.value} \| `{FrameType(ftype).name}` \| {after.value} \|"
+        row = re.search(rf"^\| {code.value} \| `{code.name}` \|.*\| ([^|]*) \|$", text, re.M)
+        assert row, code
+        closes = closes_connection(Error(code, ""))
+        assert ("the server closes the connection" in row.group(1)) is closes, code
+        assert ("the connection stays open" in row.group(1)) is not closes, code
+    for state, moves in protocol._SERVER_TRANSITIONS.items():
+        for ftype, after in moves.items():
+            line = rf"^\| {state.value} \| receives `{FrameType(ftype).name}` \| {after.value} \|"
             assert re.search(line, text, re.M), line
+    for kind, sends in protocol._SEND_TRANSITIONS.items():
+        for state, after in sends.items():
+            name = FrameType[kind.__name__.upper()].name
+            line = rf"^\| {state.value} \| sends `{name}` \| {after.value} \|"
+            assert re.search(line, text, re.M), line
+    closing = re.search(
+        r"^\| any but closed \| sends `ERROR`, except (.*) \| closed \|", text, re.M
+    )
+    assert closing, "the closing rule's row"
+    assert set(re.findall(r"`([A-Z_]+)`", closing.group(1))) == {
+        code.name for code in protocol.RECOVERABLE_ERRORS
+    }
 
 
 # -- cutting records into batches ---------------------------------------------------------------
