@@ -1,0 +1,254 @@
+"""`BatchSender`: how `AsyncAgency.send_bets` streams a file of bets to the server.
+
+The asyncio version of the seed's goroutines and channels: three tasks in one
+`TaskGroup`, joined by bounded queues.
+
+- the *reader* parses and validates the source in a worker thread, a block
+  of rows at a time, so file I/O never blocks the event loop;
+- the *cutter* cuts records into batches of at most ``batch_max_amount``
+  bets that also fit the 8 KiB frame limit, and numbers them (``seq``);
+- the *sender* keeps up to ``max_in_flight`` batches on the wire, while a
+  helper task reads their acks. A batch stays in the window until its ack
+  arrives; if the line is lost, the session reconnects with back-off, the
+  WELCOME says which batches the server already stored, and the rest are
+  sent again. The server drops a resent batch it already has, so every bet
+  is stored exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from collections.abc import Awaitable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from .csvfiles import RecordBlock, RejectedRow
+from .log import get_logger
+from .protocol import Ack, BatchCutter, skip_records
+from .session import Connection, Session, raise_for
+
+__all__ = ["BLOCK_QUEUE_SIZE", "BatchSender", "BlockReader", "SendReport"]
+
+#: Blocks of validated records waiting for the cutter.
+BLOCK_QUEUE_SIZE = 4
+
+
+@dataclass
+class SendReport:
+    """What `AsyncAgency.send_bets` did."""
+
+    acknowledged: int = 0  # bets the server confirmed as stored
+    skipped: int = 0  # bets already stored before this run (resume), not resent
+    rejected: list[RejectedRow] = field(default_factory=list)  # invalid rows, not sent
+
+
+class BlockReader(Protocol):
+    """A source of validated records (`csvfiles.AgencyFileReader` is one)."""
+
+    rejected: list[RejectedRow]
+
+    def read_block(self) -> RecordBlock | None: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(slots=True)
+class _Outgoing:
+    seq: int
+    records: bytes
+    count: int
+    sent: float = 0.0  # loop time of the last send, for the ack latency
+
+
+class _Window:
+    """The batches on the wire and not yet acknowledged, in send order."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.unacked: dict[int, _Outgoing] = {}
+        self.input_done = False
+        self._changed = asyncio.Condition()
+
+    async def wait_for_room(self) -> None:
+        async with self._changed:
+            await self._changed.wait_for(lambda: len(self.unacked) < self.size)
+
+    async def wait_for_unacked(self) -> None:
+        async with self._changed:
+            await self._changed.wait_for(lambda: bool(self.unacked) or self.input_done)
+
+    async def update(self, add: _Outgoing | None = None, *, input_done: bool = False) -> None:
+        async with self._changed:
+            if add is not None:
+                self.unacked[add.seq] = add
+            self.input_done |= input_done
+            self._changed.notify_all()
+
+    async def acknowledge_through(self, seq: int) -> list[_Outgoing]:
+        """Drop every batch up to ``seq`` and return them."""
+        async with self._changed:
+            done = [self.unacked.pop(s) for s in [s for s in self.unacked if s <= seq]]
+            self._changed.notify_all()
+            return done
+
+
+async def _run_together(*coroutines: Awaitable[None]) -> None:
+    """Run coroutines as tasks of one TaskGroup; re-raise the first real error bare."""
+    try:
+        async with asyncio.TaskGroup() as tg:
+            for coroutine in coroutines:
+                tg.create_task(coroutine)  # type: ignore[arg-type]
+    except BaseExceptionGroup as group:
+        raise _first_error(group) from None
+
+
+def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            return _first_error(exc)
+        if not isinstance(exc, asyncio.CancelledError):
+            return exc
+    return group
+
+
+class BatchSender:
+    """Sends batches over a `Session`, and counts them for a progress display."""
+
+    def __init__(self, session: Session, batch_max_amount: int, max_in_flight: int) -> None:
+        self.session = session
+        self.batch_max_amount = batch_max_amount
+        self.max_in_flight = max_in_flight
+        self.batches_sent = 0
+        self.bets_read = 0  # valid bets read from the source
+        self.bets_sent = 0  # resends not counted again
+        self.bets_acknowledged = 0
+        #: Seconds from sending each batch to its ack (the latest 100,000).
+        self.ack_latencies: collections.deque[float] = collections.deque(maxlen=100_000)
+        self._window: _Window | None = None  # while send() runs
+        self._log = get_logger(agencia=session.agency_id)
+
+    def __repr__(self) -> str:
+        return (
+            f"<BatchSender read={self.bets_read} sent={self.bets_sent} "
+            f"acknowledged={self.bets_acknowledged} batches_sent={self.batches_sent} "
+            f"in_flight={len(self._window.unacked) if self._window else 0}>"
+        )
+
+    async def send(self, reader: BlockReader) -> SendReport:
+        """Send every record ``reader`` gives; returns once all are acknowledged."""
+        report = SendReport()
+        blocks: asyncio.Queue[RecordBlock | None] = asyncio.Queue(BLOCK_QUEUE_SIZE)
+        batches: asyncio.Queue[_Outgoing | None] = asyncio.Queue(self.max_in_flight)
+        try:
+            await _run_together(
+                self._read_blocks(reader, blocks),
+                self._cut_batches(blocks, batches, report),
+                self._send_batches(batches, report),
+            )
+        except BaseException:
+            # Batches numbered but never acknowledged are abandoned: the next
+            # handshake takes the sequence from what the server stored.
+            self.session.resync = True
+            await self.session.drop()
+            raise
+        finally:
+            self._window = None
+        report.rejected = list(reader.rejected)
+        return report
+
+    async def _read_blocks(self, reader: BlockReader, out: asyncio.Queue[Any]) -> None:
+        logged = 0
+        while True:
+            # Reading and validating a block is blocking work: off the loop.
+            block = await asyncio.to_thread(reader.read_block)
+            for row in reader.rejected[logged:]:
+                self._log.warning(
+                    "apuesta_rechazada", result="fail", archivo=row.path, linea=row.line,
+                    motivo=row.reason,
+                )  # fmt: skip
+            logged = len(reader.rejected)
+            if block is None:
+                break
+            self.bets_read += block.count
+            await out.put(block)
+        await out.put(None)
+
+    async def _cut_batches(
+        self, inp: asyncio.Queue[RecordBlock | None], out: asyncio.Queue[Any], report: SendReport
+    ) -> None:
+        cutter = BatchCutter(self.batch_max_amount)
+        session = self.session
+        while (block := await inp.get()) is not None:
+            data = block.data
+            if session.skip:  # stored by an earlier run of this agency
+                data, skipped = skip_records(data, session.skip)
+                session.skip -= skipped
+                report.skipped += skipped
+            for records, count in cutter.feed(data):
+                await out.put(self._number(records, count))
+        last = cutter.flush()
+        if last is not None:  # the last, short batch: never drop it
+            await out.put(self._number(*last))
+        await out.put(None)
+
+    def _number(self, records: bytes, count: int) -> _Outgoing:
+        seq, self.session.next_seq = self.session.next_seq, self.session.next_seq + 1
+        return _Outgoing(seq, records, count)
+
+    async def _send_batches(self, batches: asyncio.Queue[Any], report: SendReport) -> None:
+        window = self._window = _Window(self.max_in_flight)
+        retry = self.session.retry()
+        while True:
+            acknowledged = report.acknowledged
+            try:
+                conn = await self.session.ensure_open()
+                # The handshake says what the server stored: those need no resend.
+                self._acknowledged(await window.acknowledge_through(self.session.last_seq), report)
+                now = asyncio.get_running_loop().time()
+                for item in window.unacked.values():  # resend, in order, after a reconnect
+                    item.sent = now
+                    conn.send_batch(item.seq, item.records, item.count)
+                await _run_together(
+                    self._write_batches(conn, batches, window),
+                    self._receive_acks(conn, window, report),
+                )
+                return
+            except Exception as exc:
+                if report.acknowledged > acknowledged:  # progress: a new run of tries
+                    retry.reset()
+                await self.session.retry_or_raise(retry, exc, "sending batches")
+
+    def _acknowledged(self, items: list[_Outgoing], report: SendReport, now: float = 0.0) -> None:
+        for item in items:
+            report.acknowledged += item.count
+            self.bets_acknowledged += item.count
+            if now:
+                self.ack_latencies.append(now - item.sent)
+
+    async def _write_batches(
+        self, conn: Connection, batches: asyncio.Queue[Any], window: _Window
+    ) -> None:
+        while not window.input_done:
+            await window.wait_for_room()
+            item = await batches.get()
+            if item is None:
+                await window.update(input_done=True)
+                return
+            await window.update(item)  # before sending: a lost line resends it
+            item.sent = asyncio.get_running_loop().time()
+            conn.send_batch(item.seq, item.records, item.count)
+            self.batches_sent += 1
+            self.bets_sent += item.count
+            await conn.drain(self.session.timeout)
+
+    async def _receive_acks(self, conn: Connection, window: _Window, report: SendReport) -> None:
+        while True:
+            await window.wait_for_unacked()
+            if window.input_done and not window.unacked:
+                return
+            reply = await conn.receive(self.session.timeout)
+            if not isinstance(reply, Ack):
+                raise_for(reply)
+            now = asyncio.get_running_loop().time()
+            self._acknowledged(await window.acknowledge_through(reply.seq), report, now)
