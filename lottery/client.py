@@ -24,32 +24,28 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-import json
 import os
 import ssl
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from .backoff import MAX_BACKOFF, Retry
+from .connection import Connection, query_status, raise_for
 from .csvfiles import AgencyFileReader, RecordBlock, RejectedRow
-from .errors import InvalidBet, ProtocolError, WinnersUnavailable
+from .errors import InvalidBet, WinnersUnavailable
 from .log import get_logger
 from .models import Bet
 from .protocol import (
     Ack,
     Done,
-    Message,
     NotReady,
     SingleBet,
-    Status,
-    StatusQuery,
     Winners,
     WinnersQuery,
     encode_record,
 )
 from .sender import BatchSender, BlockReader, SendReport
-from .session import Connection, Session, raise_for, shielded
+from .session import Session
 
 __all__ = ["MAX_BACKOFF", "AsyncAgency", "RoundResult", "SendReport", "query_status", "tls_context"]
 
@@ -67,29 +63,6 @@ class RoundResult:
 def tls_context(ca_file: str | None = None) -> ssl.SSLContext:
     """A client TLS context that trusts ``ca_file`` (or the system's CAs)."""
     return ssl.create_default_context(cafile=ca_file)
-
-
-async def query_status(
-    host: str, port: int, timeout: float = 5.0, tls: ssl.SSLContext | None = None
-) -> dict[str, Any]:
-    """Ask a server how its round is going (no handshake needed).
-
-    Returns:
-        The server's STATUS JSON, decoded (see docs/PROTOCOL.md).
-
-    Raises:
-        OSError: the server could not be reached or did not answer in time.
-        ProtocolError: the server answered something else.
-    """
-    conn = await Connection.open(host, port, timeout, tls)
-    try:
-        reply = await conn.request(StatusQuery(), timeout)
-    finally:
-        await shielded(conn.close())
-    if not isinstance(reply, Status):
-        raise ProtocolError(f"expected STATUS, got {type(reply).__name__}")
-    status: dict[str, Any] = json.loads(reply.text)
-    return status
 
 
 class _IterableReader:
@@ -208,23 +181,6 @@ class AsyncAgency:
         """Close the connection, even when cancelled meanwhile. Safe to call more than once."""
         await self._session.drop()
 
-    async def _round_trip(self, message: Message, answered: Callable[[Message], bool]) -> None:
-        """Send ``message`` until a reply ``answered`` accepts, reconnecting if the line drops."""
-        retry = self._session.retry()
-        while True:
-            try:
-                conn = await self._session.ensure_open()
-                reply = await conn.request(message, self.timeout)
-                if answered(reply):
-                    return
-                raise_for(reply)
-            except Exception as exc:
-                await self._session.retry_or_raise(retry, exc, type(message).__name__)
-            except BaseException:  # cancelled: a late reply must not meet the next request
-                self._session.resync = True
-                await self._session.drop()
-                raise
-
     # -- bets ----------------------------------------------------------------------------
 
     async def send_bet(self, bet: Bet | Sequence[str]) -> None:
@@ -244,7 +200,7 @@ class AsyncAgency:
             seq = self._session.next_seq
             self._session.next_seq += 1
             single = SingleBet(seq, tuple(fields))  # type: ignore[arg-type]
-            await self._round_trip(single, lambda reply: reply == Ack(seq))
+            await self._session.round_trip(single, lambda reply: reply == Ack(seq))
         self._log.info("apuesta_enviada", result="success", dni=fields[2], numero=int(fields[4]))
 
     async def send_bets(self, source: Source) -> SendReport:
@@ -282,7 +238,7 @@ class AsyncAgency:
         Raises:
             ConnectionLost: ``reconnect_attempts`` tries in a row got no reply.
         """
-        await self._round_trip(Done(), lambda reply: reply == Ack(0))
+        await self._session.round_trip(Done(), lambda reply: reply == Ack(0))
         self._log.debug("notificar", result="success")
 
     async def _query_winners(self, conn: Connection) -> list[str] | None:

@@ -19,14 +19,14 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from .connection import Connection, raise_for, run_together
 from .csvfiles import RecordBlock, RejectedRow
 from .log import get_logger
 from .protocol import Ack, BatchCutter, skip_records
-from .session import Connection, Session, raise_for
+from .session import Session
 
 __all__ = ["BLOCK_QUEUE_SIZE", "BatchSender", "BlockReader", "SendReport"]
 
@@ -93,25 +93,6 @@ class _Window:
             return done
 
 
-async def _run_together(*coroutines: Awaitable[None]) -> None:
-    """Run coroutines as tasks of one TaskGroup; re-raise the first real error bare."""
-    try:
-        async with asyncio.TaskGroup() as tg:
-            for coroutine in coroutines:
-                tg.create_task(coroutine)  # type: ignore[arg-type]
-    except BaseExceptionGroup as group:
-        raise _first_error(group) from None
-
-
-def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    for exc in group.exceptions:
-        if isinstance(exc, BaseExceptionGroup):
-            return _first_error(exc)
-        if not isinstance(exc, asyncio.CancelledError):
-            return exc
-    return group
-
-
 class BatchSender:
     """Sends batches over a `Session`, and counts them for a progress display."""
 
@@ -141,7 +122,7 @@ class BatchSender:
         blocks: asyncio.Queue[RecordBlock | None] = asyncio.Queue(BLOCK_QUEUE_SIZE)
         batches: asyncio.Queue[_Outgoing | None] = asyncio.Queue(self.max_in_flight)
         try:
-            await _run_together(
+            await run_together(
                 self._read_blocks(reader, blocks),
                 self._cut_batches(blocks, batches, report),
                 self._send_batches(batches, report),
@@ -209,7 +190,7 @@ class BatchSender:
                 for item in window.unacked.values():  # resend, in order, after a reconnect
                     item.sent = now
                     conn.send_batch(item.seq, item.records, item.count)
-                await _run_together(
+                await run_together(
                     self._write_batches(conn, batches, window),
                     self._receive_acks(conn, window, report),
                 )

@@ -10,127 +10,16 @@ loops (drop the line, count the try, wait).
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import ssl
-from collections.abc import Coroutine
-from typing import Any, NoReturn
+from collections.abc import Callable
 
 from .backoff import Retry
+from .connection import Connection, raise_for, retryable, shielded
 from .errors import AuthenticationRequired, ConnectionLost, ProtocolError, ServerRefused
 from .log import get_logger
-from .protocol import (
-    Auth,
-    Challenge,
-    ClientProtocol,
-    Error,
-    ErrorCode,
-    Hello,
-    Message,
-    Welcome,
-    auth_mac,
-)
+from .protocol import Auth, Challenge, Error, Hello, Message, Welcome, auth_mac
 
-__all__ = ["Connection", "Session", "StorageFault", "raise_for", "retryable"]
-
-READ_SIZE = 65536
-# Refusals worth another try: the server may have room or be back later.
-RETRYABLE_CODES = {ErrorCode.TOO_MANY_CONNECTIONS, ErrorCode.SHUTTING_DOWN}
-
-
-class StorageFault(Exception):
-    """Internal: the server could not store a request (a full disk...); resend it later."""
-
-
-def raise_for(reply: Message) -> NoReturn:
-    """Raise for a reply that is not the one expected."""
-    if isinstance(reply, Error) and reply.code == ErrorCode.STORAGE:
-        # The server kept nothing of it: as after a lost line, send it again later.
-        raise StorageFault(reply.message)
-    if isinstance(reply, Error):
-        raise ServerRefused(reply.code, reply.message)
-    raise ProtocolError(f"unexpected {type(reply).__name__} from the server")
-
-
-def retryable(exc: BaseException) -> bool:
-    """Whether a try that ended in ``exc`` is worth another (no reply, or "later")."""
-    if isinstance(exc, ServerRefused):
-        return exc.code in RETRYABLE_CODES
-    return isinstance(exc, OSError | StorageFault)
-
-
-async def shielded(coroutine: Coroutine[Any, Any, None]) -> None:
-    """Run ``coroutine`` to its end even if the caller is cancelled meanwhile.
-
-    As httpcore's AsyncShieldCancellation: cleanup cut short leaks a socket.
-    The cancellation is re-raised once the cleanup is over.
-    """
-    task = asyncio.ensure_future(coroutine)
-    cancelled = False
-    while not task.done():
-        try:
-            await asyncio.shield(task)
-        except asyncio.CancelledError:
-            cancelled = True
-    if cancelled:
-        raise asyncio.CancelledError
-    task.result()
-
-
-class Connection:
-    """One TCP connection to the server, with its sans-I/O protocol."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._reader = reader
-        self._writer = writer
-        self.protocol = ClientProtocol()
-
-    @classmethod
-    async def open(
-        cls, host: str, port: int, timeout: float, tls: ssl.SSLContext | None = None
-    ) -> Connection:
-        async with asyncio.timeout(timeout):
-            reader, writer = await asyncio.open_connection(
-                host, port, ssl=tls, server_hostname=host if tls else None
-            )
-        return cls(reader, writer)
-
-    def send(self, message: Message) -> None:
-        self._write(self.protocol.send(message))
-
-    def send_batch(self, seq: int, data: bytes, count: int) -> None:
-        self._write(self.protocol.send_batch(seq, data, count))
-
-    def _write(self, data: bytes) -> None:
-        if self._writer.transport.is_closing():  # uvloop would raise RuntimeError
-            raise ConnectionResetError("the connection to the server is closed")
-        self._writer.write(data)
-
-    async def drain(self, timeout: float) -> None:
-        async with asyncio.timeout(timeout):
-            await self._writer.drain()
-
-    async def receive(self, timeout: float) -> Message:
-        """The next reply; raises ConnectionResetError if the server closed."""
-        while (message := self.protocol.next_event()) is None:
-            async with asyncio.timeout(timeout):
-                data = await self._reader.read(READ_SIZE)
-            if not data:
-                raise ConnectionResetError("the server closed the connection")
-            self.protocol.receive_data(data)
-        return message
-
-    async def request(self, message: Message, timeout: float) -> Message:
-        """Send ``message`` and return the next reply."""
-        self.send(message)
-        await self.drain(timeout)
-        return await self.receive(timeout)
-
-    async def close(self) -> None:
-        self._writer.close()  # synchronous: the socket closes even if we are cancelled here
-        with contextlib.suppress(OSError):
-            async with asyncio.timeout(1.0):
-                await self._writer.wait_closed()
+__all__ = ["Session"]
 
 
 class Session:
@@ -272,3 +161,20 @@ class Session:
             espera=round(delay, 3), error=str(exc) or repr(exc),
         )  # fmt: skip
         await retry.wait(delay)
+
+    async def round_trip(self, message: Message, answered: Callable[[Message], bool]) -> None:
+        """Send ``message`` until a reply ``answered`` accepts, reconnecting if the line drops."""
+        retry = self.retry()
+        while True:
+            try:
+                conn = await self.ensure_open()
+                reply = await conn.request(message, self.timeout)
+                if answered(reply):
+                    return
+                raise_for(reply)
+            except Exception as exc:
+                await self.retry_or_raise(retry, exc, type(message).__name__)
+            except BaseException:  # cancelled: a late reply must not meet the next request
+                self.resync = True
+                await self.drop()
+                raise
