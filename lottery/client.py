@@ -12,8 +12,9 @@ or ``await agency.run(path)`` for all three.
 The class is a thin front over two parts: a `Session` (lottery/session.py:
 connecting, the handshake, reconnecting, what the WELCOME says) and a
 `BatchSender` (lottery/sender.py: the reader, cutter and window behind
-`send_bets`). Every retry loop counts its fruitless tries against
-``reconnect_attempts`` and waits as lottery/backoff.py says.
+`send_bets`). The winners query's loop is lottery/winners.py; what the calls
+return is lottery/reports.py. Every retry loop counts its fruitless tries
+against ``reconnect_attempts`` and waits as lottery/backoff.py says.
 
 When a connection opens for the first time, the handshake also says how many
 of this agency's bets are already stored (a restarted agency process); that
@@ -22,74 +23,21 @@ many valid bets are skipped from the start of what `send_bets` is given.
 
 from __future__ import annotations
 
-import asyncio
-import datetime
-import os
 import ssl
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 
-from .backoff import MAX_BACKOFF, Retry
-from .connection import Connection, query_status, raise_for
-from .csvfiles import AgencyFileReader, RecordBlock, RejectedRow
-from .errors import InvalidBet, WinnersUnavailable
+from .backoff import MAX_BACKOFF
+from .connection import query_status, tls_context
 from .log import get_logger
 from .models import Bet
-from .protocol import (
-    Ack,
-    Done,
-    NotReady,
-    SingleBet,
-    Winners,
-    WinnersQuery,
-    encode_record,
-)
-from .sender import BatchSender, BlockReader, SendReport
+from .protocol import Ack, Done, encode_record
+from .readers import Source
+from .reports import RoundResult, SendReport
+from .sender import BatchSender
 from .session import Session
+from .winners import poll_winners
 
 __all__ = ["MAX_BACKOFF", "AsyncAgency", "RoundResult", "SendReport", "query_status", "tls_context"]
-
-Source = str | os.PathLike[str] | Iterable[Bet | Sequence[str]]
-
-
-@dataclass
-class RoundResult:
-    """What `AsyncAgency.run` did: the send report and this agency's winners."""
-
-    report: SendReport
-    winners: list[str]
-
-
-def tls_context(ca_file: str | None = None) -> ssl.SSLContext:
-    """A client TLS context that trusts ``ca_file`` (or the system's CAs)."""
-    return ssl.create_default_context(cafile=ca_file)
-
-
-class _IterableReader:
-    """Reads bets from an iterable (`Bet` objects or five-field rows)."""
-
-    def __init__(self, bets: Iterable[Bet | Sequence[str]], chunk_size: int = 4096) -> None:
-        self._iterator = iter(bets)
-        self._chunk_size = chunk_size
-        self._index = 0
-        self._today = datetime.date.today().isoformat()
-        self.rejected: list[RejectedRow] = []
-
-    def read_block(self) -> RecordBlock | None:
-        records: list[bytes] = []
-        for item in self._iterator:
-            self._index += 1
-            fields = item.fields() if isinstance(item, Bet) else item
-            try:
-                records.append(encode_record(fields, self._today))
-            except InvalidBet as exc:
-                self.rejected.append(RejectedRow("<bets>", self._index, str(exc)))
-            if len(records) >= self._chunk_size:
-                break
-        return RecordBlock(b"".join(records), len(records)) if records else None
-
-    def close(self) -> None:
-        pass
 
 
 class AsyncAgency:
@@ -192,15 +140,7 @@ class AsyncAgency:
         """
         fields = bet.fields() if isinstance(bet, Bet) else tuple(bet)
         encode_record(fields)  # validates, raising InvalidBet before anything is sent
-        # The first handshake says where an earlier run of this agency stopped.
-        await self._session.ensure_open()
-        if self._session.skip:  # stored by an earlier run of this agency
-            self._session.skip -= 1
-        else:
-            seq = self._session.next_seq
-            self._session.next_seq += 1
-            single = SingleBet(seq, tuple(fields))  # type: ignore[arg-type]
-            await self._session.round_trip(single, lambda reply: reply == Ack(seq))
+        await self._session.send_bet(tuple(fields))
         self._log.info("apuesta_enviada", result="success", dni=fields[2], numero=int(fields[4]))
 
     async def send_bets(self, source: Source) -> SendReport:
@@ -218,17 +158,7 @@ class AsyncAgency:
             ConnectionLost: ``reconnect_attempts`` tries in a row got no batch acknowledged.
             ServerRefused: the server refused a batch.
         """
-        # The first handshake says how many bets to skip: before reading any.
-        await self._session.ensure_open()
-        reader: BlockReader
-        if isinstance(source, str | os.PathLike):
-            reader = await asyncio.to_thread(AgencyFileReader, source)
-        else:
-            reader = _IterableReader(source)
-        try:
-            return await self._sender.send(reader)
-        finally:
-            reader.close()
+        return await self._sender.send_source(source)
 
     # -- done and winners ------------------------------------------------------------------
 
@@ -240,18 +170,6 @@ class AsyncAgency:
         """
         await self._session.round_trip(Done(), lambda reply: reply == Ack(0))
         self._log.debug("notificar", result="success")
-
-    async def _query_winners(self, conn: Connection) -> list[str] | None:
-        reply = await conn.request(WinnersQuery(), self.timeout)
-        documents: list[str] = []
-        while isinstance(reply, Winners):
-            documents.extend(reply.documents)
-            if reply.last:
-                return documents
-            reply = await conn.receive(self.winners_timeout)  # wait_for bounds it too
-        if not isinstance(reply, NotReady):
-            raise_for(reply)
-        return None
 
     async def winners(self) -> list[str]:
         """This agency's winning documents, once the draw is made.
@@ -265,38 +183,12 @@ class AsyncAgency:
             WinnersUnavailable: ``winners_attempts`` answers were "not ready".
             ConnectionLost: ``reconnect_attempts`` tries in a row got no answer.
         """
-        # NOT_READY means the server is there and the draw is not: no jitter down
-        # to zero, or the agency would ask again at once.
-        not_ready = Retry(self.winners_attempts, self.winners_base_delay, floor=0.5)
-        no_reply = self._session.retry()
-        while True:
-            try:
-                conn = await self._session.ensure_open()
-                # One try, bounded as a whole: the send, the server's wait for
-                # the draw, and every WINNERS frame of the answer.
-                documents = await asyncio.wait_for(self._query_winners(conn), self.winners_timeout)
-            except Exception as exc:  # a late reply would be read as the next query's
-                await self._session.retry_or_raise(no_reply, exc, "the winners query")
-                continue
-            except BaseException:
-                await self._session.drop()
-                raise
-            if documents is not None:
-                self._log.info(
-                    "consulta_ganadores", result="success", cant_ganadores=len(documents)
-                )
-                return documents
-            no_reply.reset()  # NOT_READY is an answer
-            if not not_ready.failed():
-                raise WinnersUnavailable(
-                    f"no winners after {not_ready.failures} attempts (last: not ready)"
-                )
-            wait = not_ready.next_delay()
-            self._log.info(
-                "consulta_ganadores", result="in_progress", intento=not_ready.failures,
-                motivo="not ready", espera=round(wait, 3),
-            )  # fmt: skip
-            await not_ready.wait(wait)
+        return await poll_winners(
+            self._session,
+            attempts=self.winners_attempts,
+            base_delay=self.winners_base_delay,
+            timeout=self.winners_timeout,
+        )
 
     async def run(self, source: Source) -> RoundResult:
         """Send all bets, say done, and get the winners: the whole round."""

@@ -2,7 +2,8 @@
 
 `Connection` wraps an asyncio stream with its sans-I/O `ClientProtocol`:
 `send` goes through the protocol's state checks, `receive` feeds it bytes
-until a whole reply is in. Every await here has a timeout. `query_status` is
+until a whole reply is in; `tls_context` makes what `open` takes for TLS.
+Every await here has a timeout. `query_status` is
 the one request that needs no session; `shielded` keeps cleanup running
 through a cancellation; `raise_for` and `retryable` turn replies and errors
 into what the retry loops of `Session` and `BatchSender` act on.
@@ -28,6 +29,7 @@ __all__ = [
     "retryable",
     "run_together",
     "shielded",
+    "tls_context",
 ]
 
 READ_SIZE = 65536
@@ -128,6 +130,11 @@ class Connection:
         with contextlib.suppress(OSError):
             async with asyncio.timeout(1.0):
                 await self._writer.wait_closed()
+
+
+def tls_context(ca_file: str | None = None) -> ssl.SSLContext:
+    """A client TLS context that trusts ``ca_file`` (or the system's CAs)."""
+    return ssl.create_default_context(cafile=ca_file)
 
 
 async def run_together(*coroutines: Awaitable[None]) -> None:

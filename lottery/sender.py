@@ -9,88 +9,34 @@ The asyncio version of the seed's goroutines and channels: three tasks in one
   bets that also fit the 8 KiB frame limit, and numbers them (``seq``);
 - the *sender* keeps up to ``max_in_flight`` batches on the wire, while a
   helper task reads their acks. A batch stays in the window until its ack
-  arrives; if the line is lost, the session reconnects with back-off, the
-  WELCOME says which batches the server already stored, and the rest are
-  sent again. The server drops a resent batch it already has, so every bet
-  is stored exactly once.
+  arrives (the window is lottery/window.py); if the line is lost, the
+  session reconnects with back-off, the WELCOME says which batches the
+  server already stored, and the rest are sent again. The server drops a
+  resent batch it already has, so every bet is stored exactly once.
+
+The reader works on any `readers.BlockReader`: a CSV file or an iterable.
+`SendReport`, what a send did, is in lottery/reports.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from .connection import Connection, raise_for, run_together
-from .csvfiles import RecordBlock, RejectedRow
+from .csvfiles import RecordBlock
 from .log import get_logger
 from .protocol import Ack, BatchCutter, skip_records
+from .readers import BlockReader, Source, open_reader
+from .reports import SendReport
 from .session import Session
+from .window import Outgoing, Window
 
-__all__ = ["BLOCK_QUEUE_SIZE", "BatchSender", "BlockReader", "SendReport"]
+__all__ = ["BLOCK_QUEUE_SIZE", "BatchSender", "SendReport"]
 
 #: Blocks of validated records waiting for the cutter.
 BLOCK_QUEUE_SIZE = 4
-
-
-@dataclass
-class SendReport:
-    """What `AsyncAgency.send_bets` did."""
-
-    acknowledged: int = 0  # bets the server confirmed as stored
-    skipped: int = 0  # bets already stored before this run (resume), not resent
-    rejected: list[RejectedRow] = field(default_factory=list)  # invalid rows, not sent
-
-
-class BlockReader(Protocol):
-    """A source of validated records (`csvfiles.AgencyFileReader` is one)."""
-
-    rejected: list[RejectedRow]
-
-    def read_block(self) -> RecordBlock | None: ...
-
-    def close(self) -> None: ...
-
-
-@dataclass(slots=True)
-class _Outgoing:
-    seq: int
-    records: bytes
-    count: int
-    sent: float = 0.0  # loop time of the last send, for the ack latency
-
-
-class _Window:
-    """The batches on the wire and not yet acknowledged, in send order."""
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self.unacked: dict[int, _Outgoing] = {}
-        self.input_done = False
-        self._changed = asyncio.Condition()
-
-    async def wait_for_room(self) -> None:
-        async with self._changed:
-            await self._changed.wait_for(lambda: len(self.unacked) < self.size)
-
-    async def wait_for_unacked(self) -> None:
-        async with self._changed:
-            await self._changed.wait_for(lambda: bool(self.unacked) or self.input_done)
-
-    async def update(self, add: _Outgoing | None = None, *, input_done: bool = False) -> None:
-        async with self._changed:
-            if add is not None:
-                self.unacked[add.seq] = add
-            self.input_done |= input_done
-            self._changed.notify_all()
-
-    async def acknowledge_through(self, seq: int) -> list[_Outgoing]:
-        """Drop every batch up to ``seq`` and return them."""
-        async with self._changed:
-            done = [self.unacked.pop(s) for s in [s for s in self.unacked if s <= seq]]
-            self._changed.notify_all()
-            return done
 
 
 class BatchSender:
@@ -106,7 +52,7 @@ class BatchSender:
         self.bets_acknowledged = 0
         #: Seconds from sending each batch to its ack (the latest 100,000).
         self.ack_latencies: collections.deque[float] = collections.deque(maxlen=100_000)
-        self._window: _Window | None = None  # while send() runs
+        self._window: Window | None = None  # while send() runs
         self._log = get_logger(agencia=session.agency_id)
 
     def __repr__(self) -> str:
@@ -116,11 +62,21 @@ class BatchSender:
             f"in_flight={len(self._window.unacked) if self._window else 0}>"
         )
 
+    async def send_source(self, source: Source) -> SendReport:
+        """Open a reader for ``source`` (a path or an iterable of bets) and `send` it."""
+        # The first handshake says how many bets to skip: before reading any.
+        await self.session.ensure_open()
+        reader = await open_reader(source)
+        try:
+            return await self.send(reader)
+        finally:
+            reader.close()
+
     async def send(self, reader: BlockReader) -> SendReport:
         """Send every record ``reader`` gives; returns once all are acknowledged."""
         report = SendReport()
         blocks: asyncio.Queue[RecordBlock | None] = asyncio.Queue(BLOCK_QUEUE_SIZE)
-        batches: asyncio.Queue[_Outgoing | None] = asyncio.Queue(self.max_in_flight)
+        batches: asyncio.Queue[Outgoing | None] = asyncio.Queue(self.max_in_flight)
         try:
             await run_together(
                 self._read_blocks(reader, blocks),
@@ -173,12 +129,12 @@ class BatchSender:
             await out.put(self._number(*last))
         await out.put(None)
 
-    def _number(self, records: bytes, count: int) -> _Outgoing:
+    def _number(self, records: bytes, count: int) -> Outgoing:
         seq, self.session.next_seq = self.session.next_seq, self.session.next_seq + 1
-        return _Outgoing(seq, records, count)
+        return Outgoing(seq, records, count)
 
     async def _send_batches(self, batches: asyncio.Queue[Any], report: SendReport) -> None:
-        window = self._window = _Window(self.max_in_flight)
+        window = self._window = Window(self.max_in_flight)
         retry = self.session.retry()
         while True:
             acknowledged = report.acknowledged
@@ -200,7 +156,7 @@ class BatchSender:
                     retry.reset()
                 await self.session.retry_or_raise(retry, exc, "sending batches")
 
-    def _acknowledged(self, items: list[_Outgoing], report: SendReport, now: float = 0.0) -> None:
+    def _acknowledged(self, items: list[Outgoing], report: SendReport, now: float = 0.0) -> None:
         for item in items:
             report.acknowledged += item.count
             self.bets_acknowledged += item.count
@@ -208,7 +164,7 @@ class BatchSender:
                 self.ack_latencies.append(now - item.sent)
 
     async def _write_batches(
-        self, conn: Connection, batches: asyncio.Queue[Any], window: _Window
+        self, conn: Connection, batches: asyncio.Queue[Any], window: Window
     ) -> None:
         while not window.input_done:
             await window.wait_for_room()
@@ -223,7 +179,7 @@ class BatchSender:
             self.bets_sent += item.count
             await conn.drain(self.session.timeout)
 
-    async def _receive_acks(self, conn: Connection, window: _Window, report: SendReport) -> None:
+    async def _receive_acks(self, conn: Connection, window: Window, report: SendReport) -> None:
         while True:
             await window.wait_for_unacked()
             if window.input_done and not window.unacked:

@@ -3,9 +3,9 @@
 `Session` owns the one live `Connection` (a socket and its `ClientProtocol`)
 and what the handshake's WELCOME says: the last batch the server stored and,
 on the first connection of a process, how many bets an earlier run stored,
-which `send_bets` skips. `AsyncAgency` and the batch sender reach the server
-only through it; `Session.retry_or_raise` is the shared step of their retry
-loops (drop the line, count the try, wait).
+which `send_bets` and `send_bet` skip. `AsyncAgency` and the batch sender
+reach the server only through it; `Session.retry_or_raise` is the shared step
+of their retry loops (drop the line, count the try, wait).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from .backoff import Retry
 from .connection import Connection, raise_for, retryable, shielded
 from .errors import AuthenticationRequired, ConnectionLost, ProtocolError, ServerRefused
 from .log import get_logger
-from .protocol import Auth, Challenge, Error, Hello, Message, Welcome, auth_mac
+from .protocol import Ack, Auth, Challenge, Error, Hello, Message, SingleBet, Welcome, auth_mac
 
 __all__ = ["Session"]
 
@@ -178,3 +178,14 @@ class Session:
                 self.resync = True
                 await self.drop()
                 raise
+
+    async def send_bet(self, record: tuple[str, ...]) -> None:
+        """Send one validated bet on its own, unless an earlier run already stored it."""
+        # The first handshake says where an earlier run of this agency stopped.
+        await self.ensure_open()
+        if self.skip:  # stored by an earlier run of this agency
+            self.skip -= 1
+            return
+        seq, self.next_seq = self.next_seq, self.next_seq + 1
+        single = SingleBet(seq, record)  # type: ignore[arg-type]
+        await self.round_trip(single, lambda reply: reply == Ack(seq))
