@@ -56,6 +56,8 @@ __all__ = [
     "BatchCutter",
     "Challenge",
     "ClientProtocol",
+    "ClientState",
+    "ClientStateError",
     "Done",
     "Error",
     "ErrorCode",
@@ -735,12 +737,128 @@ class ServerProtocol:
         return WinnersQuery()
 
 
+class ClientState(enum.Enum):
+    """Where a connection is, seen from the agency."""
+
+    IDLE = "idle"  # nothing sent yet
+    HANDSHAKE = "handshake"  # HELLO sent; WELCOME or CHALLENGE comes next
+    CHALLENGED = "challenged"  # a CHALLENGE came; AUTH goes next
+    AUTHENTICATING = "authenticating"  # AUTH sent; WELCOME comes next
+    OPEN = "open"  # WELCOME came: bets, DONE and winners queries may go
+    DONE = "done"  # DONE sent: no more bets
+
+
+class ClientStateError(RuntimeError):
+    """Our own code tried to send a message the connection's state forbids.
+
+    A bug on this side, unlike `ProtocolError` (the server broke the rules).
+    """
+
+
+# Every legal move of the agency's side, in one table: state -> frame -> next
+# state. Both directions share it: client frame types are below 0x80 and the
+# server's above, so they never clash. WELCOME and CHALLENGE are legal in IDLE
+# for a protocol used only to decode, whose owner wrote the HELLO itself.
+_CLIENT_MOVES: dict[ClientState, dict[int, ClientState]] = {
+    ClientState.IDLE: {
+        FrameType.HELLO: ClientState.HANDSHAKE,
+        FrameType.WELCOME: ClientState.OPEN,
+        FrameType.CHALLENGE: ClientState.CHALLENGED,
+    },
+    ClientState.HANDSHAKE: {
+        FrameType.WELCOME: ClientState.OPEN,
+        FrameType.CHALLENGE: ClientState.CHALLENGED,
+    },
+    ClientState.CHALLENGED: {
+        FrameType.AUTH: ClientState.AUTHENTICATING,
+        FrameType.WELCOME: ClientState.OPEN,
+    },
+    ClientState.AUTHENTICATING: {FrameType.WELCOME: ClientState.OPEN},
+    ClientState.OPEN: {
+        FrameType.BET: ClientState.OPEN,
+        FrameType.BATCH: ClientState.OPEN,
+        FrameType.DONE: ClientState.DONE,
+        FrameType.WINNERS_QUERY: ClientState.OPEN,
+        FrameType.ACK: ClientState.OPEN,
+        FrameType.WINNERS: ClientState.OPEN,
+        FrameType.NOT_READY: ClientState.OPEN,
+    },
+    ClientState.DONE: {
+        FrameType.DONE: ClientState.DONE,
+        FrameType.WINNERS_QUERY: ClientState.DONE,
+        FrameType.ACK: ClientState.DONE,  # batches still in flight, and DONE's own
+        FrameType.WINNERS: ClientState.DONE,
+        FrameType.NOT_READY: ClientState.DONE,
+    },
+}
+# A status query (and its answer) is allowed before HELLO, and an ERROR may
+# come at any time (a full server refuses before the handshake): no state change.
+_CLIENT_TRANSITIONS: dict[ClientState, dict[int, ClientState]] = {
+    state: {
+        **moves,
+        **dict.fromkeys((FrameType.STATUS_QUERY, FrameType.STATUS, FrameType.ERROR), state),
+    }
+    for state, moves in _CLIENT_MOVES.items()
+}
+_CLIENT_FRAME_TYPES: dict[type, FrameType] = {
+    Hello: FrameType.HELLO,
+    Auth: FrameType.AUTH,
+    SingleBet: FrameType.BET,
+    Batch: FrameType.BATCH,
+    Done: FrameType.DONE,
+    WinnersQuery: FrameType.WINNERS_QUERY,
+    StatusQuery: FrameType.STATUS_QUERY,
+}
+
+
 class ClientProtocol:
-    """The agency's view of one connection: decodes the server's replies."""
+    """The agency's view of one connection, h11-style.
+
+    `send` turns each outgoing message into bytes for the caller to write, and
+    refuses one the state forbids (`ClientStateError`: a bug of ours). Feed the
+    server's bytes with `receive_data` (and `receive_eof` at the end), then
+    call `next_event` until it returns None; a reply the state forbids (WINNERS
+    before WELCOME...) is a `ProtocolError`, as is any malformed frame.
+    """
 
     def __init__(self) -> None:
+        self.state = ClientState.IDLE
         self._decoder = FrameDecoder(_SERVER_FRAMES)
         self._status = bytearray()  # STATUS fragments until the last one
+
+    def __repr__(self) -> str:
+        return f"<ClientProtocol {self.state.value}>"
+
+    def send(self, message: Message) -> bytes:
+        """The bytes of ``message``, once the state allows it; advances the state.
+
+        Raises:
+            ClientStateError: the message is not allowed in this state.
+            TypeError: ``message`` is not one a client sends.
+        """
+        ftype = _CLIENT_FRAME_TYPES.get(type(message))
+        if ftype is None:
+            raise TypeError(f"not a client message: {message!r}")
+        self._advance(ftype)
+        return encode(message)
+
+    def send_batch(self, seq: int, data: bytes, count: int) -> bytes:
+        """Like ``send(Batch(...))`` for ``count`` records already encoded in ``data``.
+
+        The sender cuts bytes (see `BatchCutter`), so this spares it turning
+        them back into records only for `encode` to join them again.
+
+        Raises:
+            ClientStateError: a batch is not allowed in this state.
+        """
+        self._advance(FrameType.BATCH)
+        return encode_batch_data(seq, data, count)
+
+    def _advance(self, ftype: FrameType) -> None:
+        next_state = _CLIENT_TRANSITIONS[self.state].get(ftype)
+        if next_state is None:
+            raise ClientStateError(f"cannot send {ftype.name} in state {self.state.value}")
+        self.state = next_state
 
     def receive_data(self, data: bytes) -> None:
         self._decoder.receive_data(data)
@@ -752,10 +870,19 @@ class ClientProtocol:
         """The next reply from the server, or None when more bytes are needed.
 
         Raises:
-            ProtocolError: the server's bytes break the protocol.
+            ProtocolError: the server's bytes break the protocol, or the reply
+                is not allowed in this state (`OutOfOrder`).
         """
         while (frame := self._decoder.next_frame()) is not None:
-            message = self._decode(*frame)
+            ftype, body = frame
+            # Decode first: a malformed frame is reported as such in any state.
+            message = self._decode(ftype, body)
+            next_state = _CLIENT_TRANSITIONS[self.state].get(ftype)
+            if next_state is None:
+                raise OutOfOrder(
+                    f"{FrameType(ftype).name} is not allowed in state {self.state.value}"
+                )
+            self.state = next_state
             if message is not None:  # None: a STATUS fragment, the text goes on
                 return message
         return None

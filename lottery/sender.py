@@ -1,0 +1,191 @@
+"""`BatchSender`: how `AsyncAgency.send_bets` streams a file of bets to the server.
+
+The asyncio version of the seed's goroutines and channels: three tasks in one
+`TaskGroup`, joined by bounded queues.
+
+- the *reader* parses and validates the source in a worker thread, a block
+  of rows at a time, so file I/O never blocks the event loop;
+- the *cutter* cuts records into batches of at most ``batch_max_amount``
+  bets that also fit the 8 KiB frame limit, and numbers them (``seq``);
+- the *sender* keeps up to ``max_in_flight`` batches on the wire, while a
+  helper task reads their acks. A batch stays in the window until its ack
+  arrives (the window is lottery/window.py); if the line is lost, the
+  session reconnects with back-off, the WELCOME says which batches the
+  server already stored, and the rest are sent again. The server drops a
+  resent batch it already has, so every bet is stored exactly once.
+
+The reader works on any `readers.BlockReader`: a CSV file or an iterable.
+`SendReport`, what a send did, is in lottery/reports.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from typing import Any
+
+from .connection import Connection, raise_for, run_together
+from .csvfiles import RecordBlock
+from .log import get_logger
+from .protocol import Ack, BatchCutter, skip_records
+from .readers import BlockReader, Source, open_reader
+from .reports import SendReport
+from .session import Session
+from .window import Outgoing, Window
+
+__all__ = ["BLOCK_QUEUE_SIZE", "BatchSender", "SendReport"]
+
+#: Blocks of validated records waiting for the cutter.
+BLOCK_QUEUE_SIZE = 4
+
+
+class BatchSender:
+    """Sends batches over a `Session`, and counts them for a progress display."""
+
+    def __init__(self, session: Session, batch_max_amount: int, max_in_flight: int) -> None:
+        self.session = session
+        self.batch_max_amount = batch_max_amount
+        self.max_in_flight = max_in_flight
+        self.batches_sent = 0
+        self.bets_read = 0  # valid bets read from the source
+        self.bets_sent = 0  # resends not counted again
+        self.bets_acknowledged = 0
+        #: Seconds from sending each batch to its ack (the latest 100,000).
+        self.ack_latencies: collections.deque[float] = collections.deque(maxlen=100_000)
+        self._window: Window | None = None  # while send() runs
+        self._log = get_logger(agencia=session.agency_id)
+
+    def __repr__(self) -> str:
+        return (
+            f"<BatchSender read={self.bets_read} sent={self.bets_sent} "
+            f"acknowledged={self.bets_acknowledged} batches_sent={self.batches_sent} "
+            f"in_flight={len(self._window.unacked) if self._window else 0}>"
+        )
+
+    async def send_source(self, source: Source) -> SendReport:
+        """Open a reader for ``source`` (a path or an iterable of bets) and `send` it."""
+        # The first handshake says how many bets to skip: before reading any.
+        await self.session.ensure_open()
+        reader = await open_reader(source)
+        try:
+            return await self.send(reader)
+        finally:
+            reader.close()
+
+    async def send(self, reader: BlockReader) -> SendReport:
+        """Send every record ``reader`` gives; returns once all are acknowledged."""
+        report = SendReport()
+        blocks: asyncio.Queue[RecordBlock | None] = asyncio.Queue(BLOCK_QUEUE_SIZE)
+        batches: asyncio.Queue[Outgoing | None] = asyncio.Queue(self.max_in_flight)
+        try:
+            await run_together(
+                self._read_blocks(reader, blocks),
+                self._cut_batches(blocks, batches, report),
+                self._send_batches(batches, report),
+            )
+        except BaseException:
+            # Batches numbered but never acknowledged are abandoned: the next
+            # handshake takes the sequence from what the server stored.
+            self.session.resync = True
+            await self.session.drop()
+            raise
+        finally:
+            self._window = None
+        report.rejected = list(reader.rejected)
+        return report
+
+    async def _read_blocks(self, reader: BlockReader, out: asyncio.Queue[Any]) -> None:
+        logged = 0
+        while True:
+            # Reading and validating a block is blocking work: off the loop.
+            block = await asyncio.to_thread(reader.read_block)
+            for row in reader.rejected[logged:]:
+                self._log.warning(
+                    "apuesta_rechazada", result="fail", archivo=row.path, linea=row.line,
+                    motivo=row.reason,
+                )  # fmt: skip
+            logged = len(reader.rejected)
+            if block is None:
+                break
+            self.bets_read += block.count
+            await out.put(block)
+        await out.put(None)
+
+    async def _cut_batches(
+        self, inp: asyncio.Queue[RecordBlock | None], out: asyncio.Queue[Any], report: SendReport
+    ) -> None:
+        cutter = BatchCutter(self.batch_max_amount)
+        session = self.session
+        while (block := await inp.get()) is not None:
+            data = block.data
+            if session.skip:  # stored by an earlier run of this agency
+                data, skipped = skip_records(data, session.skip)
+                session.skip -= skipped
+                report.skipped += skipped
+            for records, count in cutter.feed(data):
+                await out.put(self._number(records, count))
+        last = cutter.flush()
+        if last is not None:  # the last, short batch: never drop it
+            await out.put(self._number(*last))
+        await out.put(None)
+
+    def _number(self, records: bytes, count: int) -> Outgoing:
+        seq, self.session.next_seq = self.session.next_seq, self.session.next_seq + 1
+        return Outgoing(seq, records, count)
+
+    async def _send_batches(self, batches: asyncio.Queue[Any], report: SendReport) -> None:
+        window = self._window = Window(self.max_in_flight)
+        retry = self.session.retry()
+        while True:
+            acknowledged = report.acknowledged
+            try:
+                conn = await self.session.ensure_open()
+                # The handshake says what the server stored: those need no resend.
+                self._acknowledged(await window.acknowledge_through(self.session.last_seq), report)
+                now = asyncio.get_running_loop().time()
+                for item in window.unacked.values():  # resend, in order, after a reconnect
+                    item.sent = now
+                    conn.send_batch(item.seq, item.records, item.count)
+                await run_together(
+                    self._write_batches(conn, batches, window),
+                    self._receive_acks(conn, window, report),
+                )
+                return
+            except Exception as exc:
+                if report.acknowledged > acknowledged:  # progress: a new run of tries
+                    retry.reset()
+                await self.session.retry_or_raise(retry, exc, "sending batches")
+
+    def _acknowledged(self, items: list[Outgoing], report: SendReport, now: float = 0.0) -> None:
+        for item in items:
+            report.acknowledged += item.count
+            self.bets_acknowledged += item.count
+            if now:
+                self.ack_latencies.append(now - item.sent)
+
+    async def _write_batches(
+        self, conn: Connection, batches: asyncio.Queue[Any], window: Window
+    ) -> None:
+        while not window.input_done:
+            await window.wait_for_room()
+            item = await batches.get()
+            if item is None:
+                await window.update(input_done=True)
+                return
+            await window.update(item)  # before sending: a lost line resends it
+            item.sent = asyncio.get_running_loop().time()
+            conn.send_batch(item.seq, item.records, item.count)
+            self.batches_sent += 1
+            self.bets_sent += item.count
+            await conn.drain(self.session.timeout)
+
+    async def _receive_acks(self, conn: Connection, window: Window, report: SendReport) -> None:
+        while True:
+            await window.wait_for_unacked()
+            if window.input_done and not window.unacked:
+                return
+            reply = await conn.receive(self.session.timeout)
+            if not isinstance(reply, Ack):
+                raise_for(reply)
+            now = asyncio.get_running_loop().time()
+            self._acknowledged(await window.acknowledge_through(reply.seq), report, now)

@@ -1,0 +1,82 @@
+"""The agency's winners query: asking until the draw is made, within bounds.
+
+`AsyncAgency.winners` is `poll_winners` over the agency's `Session`. Two
+counts bound the loop: "not ready" answers (the server is there, the draw is
+not) against ``attempts``, waiting at least half a second between them; and
+tries with no answer (a lost line, a time-out) against the session's
+reconnect attempts, as in every retry loop of the agency.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from .backoff import Retry
+from .connection import Connection, raise_for
+from .errors import WinnersUnavailable
+from .log import get_logger
+from .protocol import NotReady, Winners, WinnersQuery
+from .session import Session
+
+__all__ = ["poll_winners"]
+
+
+async def query_winners(
+    conn: Connection, timeout: float, winners_timeout: float
+) -> list[str] | None:
+    """One query: the documents of every WINNERS frame, or None for "not ready"."""
+    reply = await conn.request(WinnersQuery(), timeout)
+    documents: list[str] = []
+    while isinstance(reply, Winners):
+        documents.extend(reply.documents)
+        if reply.last:
+            return documents
+        reply = await conn.receive(winners_timeout)  # the caller's wait_for bounds it too
+    if not isinstance(reply, NotReady):
+        raise_for(reply)
+    return None
+
+
+async def poll_winners(
+    session: Session, *, attempts: int, base_delay: float, timeout: float
+) -> list[str]:
+    """Ask ``session``'s server for the winners until it answers with them.
+
+    Each try, as a whole, waits up to ``timeout`` seconds.
+
+    Raises:
+        WinnersUnavailable: ``attempts`` answers were "not ready".
+        ConnectionLost: the session's attempts in a row got no answer.
+    """
+    # NOT_READY means the server is there and the draw is not: no jitter down
+    # to zero, or the agency would ask again at once.
+    log = get_logger(agencia=session.agency_id)
+    not_ready = Retry(attempts, base_delay, floor=0.5)
+    no_reply = session.retry()
+    while True:
+        try:
+            conn = await session.ensure_open()
+            # One try, bounded as a whole: the send, the server's wait for
+            # the draw, and every WINNERS frame of the answer.
+            query = query_winners(conn, session.timeout, timeout)
+            documents = await asyncio.wait_for(query, timeout)
+        except Exception as exc:  # a late reply would be read as the next query's
+            await session.retry_or_raise(no_reply, exc, "the winners query")
+            continue
+        except BaseException:
+            await session.drop()
+            raise
+        if documents is not None:
+            log.info("consulta_ganadores", result="success", cant_ganadores=len(documents))
+            return documents
+        no_reply.reset()  # NOT_READY is an answer
+        if not not_ready.failed():
+            raise WinnersUnavailable(
+                f"no winners after {not_ready.failures} attempts (last: not ready)"
+            )
+        wait = not_ready.next_delay()
+        log.info(
+            "consulta_ganadores", result="in_progress", intento=not_ready.failures,
+            motivo="not ready", espera=round(wait, 3),
+        )  # fmt: skip
+        await not_ready.wait(wait)
