@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
@@ -24,6 +25,8 @@ from .helpers import LOOPBACK, REPLY_TIMEOUT, make_rows
 
 pytestmark = pytest.mark.timeout(60)
 
+TODAY = datetime.date.today().isoformat()
+
 
 class HoldingServer:
     """Answers HELLO and DONE, but holds batches and winners queries unanswered."""
@@ -43,9 +46,9 @@ class HoldingServer:
         try:
             while data := await reader.read(65536):
                 protocol.receive_data(data)
-                while (message := protocol.next_event()) is not None:
+                while (message := protocol.next_event(TODAY)) is not None:
                     if isinstance(message, Hello):
-                        writer.write(encode(Welcome(0, 0)))
+                        writer.write(protocol.send(Welcome(0, 0)))
                     elif isinstance(message, Done):
                         writer.write(encode(Ack(0)))
                     elif isinstance(message, Batch | WinnersQuery):

@@ -18,6 +18,7 @@ from lottery.protocol import (
     BatchCutter,
     Hello,
     ServerProtocol,
+    Welcome,
     encode,
     encode_batch_data,
 )
@@ -368,6 +369,7 @@ def test_every_row_of_the_tp0_dataset_is_read_and_sent(tmp_path: Path) -> None:
         server = ServerProtocol()
         server.receive_data(encode(Hello(1)))
         assert server.next_event(TODAY) == Hello(1)
+        server.send(Welcome(0, 0))
         cutter = BatchCutter(200)
         batches = []
         while (block := reader.read_block()) is not None:

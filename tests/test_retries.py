@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -14,7 +15,7 @@ from lottery import backoff
 from lottery.backoff import MAX_BACKOFF, Retry, exponential_backoff
 from lottery.client import AsyncAgency
 from lottery.errors import AgencyError, ConnectionLost
-from lottery.protocol import Hello, ServerProtocol, Welcome, encode
+from lottery.protocol import Hello, ServerProtocol, Welcome
 
 from .conftest import UNIT
 from .helpers import LOOPBACK, REPLY_TIMEOUT, make_rows, write_agency_file
@@ -22,6 +23,8 @@ from .helpers import LOOPBACK, REPLY_TIMEOUT, make_rows, write_agency_file
 pytestmark = pytest.mark.timeout(60)
 
 ATTEMPTS = 3
+
+TODAY = datetime.date.today().isoformat()
 
 
 class DroppingServer:
@@ -40,10 +43,10 @@ class DroppingServer:
                 protocol = ServerProtocol()
                 while data := await reader.read(65536):
                     protocol.receive_data(data)
-                    message = protocol.next_event()
+                    message = protocol.next_event(TODAY)
                     if isinstance(message, Hello):
                         self.handshakes += 1
-                        writer.write(encode(Welcome(0, 0)))
+                        writer.write(protocol.send(Welcome(0, 0)))
                         await writer.drain()
                     elif message is not None:
                         break  # a request after the handshake: drop the line unanswered
