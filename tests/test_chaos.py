@@ -7,15 +7,13 @@ server with SIGKILL mid-round, between the barrier and the draw included.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
-from .conftest import UNIT
-
-sys.path.insert(0, str(Path(__file__).parents[1] / "scripts"))
 from chaos import ChaosConfig, agency_kill_spread, run_chaos
+
+from .conftest import UNIT
 
 pytestmark = pytest.mark.timeout(120 * UNIT)
 
