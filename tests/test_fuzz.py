@@ -20,7 +20,6 @@ import itertools
 import logging
 import random
 import struct
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +35,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
+import fuzzing as fz
 from lottery.client import AsyncAgency
 from lottery.errors import InvalidBatch, InvalidBet, OutOfOrder, ProtocolError
 from lottery.models import validate_fields
@@ -55,9 +55,6 @@ from lottery.protocol import (
 
 from .conftest import UNIT
 from .helpers import LOOPBACK, data_dir_of, make_rows, running_server, stored_bets
-
-sys.path.insert(0, str(Path(__file__).parents[1] / "scripts"))
-import fuzz_server as fz
 
 pytestmark = pytest.mark.timeout(120 * UNIT)
 
