@@ -5,6 +5,7 @@
     .venv/bin/python scripts/bench.py --agencies 3 --bets 2000 --repeat 3
     .venv/bin/python scripts/bench.py --agencies 1000 --bets 1000 --skip-e2e --skip-baseline
     .venv/bin/python scripts/bench.py --plot bench.png     # also sweep agencies and window
+    .venv/bin/python scripts/bench.py --slow-clients       # also the 1,000 slow clients figure
 
 One run measures, on the same agency files (generated once into
 ``bench-data/<agencies>x<bets>/`` and reused):
@@ -17,7 +18,10 @@ One run measures, on the same agency files (generated once into
 - **baseline, end to end**: the same with benchmarks/threaded_baseline.py;
 - **server alone**: the same ``lottery server`` fed pre-encoded BATCH frames by
   a minimal asyncio client in this process (N connections, a window of
-  ``--window`` frames each), so the agencies' own cost is left out.
+  ``--window`` frames each), so the agencies' own cost is left out;
+- **slow clients** (``--slow-clients``): an in-process round's time with
+  1,000 idle or byte-a-second connections open over its time without them
+  (scripts/bench_slow_clients.py; target ≤ 1.10).
 
 Every round's winners are checked against what the data was generated with; a
 wrong round stops the benchmark (exit 1). Results go to a table on stdout and
@@ -46,6 +50,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from bench_slow_clients import measure as measure_slow_clients
 from lottery.protocol import (
     BATCH_OVERHEAD,
     MAX_FRAME_SIZE,
@@ -685,6 +690,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--skip-baseline", action="store_true")
     parser.add_argument("--skip-server-alone", action="store_true")
     parser.add_argument("--plot", type=Path, help="also sweep agencies and window; draw a PNG")
+    parser.add_argument(
+        "--slow-clients", action="store_true",
+        help="also time a round with 1,000 idle or dripping connections against one without",
+    )  # fmt: skip
     parser.add_argument("--json", type=Path, help="default bench-results/bench-<timestamp>.json")
     parser.add_argument("--data-root", type=Path, default=ROOT / "bench-data")
     parser.add_argument(
@@ -757,6 +766,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     flush=True,
                 )
         sweep = sweeps(args, stats) if args.plot is not None else None
+        slow = measure_slow_clients() if args.slow_clients else None
     except (BenchError, ServerStartError) as exc:
         print(f"\nBENCHMARK FAILED: {exc}", file=sys.stderr)
         return 1
@@ -780,6 +790,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "ours" in best:
         print(f"ours e2e bets/s:             {best['ours'].bets_per_s:,.0f}"
               f"   (target ≥ {TARGET_BETS_PER_S:,} for 5 x 200,000)")  # fmt: skip
+    if slow is not None:
+        print(slow.text())
     if "ours" in best and not stats:
         print("note: the agency has no --stats-file yet; e2e ack latency is not measured")
 
@@ -807,6 +819,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         "ratios": ratio,
         "rounds": [r.as_json() for r in rounds],
         "sweeps": sweep,
+        "slow_clients": None
+        if slow is None
+        else {
+            "agencies": slow.agencies,
+            "bets_per_agency": slow.bets,
+            "crowd": slow.crowd,
+            "plain_s": slow.plain_s,
+            "crowded_s": slow.crowded_s,
+            "ratio": slow.ratio,
+        },
     }
     json_path.write_text(json.dumps(report, indent=2) + "\n")
     print(f"json: {json_path}")
