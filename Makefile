@@ -6,7 +6,9 @@ N      ?= 5
 PORT   ?= 12345
 DATA   ?= demo
 
-.PHONY: install run run-server run-clients test lint format bench clean
+.PHONY: install run run-server run-clients test test-fast lint format bench clean
+# Tests that start processes, build wheels or take seconds: `make test` runs them, test-fast not.
+FAST   := not slow and not e2e and not packaging
 
 # The venv is rebuilt whenever pyproject.toml changes.
 $(VENV)/.installed: pyproject.toml
@@ -27,8 +29,13 @@ run-server: $(VENV)/.installed
 run-clients: $(VENV)/.installed
 	PORT=$(PORT) N=$(N) DATA=$(DATA) BIN=$(BIN) scripts/run_clients
 
+## make test: ruff, then every test (unit, in-process, e2e, slow, packaging); what CI runs
 test: $(VENV)/.installed
 	BIN=$(BIN) scripts/test
+
+## make test-fast: the quick tests only (no slow, e2e or packaging ones), for the edit loop
+test-fast: $(VENV)/.installed
+	$(BIN)/python -m pytest -q -m "$(FAST)"
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check lottery tests scripts benchmarks

@@ -56,7 +56,8 @@ from lottery.protocol import (
 from .conftest import UNIT
 from .helpers import LOOPBACK, data_dir_of, make_rows, running_server, stored_bets
 
-pytestmark = pytest.mark.timeout(120 * UNIT)
+# Both tests take seconds: hundreds of connections, and a long Hypothesis run.
+pytestmark = [pytest.mark.timeout(120 * UNIT), pytest.mark.slow]
 
 TODAY = datetime.date.today().isoformat()
 FS, RS = "\x1f", "\x1e"
