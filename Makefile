@@ -6,7 +6,7 @@ N      ?= 5
 PORT   ?= 12345
 DATA   ?= demo
 
-.PHONY: install run run-server run-clients test test-fast lint format bench clean
+.PHONY: install run run-server run-clients test test-fast lint types format coverage bench clean
 # Tests that start processes, build wheels or take seconds: `make test` runs them, test-fast not.
 FAST   := not slow and not e2e and not packaging
 
@@ -37,9 +37,19 @@ test: $(VENV)/.installed
 test-fast: $(VENV)/.installed
 	$(BIN)/python -m pytest -q -m "$(FAST)"
 
+## make lint: ruff check, ruff format --check, and strict mypy on lottery/
 lint: $(VENV)/.installed
 	$(BIN)/ruff check lottery tests scripts benchmarks
 	$(BIN)/ruff format --check lottery tests scripts benchmarks
+	$(BIN)/mypy --strict lottery
+
+## make types: strict mypy on lottery/ alone
+types: $(VENV)/.installed
+	$(BIN)/mypy --strict lottery
+
+## make coverage: every test, with lottery's line and branch coverage (real processes included)
+coverage: $(VENV)/.installed
+	$(BIN)/python -m pytest -q --cov=lottery --cov-branch --cov-report=term
 
 format: $(VENV)/.installed
 	$(BIN)/ruff format lottery tests scripts benchmarks
@@ -50,4 +60,5 @@ bench: $(VENV)/.installed
 	$(BIN)/python scripts/bench.py $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache .hypothesis data demo bench-data
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache .mypy_cache .hypothesis \
+		.coverage .coverage.* data demo bench-data
