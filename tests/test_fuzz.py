@@ -2,7 +2,7 @@
 
 Two layers, checked two ways:
 
-- over loopback, a few hundred frames from scripts/fuzz_server.py's generator
+- over loopback, a few hundred frames from the fuzzer's generator (scripts/fuzzing.py)
   hit a real `Server`; every reply must be what that script's oracle says the
   server owes, and a clean round afterwards stores exactly its own bets;
 - a Hypothesis state machine feeds the sans-I/O `ServerProtocol` valid frames,
