@@ -6,7 +6,9 @@ N      ?= 5
 PORT   ?= 12345
 DATA   ?= demo
 
-.PHONY: install run run-server run-clients test lint format bench clean
+.PHONY: install run run-server run-clients test test-fast lint types format coverage bench clean
+# Tests that start processes, build wheels or take seconds: `make test` runs them, test-fast not.
+FAST   := not slow and not e2e and not packaging
 
 # The venv is rebuilt whenever pyproject.toml changes.
 $(VENV)/.installed: pyproject.toml
@@ -27,12 +29,27 @@ run-server: $(VENV)/.installed
 run-clients: $(VENV)/.installed
 	PORT=$(PORT) N=$(N) DATA=$(DATA) BIN=$(BIN) scripts/run_clients
 
+## make test: ruff, then every test (unit, in-process, e2e, slow, packaging); what CI runs
 test: $(VENV)/.installed
 	BIN=$(BIN) scripts/test
 
+## make test-fast: the quick tests only (no slow, e2e or packaging ones), for the edit loop
+test-fast: $(VENV)/.installed
+	$(BIN)/python -m pytest -q -m "$(FAST)"
+
+## make lint: ruff check, ruff format --check, and strict mypy on lottery/
 lint: $(VENV)/.installed
 	$(BIN)/ruff check lottery tests scripts benchmarks
 	$(BIN)/ruff format --check lottery tests scripts benchmarks
+	$(BIN)/mypy --strict lottery
+
+## make types: strict mypy on lottery/ alone
+types: $(VENV)/.installed
+	$(BIN)/mypy --strict lottery
+
+## make coverage: every test, with lottery's line and branch coverage (real processes included)
+coverage: $(VENV)/.installed
+	$(BIN)/python -m pytest -q --cov=lottery --cov-branch --cov-report=term
 
 format: $(VENV)/.installed
 	$(BIN)/ruff format lottery tests scripts benchmarks
@@ -43,4 +60,5 @@ bench: $(VENV)/.installed
 	$(BIN)/python scripts/bench.py $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache .hypothesis data demo bench-data
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache .mypy_cache .hypothesis \
+		.coverage .coverage.* data demo bench-data

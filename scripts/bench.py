@@ -5,6 +5,7 @@
     .venv/bin/python scripts/bench.py --agencies 3 --bets 2000 --repeat 3
     .venv/bin/python scripts/bench.py --agencies 1000 --bets 1000 --skip-e2e --skip-baseline
     .venv/bin/python scripts/bench.py --plot bench.png     # also sweep agencies and window
+    .venv/bin/python scripts/bench.py --slow-clients       # also the 1,000 slow clients figure
 
 One run measures, on the same agency files (generated once into
 ``bench-data/<agencies>x<bets>/`` and reused):
@@ -17,7 +18,10 @@ One run measures, on the same agency files (generated once into
 - **baseline, end to end**: the same with benchmarks/threaded_baseline.py;
 - **server alone**: the same ``lottery server`` fed pre-encoded BATCH frames by
   a minimal asyncio client in this process (N connections, a window of
-  ``--window`` frames each), so the agencies' own cost is left out.
+  ``--window`` frames each), so the agencies' own cost is left out;
+- **slow clients** (``--slow-clients``): an in-process round's time with
+  1,000 idle or byte-a-second connections open over its time without them
+  (scripts/bench_slow_clients.py; target ≤ 1.10).
 
 Every round's winners are checked against what the data was generated with; a
 wrong round stops the benchmark (exit 1). Results go to a table on stdout and
@@ -35,38 +39,22 @@ import json
 import math
 import os
 import platform
-import re
 import resource
 import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-BASELINE = ROOT / "benchmarks" / "threaded_baseline.py"
-sys.path.insert(0, str(HERE))
-
-from roundrunner import (  # noqa: E402
-    AgencyProcess,
-    ServerProcess,
-    lottery_command,
-    start_agency,
-    start_server,
-    wait_agencies,
-)
-
-from lottery.protocol import (  # noqa: E402
+from bench_slow_clients import measure as measure_slow_clients
+from lottery.protocol import (
     BATCH_OVERHEAD,
     MAX_FRAME_SIZE,
     Ack,
-    ClientProtocol,
     Done,
     Hello,
     Message,
@@ -78,7 +66,21 @@ from lottery.protocol import (  # noqa: E402
     encode_batch,
     encode_record,
 )
+from roundrunner import (
+    AgencyProcess,
+    ReplyReader,
+    ServerProcess,
+    ServerStartError,
+    log_value,
+    lottery_command,
+    start_agency,
+    start_server,
+    wait_agencies,
+)
 
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+BASELINE = ROOT / "benchmarks" / "threaded_baseline.py"
 ROUND_TIMEOUT = 600.0  # seconds one round may take before it is killed and failed
 STOP_TIMEOUT = 30.0  # seconds a server may take to exit after SIGTERM
 # Sweeps for --plot: total bets stay near PLOT_TOTAL_BETS so they take minutes.
@@ -88,19 +90,6 @@ PLOT_TOTAL_BETS = 100_000
 PLOT_WINDOW_AGENCIES = 5
 TARGET_BETS_PER_S = 450_000
 TARGET_RATIO = 5.5
-
-_PORT_RE = re.compile(r"action: config \| result: success \| port: (\d+)")
-_COMMITS_RE = re.compile(r"action: commits \| result: success\b.*")
-_ACK_LATENCY_RE = re.compile(
-    r"action: ack_latency \| result: success .*p50_ms: ([0-9.]+) \| p99_ms: ([0-9.]+)"
-)
-_FIELD_RE = r"\| {}: (\d+)"  # a numeric field of a log line, wherever it stands
-_DRAW_RE = re.compile(r"action: sorteo \| result: success\b.*?\| segundos: ([0-9.]+)")
-# Key order within a line is not fixed, so take the field wherever it stands.
-_OURS_WINNERS_RE = re.compile(r"action: ganadores \| result: success\b.*?\| dnis: ([^|]*)")
-_BASELINE_WINNERS_RE = re.compile(
-    r"action: consulta_ganadores \| result: success .*cant_ganadores: (\d+)"
-)
 
 
 class BenchError(Exception):
@@ -201,47 +190,28 @@ def stop_and_reap(proc: subprocess.Popen[str], timeout: float = STOP_TIMEOUT) ->
 
 def _finish_server(server: ServerProcess) -> tuple[int, Usage]:
     code, usage = stop_and_reap(server.proc)
-    if server._pump is not None:
-        server._pump.join(5)
-    if server.proc.stderr is not None:
-        server.proc.stderr.close()
+    server.close_log(5)
     return code, usage
 
 
 def start_baseline_server(data_dir: str, agencies: int, fsync: bool) -> ServerProcess:
-    cmd = [
-        sys.executable, str(BASELINE), "server", "--port", "0",
-        "--agencies", str(agencies), "--data-dir", data_dir, *(["--fsync"] if fsync else []),
-    ]  # fmt: skip
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, encoding="utf-8")
-    assert proc.stderr is not None
-    lines: list[str] = []
-    while True:
-        line = proc.stderr.readline()
-        if not line:
-            stop_and_reap(proc, 1)
-            raise BenchError("baseline server did not start:\n" + "\n".join(lines))
-        lines.append(line.rstrip("\n"))
-        if match := _PORT_RE.search(line):
-            break
-    pump = threading.Thread(target=_pump, args=(proc.stderr, lines), daemon=True)
-    pump.start()
-    return ServerProcess(proc, int(match.group(1)), lines, pump)
-
-
-def _pump(stream: IO[str], lines: list[str]) -> None:
-    for line in stream:
-        lines.append(line.rstrip("\n"))
+    """benchmarks/threaded_baseline.py's server (it takes lottery's server flags)."""
+    return start_server(
+        data_dir,
+        agencies,
+        extra_args=["--fsync"] if fsync else [],
+        program=[sys.executable, str(BASELINE)],
+    )
 
 
 def start_baseline_agency(agency: int, port: int, bets: Path, batch: int) -> AgencyProcess:
-    cmd = [
-        sys.executable, str(BASELINE), "agency", "--id", str(agency),
-        "--server", f"127.0.0.1:{port}", "--bets", str(bets), "--batch-max-amount", str(batch),
-    ]  # fmt: skip
-    output = tempfile.TemporaryFile("w+", encoding="utf-8")  # noqa: SIM115 - wait_agencies closes
-    proc = subprocess.Popen(cmd, stdout=output, stderr=subprocess.STDOUT, text=True)
-    return AgencyProcess(agency, proc, output)
+    return start_agency(
+        agency,
+        port,
+        bets,
+        extra_args=["--batch-max-amount", str(batch)],
+        program=[sys.executable, str(BASELINE)],
+    )
 
 
 def agency_supports_stats_file() -> bool:
@@ -297,15 +267,14 @@ def _server_figures(
     mode: str, data: Dataset, window: int | None, seconds: float, server: ServerProcess,
     usage: Usage, latencies: list[float] | None,
 ) -> Round:  # fmt: skip
-    log = server.log()
-    commits = batches = None
-    if line := _COMMITS_RE.search(log):
-        commits_field = re.search(_FIELD_RE.format("commits"), line.group(0))
-        batches_field = re.search(_FIELD_RE.format("batches"), line.group(0))
-        if commits_field and batches_field:
-            commits, batches = int(commits_field.group(1)), int(batches_field.group(1))
-    draw = _DRAW_RE.search(log)
-    server_ack = _ACK_LATENCY_RE.search(log)
+    lines = server.lines
+    commits, batches = (
+        log_value(lines, "commits", "commits"),
+        log_value(lines, "commits", "batches"),
+    )
+    draw = log_value(lines, "sorteo", "segundos")
+    ack_p50 = log_value(lines, "ack_latency", "p50_ms")
+    ack_p99 = log_value(lines, "ack_latency", "p99_ms")
     return Round(
         mode=mode,
         agencies=data.agencies,
@@ -316,13 +285,13 @@ def _server_figures(
         server_peak_rss_mib=usage.peak_rss_kib / 1024,
         ack_p50_ms=percentile(latencies, 0.50) if latencies else None,
         ack_p99_ms=percentile(latencies, 0.99) if latencies else None,
-        commits=commits,
+        commits=None if commits is None else int(commits),
         batches_per_commit=None
         if commits is None or batches is None
-        else batches / max(1, commits),
-        draw_s=float(draw.group(1)) if draw else None,
-        server_ack_p50_ms=float(server_ack.group(1)) if server_ack else None,
-        server_ack_p99_ms=float(server_ack.group(2)) if server_ack else None,
+        else int(batches) / max(1, int(commits)),
+        draw_s=None if draw is None else float(draw),
+        server_ack_p50_ms=None if ack_p50 is None else float(ack_p50),
+        server_ack_p99_ms=None if ack_p99 is None else float(ack_p99),
     )
 
 
@@ -371,7 +340,7 @@ def run_ours(data: Dataset, args: argparse.Namespace, window: int, stats: bool) 
                     latencies.extend(json.loads(path.read_text()).get("ack_latencies_ms", []))
     if stats and any(a.returncode == 2 for a in agencies):
         raise _NoStatsFlag
-    _check_agencies("ours", data, agencies, [_winners_count(a.output) for a in agencies])
+    _check_agencies("ours", data, agencies, [_winners_count(a) for a in agencies])
     _check_server("ours", code, server)
     result = _server_figures("ours", data, window, seconds, server, usage, latencies)
     result.agencies_cpu_s = agencies_cpu
@@ -382,13 +351,10 @@ class _NoStatsFlag(Exception):
     """The agency refused --stats-file (exit 2): run again without it."""
 
 
-def _winners_count(output: str) -> int | None:
+def _winners_count(agency: AgencyProcess) -> int | None:
     """How many documents the agency's ``action: ganadores`` line lists, if any."""
-    match = _OURS_WINNERS_RE.search(output)
-    if match is None:
-        return None
-    text = match.group(1).strip()
-    return 0 if text == "-" else len(text.split())
+    winners = agency.winners
+    return None if winners is None else len(winners)
 
 
 def run_baseline(data: Dataset, args: argparse.Namespace, fsync: bool = False) -> Round:
@@ -413,8 +379,8 @@ def run_baseline(data: Dataset, args: argparse.Namespace, fsync: bool = False) -
             code, usage = _finish_server(server)
     winners = []
     for agency in agencies:
-        match = _BASELINE_WINNERS_RE.search(agency.output)
-        winners.append(int(match.group(1)) if match else None)
+        count = log_value(agency.output, "consulta_ganadores", "cant_ganadores")
+        winners.append(None if count is None else int(count))
     _check_agencies(mode, data, agencies, winners)
     _check_server(mode, code, server)
     result = _server_figures(mode, data, None, seconds, server, usage, None)
@@ -453,14 +419,11 @@ async def _feed_agency(
 ) -> int:
     """One agency's connection: HELLO, BATCH frames in a window, DONE, WINNERS_QUERY."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    protocol = ClientProtocol()
+    replies = ReplyReader(reader)
 
     async def receive() -> Message:
-        while (message := protocol.next_event()) is None:
-            data = await reader.read(65536)
-            if not data:
-                raise BenchError(f"server alone: agency {agency}: the server closed")
-            protocol.receive_data(data)
+        if (message := await replies.next()) is None:
+            raise BenchError(f"server alone: agency {agency}: the server closed")
         return message
 
     def expect(message: Message, kind: type) -> None:
@@ -727,6 +690,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--skip-baseline", action="store_true")
     parser.add_argument("--skip-server-alone", action="store_true")
     parser.add_argument("--plot", type=Path, help="also sweep agencies and window; draw a PNG")
+    parser.add_argument(
+        "--slow-clients", action="store_true",
+        help="also time a round with 1,000 idle or dripping connections against one without",
+    )  # fmt: skip
     parser.add_argument("--json", type=Path, help="default bench-results/bench-<timestamp>.json")
     parser.add_argument("--data-root", type=Path, default=ROOT / "bench-data")
     parser.add_argument(
@@ -799,7 +766,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     flush=True,
                 )
         sweep = sweeps(args, stats) if args.plot is not None else None
-    except (BenchError, RuntimeError) as exc:  # RuntimeError: a server did not start
+        slow = measure_slow_clients() if args.slow_clients else None
+    except (BenchError, ServerStartError) as exc:
         print(f"\nBENCHMARK FAILED: {exc}", file=sys.stderr)
         return 1
 
@@ -822,6 +790,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "ours" in best:
         print(f"ours e2e bets/s:             {best['ours'].bets_per_s:,.0f}"
               f"   (target ≥ {TARGET_BETS_PER_S:,} for 5 x 200,000)")  # fmt: skip
+    if slow is not None:
+        print(slow.text())
     if "ours" in best and not stats:
         print("note: the agency has no --stats-file yet; e2e ack latency is not measured")
 
@@ -849,6 +819,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         "ratios": ratio,
         "rounds": [r.as_json() for r in rounds],
         "sweeps": sweep,
+        "slow_clients": None
+        if slow is None
+        else {
+            "agencies": slow.agencies,
+            "bets_per_agency": slow.bets,
+            "crowd": slow.crowd,
+            "plain_s": slow.plain_s,
+            "crowded_s": slow.crowded_s,
+            "ratio": slow.ratio,
+        },
     }
     json_path.write_text(json.dumps(report, indent=2) + "\n")
     print(f"json: {json_path}")

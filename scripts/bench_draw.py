@@ -13,18 +13,16 @@ after the draw is made and ``action: sorteo | result: success`` is logged.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import random
-import socket
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-from roundrunner import start_server, stop_server
-
-from lottery.protocol import Ack, ClientProtocol, Done, Hello, Welcome, encode
+from lottery.protocol import Ack, Done, Hello, Welcome, encode
 from lottery.store import PendingBatch, SQLiteStore
+from roundrunner import ReplyReader, start_server, stop_server
 
 AGENCIES = 5
 BATCH = 8192
@@ -52,13 +50,23 @@ def fill(data_dir: Path, bets: int, winners: int) -> None:
     store.close()
 
 
-def receive(sock: socket.socket, protocol: ClientProtocol) -> object:
-    while (message := protocol.next_event()) is None:
-        data = sock.recv(65536)
-        if not data:
-            raise ConnectionError("server closed the connection")
-        protocol.receive_data(data)
-    return message
+async def last_done(port: int) -> float:
+    """Shake hands as the last agency, send DONE; seconds from DONE to its ack."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    replies = ReplyReader(reader)
+    try:
+        async with asyncio.timeout(60):
+            writer.write(encode(Hello(AGENCIES)))
+            welcome = await replies.next()
+            assert isinstance(welcome, Welcome), welcome
+            started = time.perf_counter()
+            writer.write(encode(Done()))
+            reply = await replies.next()
+            elapsed = time.perf_counter() - started
+        assert reply == Ack(0), reply
+        return elapsed
+    finally:
+        writer.close()
 
 
 def main() -> int:
@@ -74,15 +82,7 @@ def main() -> int:
         print(f"stored {args.bets:,} bets in {time.perf_counter() - started:.1f} s")
         server = start_server(data_dir, AGENCIES)
         try:
-            with socket.create_connection(("127.0.0.1", server.port), timeout=60) as sock:
-                protocol = ClientProtocol()
-                sock.sendall(encode(Hello(AGENCIES)))
-                assert isinstance(receive(sock, protocol), Welcome)
-                started = time.perf_counter()
-                sock.sendall(encode(Done()))
-                reply = receive(sock, protocol)
-                elapsed = time.perf_counter() - started
-                assert reply == Ack(0), reply
+            elapsed = asyncio.run(last_done(server.port))
         finally:
             stop_server(server)
         drawn = [line for line in server.lines if "action: sorteo | result: success" in line]

@@ -45,8 +45,6 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
-import csv
-import os
 import random
 import shlex
 import shutil
@@ -55,16 +53,24 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
 
-sys.path.insert(0, str(Path(__file__).parent))
 from gen_dataset import generate_agency_file
-from roundrunner import input_bets, lottery_command, parse_log_line
+from roundrunner import (
+    AgencyProcess,
+    ServerProcess,
+    ServerStartError,
+    export_bets,
+    input_bets,
+    log_value,
+    parse_log_line,
+    start_agency,
+    start_server,
+    stop_server,
+)
 
 __all__ = ["ChaosConfig", "ChaosResult", "agency_kill_spread", "main", "run_chaos"]
 
@@ -126,89 +132,52 @@ class ChaosResult:
 
 
 class ServerLife:
-    """One run of ``lottery server``: its process and every log line it wrote."""
+    """One run of ``lottery server``, numbered from 1: its process and every log line it wrote.
 
-    def __init__(self, number: int, cmd: Sequence[str], env: dict[str, str], log: IO[str]):
+    A life that did not start has no process (``server`` is None), only its lines.
+    """
+
+    def __init__(self, number: int, lines: list[str], server: ServerProcess | None) -> None:
         self.number = number
-        self.lines: list[str] = []
-        self.proc = subprocess.Popen(
-            cmd,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            encoding="utf-8",
-            env=env,
-        )
-        self._log = log
-        self._pump = threading.Thread(target=self._read, daemon=True)
-        self._pump.start()
+        self.lines = lines
+        self.server = server
 
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.lines.append(line.rstrip("\n"))
-            self._log.write(line)
-        self._log.flush()
-
-    def wait_listening(self, timeout: float) -> bool:
-        """True once the config line is logged; False if the process ended or time ran out."""
-        deadline = time.monotonic() + timeout
-        seen = 0
-        while time.monotonic() < deadline:
-            for line in self.lines[seen:]:
-                seen += 1
-                fields = parse_log_line(line)
-                if fields.get("action") == "config" and fields.get("result") == "success":
-                    return True
-            if self.proc.poll() is not None and not self._pump.is_alive():
-                return False
-            time.sleep(POLL)
-        return False
+    @property
+    def proc(self) -> subprocess.Popen[str]:
+        assert self.server is not None, f"server life {self.number} never started"
+        return self.server.proc
 
     def kill(self) -> None:
         """SIGKILL, then wait for the process and for the last of its log lines."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(KILL_WAIT)
-        self._close_pipe()
+        if self.server is not None:
+            stop_server(self.server, KILL_WAIT, sig=signal.SIGKILL)
 
-    def _close_pipe(self) -> None:
-        self._pump.join(KILL_WAIT)
-        if not self._pump.is_alive() and self.proc.stderr is not None:
-            self.proc.stderr.close()
-
-    def terminate(self, timeout: float) -> int | None:
+    def terminate(self, timeout: float) -> int:
         """SIGTERM and wait; SIGKILL if it does not stop in time. The exit status."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            return None
-        finally:
-            self._close_pipe()
+        return stop_server(self.server, timeout) if self.server is not None else -1
 
 
 @dataclass
 class AgencyRun:
-    agency: int
     run: int  # 1 for the first process of this agency, 2 after a restart
     batch_max_amount: int
-    proc: subprocess.Popen[str]
+    process: AgencyProcess
     log_path: Path
     killed: bool = False
+
+    @property
+    def agency(self) -> int:
+        return self.process.agency
+
+    @property
+    def proc(self) -> subprocess.Popen[str]:
+        return self.process.proc
 
     def output(self) -> str:
         return self.log_path.read_text(encoding="utf-8", errors="replace")
 
     def value(self, action: str, key: str) -> str | None:
-        for line in self.output().splitlines():
-            fields = parse_log_line(line)
-            if fields.get("action") == action and fields.get("result") == "success":
-                return fields.get(key)
-        return None
+        return log_value(self.output(), action, key)
 
 
 def free_port() -> int:
@@ -259,11 +228,6 @@ class Watcher:
 
 
 # -- the run -------------------------------------------------------------------------------
-
-
-def _read_export(path: Path) -> list[tuple[str, ...]]:
-    with path.open(newline="", encoding="utf-8") as f:
-        return [(*row[:5], str(int(row[5]))) for row in csv.reader(f) if row]
 
 
 def agency_kill_spread(cfg: ChaosConfig) -> tuple[float, float]:
@@ -321,47 +285,50 @@ class ChaosRun:
     # -- processes
 
     def start_server(self, draw_delay: float | None) -> ServerLife:
-        env = {k: v for k, v in os.environ.items() if k != DRAW_DELAY_ENV}
-        if draw_delay:
-            env[DRAW_DELAY_ENV] = str(draw_delay)
-        cmd = [
-            *lottery_command(), "server", "--host", "127.0.0.1", "--port", str(self.port),
-            "--agencies", str(self.cfg.agencies), "--data-dir", str(self.data_dir),
-            "--winning-number", str(WINNING_NUMBER), *self.cfg.server_args,
-        ]  # fmt: skip
+        # Only the lives before the draw kill wait before drawing.
+        env = {DRAW_DELAY_ENV: str(draw_delay) if draw_delay else None}
+        args = ["--winning-number", str(WINNING_NUMBER), *self.cfg.server_args]
         began = time.monotonic()
         retry_until = began + PORT_RETRY_SECONDS
         while True:
             number = len(self.watcher.lives) + 1
             self.server_log.write(f"----- server life {number} (draw delay: {draw_delay}) -----\n")
-            life = ServerLife(number, cmd, env, self.server_log)
+            try:
+                server = start_server(
+                    self.data_dir, self.cfg.agencies, port=self.port, extra_args=args, env=env,
+                    log_file=self.server_log,
+                    timeout=min(SERVER_START_TIMEOUT, max(self.left(), 0.1)),
+                )  # fmt: skip
+            except ServerStartError as exc:
+                self.watcher.lives.append(ServerLife(number, exc.lines, None))
+                text = "\n".join(exc.lines[-5:])
+                usage_error = exc.returncode == 2  # a bad flag or variable: retrying cannot help
+                if usage_error or time.monotonic() > retry_until or self.left() <= 0:
+                    raise RuntimeError(
+                        f"the server did not start again on port {self.port}:\n{text}"
+                    ) from None
+                self.say(f"server life {number} did not start ({text[-200:]!r}); retrying")
+                time.sleep(0.2)  # let the dead life's port be freed
+                continue
+            life = ServerLife(number, server.lines, server)
             self.watcher.lives.append(life)
-            if life.wait_listening(min(SERVER_START_TIMEOUT, max(self.left(), 0.1))):
-                took = time.monotonic() - began
-                self.say(f"server life {number} listening on {self.port} after {took:.2f} s")
-                return life
-            life.kill()
-            text = "\n".join(life.lines[-5:])
-            usage_error = life.proc.poll() == 2  # a bad flag or variable: retrying cannot help
-            if usage_error or time.monotonic() > retry_until or self.left() <= 0:
-                raise RuntimeError(f"the server did not start again on port {self.port}:\n{text}")
-            self.say(f"server life {number} did not start ({text[-200:]!r}); retrying")
-            time.sleep(0.2)
+            took = time.monotonic() - began
+            self.say(f"server life {number} listening on {self.port} after {took:.2f} s")
+            return life
 
     def start_agency(self, agency: int, batch: int, run: int) -> AgencyRun:
         log_path = self.work / f"agency-{agency}.run{run}.log"
-        cmd = [
-            *lottery_command(), "agency", "--id", str(agency),
-            "--server", f"127.0.0.1:{self.port}", "--bets", str(self.files[agency - 1]),
+        flags = [
             "--batch-max-amount", str(batch), "--max-in-flight", str(self.cfg.max_in_flight),
             "--timeout", str(self.cfg.agency_timeout),
             "--winners-attempts", str(self.cfg.winners_attempts),
             "--winners-base-delay", str(self.cfg.winners_base_delay), "--quiet",
             "--reconnect-attempts", str(RECONNECT_ATTEMPTS),
         ]  # fmt: skip
-        with log_path.open("w", encoding="utf-8") as out:
-            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, text=True)
-        item = AgencyRun(agency, run, batch, proc, log_path)
+        process = start_agency(
+            agency, self.port, self.files[agency - 1], extra_args=flags, output=log_path
+        )
+        item = AgencyRun(run, batch, process, log_path)
         self.agency_runs.append(item)
         return item
 
@@ -371,8 +338,10 @@ class ChaosRun:
                 item.proc.kill()
             with contextlib.suppress(subprocess.TimeoutExpired):
                 item.proc.wait(KILL_WAIT)
+        for item in self.agency_runs:
+            item.process.output_file.close()
         for life in self.watcher.lives:
-            if life.proc.poll() is None:
+            if life.server is not None and life.proc.poll() is None:
                 with contextlib.suppress(OSError):
                     life.proc.send_signal(signal.SIGCONT)
             life.kill()
@@ -556,14 +525,7 @@ class ChaosRun:
         return status
 
     def export(self) -> list[tuple[str, ...]]:
-        out = self.work / "bets.csv"
-        subprocess.run(
-            [*lottery_command(), "export", "--data-dir", str(self.data_dir), "--csv", str(out)],
-            check=True,
-            capture_output=True,
-            timeout=max(self.left(), 30.0),
-        )
-        return _read_export(out)
+        return export_bets(self.data_dir, self.work / "bets.csv", timeout=max(self.left(), 30.0))
 
     # -- judging
 

@@ -16,7 +16,6 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
 from roundrunner import start_agency, start_server, stop_server, wait_agencies
 
 HERE = Path(__file__).parent

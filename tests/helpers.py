@@ -14,9 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from lottery.config import ServerConfig
-from lottery.protocol import ClientProtocol, Hello, Message, Welcome, encode
+from lottery.protocol import Hello, Message, Welcome, encode
 from lottery.server import Server
 from lottery.store import SQLiteStore, Store
+from roundrunner import ReplyReader
+from roundrunner import log_events as _log_events
 
 from .conftest import UNIT
 
@@ -116,27 +118,9 @@ def write_agency_file(path: Path, rows: Iterable[Iterable[str]]) -> Path:
 # -- logs ------------------------------------------------------------------------------------
 
 
-def parse_log_line(line: str) -> dict[str, str]:
-    """A tp0 line's ``key: value`` fields (``action``, ``result``...), or {} for another line."""
-    start = line.find("action: ")
-    if start < 0:
-        return {}
-    fields: dict[str, str] = {}
-    for part in line[start:].split(" | "):
-        key, _, value = part.partition(": ")
-        fields[key] = value
-    return fields
-
-
 def log_events(stream: io.StringIO, action: str, **fields: object) -> list[dict[str, str]]:
     """The logged events named ``action`` whose fields include ``fields`` (as text)."""
-    wanted = {key: str(value) for key, value in fields.items()}
-    events = (parse_log_line(line) for line in stream.getvalue().splitlines())
-    return [
-        event
-        for event in events
-        if event.get("action") == action and all(event.get(k) == v for k, v in wanted.items())
-    ]
+    return _log_events(stream.getvalue(), action, **fields)
 
 
 # -- raw connections -------------------------------------------------------------------
@@ -148,7 +132,7 @@ class RawConnection:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader = reader
         self.writer = writer
-        self._protocol = ClientProtocol()
+        self._replies = ReplyReader(reader)
 
     @classmethod
     async def open(cls, port: int) -> RawConnection:
@@ -165,22 +149,16 @@ class RawConnection:
     async def receive(self, timeout: float = REPLY_TIMEOUT) -> Message:
         """The next message from the server; fails on EOF or after ``timeout``."""
         async with asyncio.timeout(timeout):
-            while (message := self._protocol.next_event()) is None:
-                data = await self.reader.read(65536)
-                if not data:
-                    raise AssertionError("the server closed the connection")
-                self._protocol.receive_data(data)
+            message = await self._replies.next()
+        if message is None:
+            raise AssertionError("the server closed the connection")
         return message
 
     async def expect_eof(self, timeout: float = REPLY_TIMEOUT) -> None:
         """Wait until the server closes the connection, with nothing more to read."""
-        leftover = self._protocol.next_event()
-        assert leftover is None, f"unexpected message before EOF: {leftover!r}"
         async with asyncio.timeout(timeout):
-            while data := await self.reader.read(65536):
-                self._protocol.receive_data(data)
-                leftover = self._protocol.next_event()
-                assert leftover is None, f"unexpected message before EOF: {leftover!r}"
+            leftover = await self._replies.next()
+        assert leftover is None, f"unexpected message before EOF: {leftover!r}"
 
     async def hello(self, agency: int) -> Welcome:
         """Shake hands as ``agency``; returns the WELCOME."""

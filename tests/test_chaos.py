@@ -1,21 +1,20 @@
 """A shortened chaos round (scripts/chaos.py): SIGKILLed server and agency, nothing lost.
 
-Slow-ish (a few seconds: five server lives and a restarted agency, all real
-processes), but in the default suite: it is the one test that kills the
-server with SIGKILL mid-round, between the barrier and the draw included.
+Slow (a few seconds: five server lives and a restarted agency, all real
+processes), so marked ``slow`` and ``e2e``, but in ``make test`` and CI: it is
+the one test that kills the server with SIGKILL mid-round, between the barrier
+and the draw included.
 """
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
-from .conftest import UNIT
-
-sys.path.insert(0, str(Path(__file__).parents[1] / "scripts"))
 from chaos import ChaosConfig, agency_kill_spread, run_chaos
+
+from .conftest import UNIT
 
 pytestmark = pytest.mark.timeout(120 * UNIT)
 
@@ -34,6 +33,8 @@ def _short(tmp_path: Path, seed: int) -> ChaosConfig:
     )
 
 
+@pytest.mark.e2e
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", [7574, 2026])
 def test_short_chaos_round_passes(tmp_path: Path, seed: int) -> None:
     """3 agencies × 3,000 bets through 3 server kills, an agency kill and a kill before the draw."""

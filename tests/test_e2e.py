@@ -8,9 +8,7 @@ log lines the same way (``action: X | result: Y``), plus exit statuses and the
 from __future__ import annotations
 
 import collections
-import csv
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -20,15 +18,12 @@ from pathlib import Path
 
 import pytest
 
-from lottery.protocol import Hello, encode
-
-from .conftest import UNIT
-
-sys.path.insert(0, str(Path(__file__).parents[1] / "scripts"))
 from gen_dataset import generate_agency_file
+from lottery.protocol import Hello, encode
 from roundrunner import (
     AgencyProcess,
     ServerProcess,
+    export_bets,
     input_bets,
     lottery_command,
     parse_log_line,
@@ -38,7 +33,9 @@ from roundrunner import (
     wait_agencies,
 )
 
-pytestmark = pytest.mark.timeout(180 * UNIT)
+from .conftest import UNIT
+
+pytestmark = [pytest.mark.timeout(180 * UNIT), pytest.mark.e2e]
 
 SHARED_ZIP = Path(__file__).parents[2] / "shared" / "data" / "tp0-dataset.zip"
 
@@ -66,16 +63,9 @@ def _run_round(
 
 def _export(tmp_path: Path, env: dict[str, str] | None = None) -> list[tuple[str, ...]]:
     out = tmp_path / "bets.csv"
-    subprocess.run(
-        [*lottery_command(), "export", "--data-dir", str(tmp_path / "data"), "--csv", str(out)],
-        check=True,
-        capture_output=True,
-        env={**os.environ, **(env or {})},
-        timeout=60 * UNIT,
-    )
+    rows = export_bets(tmp_path / "data", out, env=env, timeout=60 * UNIT)
     assert out.read_bytes().count(b"\r\n") == out.read_bytes().count(b"\n")  # tp0's CRLF
-    with out.open(newline="", encoding="utf-8") as f:
-        return [tuple(row) for row in csv.reader(f)]
+    return rows
 
 
 def _assert_healthy(server: ServerProcess, agencies: list[AgencyProcess], status: int) -> None:

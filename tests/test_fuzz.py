@@ -2,7 +2,7 @@
 
 Two layers, checked two ways:
 
-- over loopback, a few hundred frames from scripts/fuzz_server.py's generator
+- over loopback, a few hundred frames from the fuzzer's generator (scripts/fuzzing.py)
   hit a real `Server`; every reply must be what that script's oracle says the
   server owes, and a clean round afterwards stores exactly its own bets;
 - a Hypothesis state machine feeds the sans-I/O `ServerProtocol` valid frames,
@@ -21,7 +21,6 @@ import itertools
 import logging
 import random
 import struct
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +36,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
+import fuzzing as fz
 from lottery.client import AsyncAgency
 from lottery.errors import InvalidBet, OutOfOrder, ProtocolError
 from lottery.models import validate_fields
@@ -69,10 +69,8 @@ from lottery.protocol import (
 from .conftest import UNIT
 from .helpers import LOOPBACK, data_dir_of, make_rows, running_server, stored_bets
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "scripts"))
-import fuzz_server as fz
-
-pytestmark = pytest.mark.timeout(120 * UNIT)
+# Both tests take seconds: hundreds of connections, and a long Hypothesis run.
+pytestmark = [pytest.mark.timeout(120 * UNIT), pytest.mark.slow]
 
 TODAY = datetime.date.today().isoformat()
 FS, RS = "\x1f", "\x1e"

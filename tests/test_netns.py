@@ -101,6 +101,7 @@ def test_missing_prerequisite_exits_77() -> None:
     assert result.stderr.count("\n") == 1 and "skipped" in result.stderr
 
 
+@pytest.mark.e2e
 def test_round_across_namespaces(tmp_path: Path) -> None:
     """A round with each process in its own namespace gets the generated winners, leaves none."""
     reason = _netns_unavailable()

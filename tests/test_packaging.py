@@ -29,7 +29,7 @@ import lottery
 
 from .conftest import UNIT
 
-pytestmark = pytest.mark.timeout(180 * UNIT)
+pytestmark = [pytest.mark.timeout(180 * UNIT), pytest.mark.packaging]
 
 ROOT = Path(__file__).resolve().parents[1]
 #: What the wheel is built from; the Dockerfile copies the same (test_docker checks it).
