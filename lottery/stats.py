@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 __all__ = ["LatencySample", "percentile"]
@@ -12,7 +13,7 @@ def percentile(values: Sequence[float], q: float) -> float:
     if not values:
         return 0.0
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(len(ordered) * q / 100))]
+    return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
 
 
 class LatencySample:

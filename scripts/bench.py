@@ -36,7 +36,6 @@ import csv
 import datetime
 import importlib.metadata
 import json
-import math
 import os
 import platform
 import resource
@@ -66,6 +65,7 @@ from lottery.protocol import (
     encode_batch,
     encode_record,
 )
+from lottery.stats import percentile
 from roundrunner import (
     AgencyProcess,
     ReplyReader,
@@ -255,14 +255,6 @@ class Round:
         return {**asdict(self), "bets_per_s": round(self.bets_per_s, 1)}
 
 
-def percentile(values: Sequence[float], q: float) -> float | None:
-    """Nearest-rank percentile (q in 0..1), or None for no values."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
-
-
 def _server_figures(
     mode: str, data: Dataset, window: int | None, seconds: float, server: ServerProcess,
     usage: Usage, latencies: list[float] | None,
@@ -283,8 +275,8 @@ def _server_figures(
         seconds=seconds,
         server_cpu_s=usage.cpu_s,
         server_peak_rss_mib=usage.peak_rss_kib / 1024,
-        ack_p50_ms=percentile(latencies, 0.50) if latencies else None,
-        ack_p99_ms=percentile(latencies, 0.99) if latencies else None,
+        ack_p50_ms=percentile(latencies, 50) if latencies else None,
+        ack_p99_ms=percentile(latencies, 99) if latencies else None,
         commits=None if commits is None else int(commits),
         batches_per_commit=None
         if commits is None or batches is None

@@ -28,26 +28,28 @@ import asyncio
 import collections
 import contextlib
 import datetime
-import enum
 import random
 import struct
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from lottery.errors import InvalidBatch, OutOfOrder, ProtocolError
+from lottery.errors import OutOfOrder, ProtocolError
 from lottery.protocol import (
     MAX_FRAME_SIZE,
+    NONCE_SIZE,
     PROTOCOL_VERSION,
     Ack,
     Auth,
     Batch,
+    Challenge,
     Done,
     Error,
     ErrorCode,
     FrameType,
     Hello,
     Message,
+    RejectedBatch,
     ServerProtocol,
     SingleBet,
     StatusQuery,
@@ -55,11 +57,11 @@ from lottery.protocol import (
     Winners,
     WinnersQuery,
 )
+from lottery.protocol import closes_connection as protocol_closes
 from roundrunner import ReplyReader
 
 __all__ = [
     "GAP_SEQ",
-    "Closing",
     "ConnResult",
     "Expect",
     "FuzzStats",
@@ -88,35 +90,14 @@ SERVER_TYPES = sorted(t for t in FrameType if t >= 0x80)
 NON_CLIENT_TYPES = [t for t in range(256) if t not in CLIENT_TYPES]
 
 
-class Closing(enum.Enum):
-    """What the server does with the connection after a reply."""
-
-    NEVER = "never"
-    ALWAYS = "always"
-    #: It depends on timing the client cannot see (DRAW_MADE, below).
-    MAYBE = "maybe"
-
-
-def closes_connection(reply: str) -> Closing:
+def closes_connection(reply: str) -> bool:
     """Whether the server closes the connection after ``reply`` (a `reply_kind` name).
 
-    The fuzzer's only statement of the server's closing rules: every other
-    place asks this function, so it can be swapped for the protocol's own rules.
-    DRAW_MADE closes when the bet is read after the draw, not when it was
-    already queued before it.
+    Not the fuzzer's own statement: it asks the protocol's closing rule
+    (`lottery.protocol.closes_connection`), the one the server obeys.
     """
-    if reply in {
-        "BAD_FRAME", "OUT_OF_ORDER", "BAD_VERSION", "UNKNOWN_AGENCY", "AUTH_FAILED",
-        "TOO_MANY_CONNECTIONS", "SHUTTING_DOWN",
-    }:  # fmt: skip
-        return Closing.ALWAYS
-    if reply == "DRAW_MADE":
-        return Closing.MAYBE
-    return Closing.NEVER
-
-
-def _may_close(reply: str) -> bool:
-    return closes_connection(reply) is not Closing.NEVER
+    code = ErrorCode.__members__.get(reply)
+    return code is not None and protocol_closes(Error(code, reply))
 
 
 Row = tuple[str, ...]
@@ -360,7 +341,7 @@ def predict(
     us (we know no secret) gets AUTH_FAILED.
     """
     today = today or datetime.date.today().isoformat()
-    proto = ServerProtocol(require_auth=auth)
+    proto = ServerProtocol()
     proto.receive_data(data)
     expects: list[Expect] = []
     unsafe: str | None = None
@@ -369,7 +350,7 @@ def predict(
     def owe(*kinds: str, wait: bool = False) -> bool:
         """Owe one of ``kinds``; True if that reply surely ends the connection."""
         expects.append(Expect(frozenset(kinds), wait))
-        return all(closes_connection(kind) is Closing.ALWAYS for kind in kinds)
+        return all(closes_connection(kind) for kind in kinds)
 
     def done() -> Prediction:
         return Prediction(expects, unsafe, frozenset(admitted))
@@ -378,9 +359,6 @@ def predict(
     while True:
         try:
             message = proto.next_event(today)
-        except InvalidBatch:
-            owe("INVALID_BET")
-            continue
         except OutOfOrder:
             owe("OUT_OF_ORDER")
             return done()  # the server reads no further (closes_connection agrees)
@@ -389,6 +367,9 @@ def predict(
             return done()  # a broken stream cannot be read on
         if message is None:
             break
+        if isinstance(message, RejectedBatch):
+            owe("INVALID_BET")
+            continue
         if isinstance(message, Hello):
             if message.version != PROTOCOL_VERSION:
                 if owe("BAD_VERSION"):
@@ -399,8 +380,10 @@ def predict(
                     return done()
                 continue
             if auth:
+                proto.send(Challenge(bytes(NONCE_SIZE)))
                 owe("CHALLENGE")
                 continue
+            proto.send(Welcome(dup_limit, 0))
             agency = message.agency
             admitted.add(agency)
             owe("WELCOME")
@@ -422,7 +405,7 @@ def predict(
             name = type(message).__name__
             if drawn:
                 owe("DRAW_MADE")
-                return done()  # read after the draw: the MAYBE of closes_connection that closes
+                return done()  # DRAW_MADE closes the connection
             # Before the draw: refused as a gap, or acked as a duplicate; or, if
             # this agency said DONE before our handshake, OUT_OF_ORDER; or, if
             # the draw came meanwhile, DRAW_MADE.
@@ -934,14 +917,14 @@ async def run_connection(
     result.mismatch = judge(result)
     if result.mismatch is None and result.end == "eof" and script.kickable:
         owed = len(result.expects) - len(result.replies)
-        if owed > 0 and not (result.replies and _may_close(result.replies[-1])):
+        if owed > 0 and not (result.replies and closes_connection(result.replies[-1])):
             result.end = "kicked"  # the real agency's newer handshake stopped it
     return result
 
 
 def _complete(result: ConnResult) -> bool:
     replies = result.replies
-    if replies and _may_close(replies[-1]):
+    if replies and closes_connection(replies[-1]):
         return True
     return len(replies) >= len(result.expects)
 
@@ -956,10 +939,10 @@ def judge(result: ConnResult) -> str | None:
             return f"reply {i} is {reply}, none was owed"
         if reply not in expects[i].kinds:
             return f"reply {i} is {reply}, owed one of {sorted(expects[i].kinds)}"
-        if closes_connection(reply) is Closing.ALWAYS and i != len(replies) - 1:
+        if closes_connection(reply) and i != len(replies) - 1:
             return f"reply {i + 1} came after {reply}, which closes the connection"
     owed = len(expects) - len(replies)
-    closed_by_error = bool(replies) and _may_close(replies[-1])
+    closed_by_error = bool(replies) and closes_connection(replies[-1])
     if end == "eof" and owed > 0 and not closed_by_error and not result.script.kickable:
         return f"EOF after {len(replies)} of {len(expects)} owed replies"
     waiting = owed > 0 and expects[len(replies)].wait
