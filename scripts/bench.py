@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from bench_slow_clients import measure as measure_slow_clients
+from lottery.models import DEFAULT_WINNING_NUMBER
 from lottery.protocol import (
     BATCH_OVERHEAD,
     MAX_FRAME_SIZE,
@@ -122,7 +123,12 @@ def ensure_dataset(root: Path, agencies: int, bets: int) -> Dataset:
         raise SystemExit(f"--bets must be at least {max(winners)} (the winners of an agency)")
     data = Dataset(root / f"{agencies}x{bets}", agencies, bets, winners)
     meta_path = data.folder / "meta.json"
-    meta = {"agencies": agencies, "bets": bets, "winners": winners, "winning_number": 7574}
+    meta = {
+        "agencies": agencies,
+        "bets": bets,
+        "winners": winners,
+        "winning_number": DEFAULT_WINNING_NUMBER,
+    }
     try:
         present = json.loads(meta_path.read_text()) == meta and all(f.exists() for f in data.files)
     except (OSError, ValueError):

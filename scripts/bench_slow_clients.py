@@ -45,6 +45,7 @@ from pathlib import Path
 from lottery.client import AsyncAgency, query_status
 from lottery.config import ServerConfig
 from lottery.log import configure
+from lottery.models import DEFAULT_WINNING_NUMBER
 from lottery.protocol import MAX_FRAME_SIZE, FrameType
 from lottery.server import Server
 from lottery.store import SQLiteStore
@@ -52,7 +53,7 @@ from lottery.store import SQLiteStore
 __all__ = ["Crowd", "SlowClientsFigure", "crowded_round", "main", "measure", "rows_for"]
 
 LOOPBACK = "127.0.0.1"
-WINNING_NUMBER = 7574
+WINNING_NUMBER = DEFAULT_WINNING_NUMBER
 #: The crowded round may take at most this much longer than the plain one (a target, not a gate).
 TARGET_RATIO = 1.10
 #: A frame that never completes at one byte a second: a header announcing a

@@ -59,6 +59,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gen_dataset import generate_agency_file
+from lottery.models import DEFAULT_WINNING_NUMBER
 from roundrunner import (
     AgencyProcess,
     ServerProcess,
@@ -78,7 +79,7 @@ __all__ = ["ChaosConfig", "ChaosResult", "agency_kill_spread", "main", "run_chao
 RECONNECT_ATTEMPTS = 30
 
 DRAW_DELAY_ENV = "LOTTERY_FAULT_DRAW_DELAY"
-WINNING_NUMBER = 7574
+WINNING_NUMBER = DEFAULT_WINNING_NUMBER
 POLL = 0.002  # seconds between looks at the logs
 SERVER_START_TIMEOUT = 15.0
 PORT_RETRY_SECONDS = 10.0

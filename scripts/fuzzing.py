@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from lottery.errors import OutOfOrder, ProtocolError
+from lottery.models import DEFAULT_WINNING_NUMBER
 from lottery.protocol import (
     MAX_FRAME_SIZE,
     NONCE_SIZE,
@@ -82,7 +83,7 @@ __all__ = [
 HEADER = struct.Struct("!IB")
 MAX_BODY = MAX_FRAME_SIZE - HEADER.size
 FS, RS = "\x1f", "\x1e"
-WINNING_NUMBER = 7574
+WINNING_NUMBER = DEFAULT_WINNING_NUMBER
 #: Sequences from here on skip far ahead of any real agency's: always BAD_SEQUENCE.
 GAP_SEQ = 1 << 30
 CLIENT_TYPES = sorted(t for t in FrameType if t < 0x80)

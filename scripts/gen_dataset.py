@@ -21,6 +21,8 @@ import datetime
 import random
 from pathlib import Path
 
+from lottery.models import DEFAULT_WINNING_NUMBER
+
 FIRST = [
     "Santiago", "Valentina", "Mateo", "Martina", "Lautaro", "Sofía", "Tiago", "Catalina",
     "Benjamín", "Ana Julia", "Nicolás", "María José", "Ciro", "Agustina", "Joaquín", "Emilia",
@@ -40,7 +42,11 @@ def _winner_rows(bets: int, winners: int, rng: random.Random) -> set[int]:
 
 
 def generate_agency_file(
-    path: Path, bets: int, winner_rows: set[int], seed: int, winning_number: int = 7574
+    path: Path,
+    bets: int,
+    winner_rows: set[int],
+    seed: int,
+    winning_number: int = DEFAULT_WINNING_NUMBER,
 ) -> None:
     rng = random.Random(seed)
     base = datetime.date(1950, 1, 1).toordinal()
@@ -73,7 +79,7 @@ def main() -> None:
     parser.add_argument("--winners", default="", help="winners per agency, e.g. 1,2,3,0,1")
     parser.add_argument("--winner-rows", default=None, help='rows per agency, e.g. "0 99|50|"')
     parser.add_argument("--seed", type=int, default=7574)
-    parser.add_argument("--winning-number", type=int, default=7574)
+    parser.add_argument("--winning-number", type=int, default=DEFAULT_WINNING_NUMBER)
     args = parser.parse_args()
 
     args.out.mkdir(parents=True, exist_ok=True)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from lottery.config import ServerConfig
+from lottery.models import DEFAULT_WINNING_NUMBER
 from lottery.protocol import Hello, Message, Welcome, encode
 from lottery.server import Server
 from lottery.store import SQLiteStore, Store
@@ -41,7 +42,7 @@ __all__ = [
 ]
 
 LOOPBACK = "127.0.0.1"
-WINNING_NUMBER = 7574
+WINNING_NUMBER = DEFAULT_WINNING_NUMBER
 #: How long a test waits for something that should happen promptly.
 REPLY_TIMEOUT = 5 * UNIT
 

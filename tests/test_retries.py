@@ -157,6 +157,7 @@ def test_a_retry_counts_fruitless_tries_and_starts_over_on_progress() -> None:
     assert repr(retry) == "<Retry 3/3 failed>"
 
 
+@pytest.mark.e2e
 async def test_lottery_agency_exits_1_when_the_server_keeps_dropping(tmp_path: Path) -> None:
     """`lottery agency` against a server that drops every request says why and exits 1."""
     bets = write_agency_file(tmp_path / "agency-1.csv", make_rows(5))
