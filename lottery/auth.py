@@ -12,6 +12,11 @@ File format, one agency per line, ``#`` comments allowed::
     # agency: secret (64 hex digits)
     1: 3f2a...
     2: 91bc...
+    operator: 5d0e...
+
+The ``operator`` line is optional: its token lets a person (``lottery
+status``, the round's web page) see the whole round when the server runs
+with secrets; agencies never use it.
 
 The file must be readable by its owner only (mode 0600 or stricter): the
 server refuses a file others can read.
@@ -26,9 +31,18 @@ from pathlib import Path
 
 from .errors import ConfigError
 
-__all__ = ["SECRET_BYTES", "load_secrets", "make_secrets", "parse_secret"]
+__all__ = [
+    "OPERATOR",
+    "SECRET_BYTES",
+    "load_operator_token",
+    "load_secrets",
+    "make_secrets",
+    "parse_secret",
+]
 
 SECRET_BYTES = 32
+#: The key of the operator token's line in a secrets file.
+OPERATOR = "operator"
 
 
 def parse_secret(text: str, where: str) -> bytes:
@@ -42,14 +56,7 @@ def parse_secret(text: str, where: str) -> bytes:
     return secret
 
 
-def load_secrets(path: str | os.PathLike[str], agencies: int) -> dict[int, bytes]:
-    """Read a secrets file: agency id → secret.
-
-    Raises:
-        ConfigError: unreadable file, group/other permissions, a bad line, an
-            agency id outside 1..``agencies`` or given twice.
-    """
-    path = Path(path)
+def _read_private(path: Path) -> str:
     try:
         mode = path.stat().st_mode
         text = path.read_text(encoding="utf-8")
@@ -60,14 +67,36 @@ def load_secrets(path: str | os.PathLike[str], agencies: int) -> dict[int, bytes
             f"secrets file {path}: readable by others (mode {stat.S_IMODE(mode):o}); "
             f"chmod 600 {path}"
         )
-    table: dict[int, bytes] = {}
-    for number, line in enumerate(text.splitlines(), 1):
+    return text
+
+
+def _lines(path: Path) -> list[tuple[str, str, str]]:
+    """(where, key, secret text) of each line that is not blank or a comment."""
+    entries = []
+    for number, line in enumerate(_read_private(path).splitlines(), 1):
         line = line.split("#", 1)[0].strip()
         if not line:
             continue
         where = f"secrets file {path}, line {number}"
-        agency_text, sep, secret_text = line.partition(":")
-        if not sep or not agency_text.strip().isdigit():
+        key, sep, secret_text = line.partition(":")
+        if not sep:
+            raise ConfigError(f"{where}: expected 'agency: secret'")
+        entries.append((where, key.strip(), secret_text))
+    return entries
+
+
+def load_secrets(path: str | os.PathLike[str], agencies: int) -> dict[int, bytes]:
+    """Read a secrets file: agency id → secret (the operator line is not an agency's).
+
+    Raises:
+        ConfigError: unreadable file, group/other permissions, a bad line, an
+            agency id outside 1..``agencies`` or given twice.
+    """
+    table: dict[int, bytes] = {}
+    for where, agency_text, secret_text in _lines(Path(path)):
+        if agency_text == OPERATOR:
+            continue
+        if not agency_text.isdigit():
             raise ConfigError(f"{where}: expected 'agency: secret'")
         agency = int(agency_text)
         if not 1 <= agency <= agencies:
@@ -78,6 +107,14 @@ def load_secrets(path: str | os.PathLike[str], agencies: int) -> dict[int, bytes
     return table
 
 
+def load_operator_token(path: str | os.PathLike[str]) -> bytes | None:
+    """The operator token of a secrets file (its ``operator:`` line), or None if it has none."""
+    for where, key, secret_text in _lines(Path(path)):
+        if key == OPERATOR:
+            return parse_secret(secret_text, where)
+    return None
+
+
 def make_secrets(agencies: int, path: str | os.PathLike[str]) -> None:
     """Write a new secrets file for agencies 1..``agencies``, mode 0600.
 
@@ -85,6 +122,7 @@ def make_secrets(agencies: int, path: str | os.PathLike[str]) -> None:
     """
     lines = ["# lottery agency secrets: agency: secret (hex). Keep this file private."]
     lines += [f"{agency}: {secrets.token_hex(SECRET_BYTES)}" for agency in range(1, agencies + 1)]
+    lines += [f"{OPERATOR}: {secrets.token_hex(SECRET_BYTES)}"]
     try:
         # O_EXCL: never clobber; mode 0600 from the start, never readable by others.
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from lottery.auth import load_secrets, make_secrets, parse_secret
+from lottery.auth import load_operator_token, load_secrets, make_secrets, parse_secret
 from lottery.client import AsyncAgency, query_status, tls_context
 from lottery.config import ServerConfig
 from lottery.errors import AuthenticationRequired, ConfigError, ConnectionLost, ServerRefused
@@ -273,3 +273,21 @@ def test_the_make_secrets_command_and_the_secrets_flag(tmp_path: Path) -> None:
     args = build_parser().parse_args(["server", "--secrets", str(path), "--agencies", "3"])
     config = load_server_config(_flags(args), {}, None)
     assert config.secrets_file == str(path)
+
+
+def test_make_secrets_writes_an_operator_token_that_no_agency_can_use(tmp_path: Path) -> None:
+    """make-secrets adds an operator line; only load_operator_token reads it, as no agency's."""
+    path = tmp_path / "secrets.txt"
+    make_secrets(3, path)
+    assert sorted(load_secrets(path, 3)) == [1, 2, 3]
+    token = load_operator_token(path)
+    assert token is not None and len(token) == 32
+    assert token not in load_secrets(path, 3).values()
+
+
+def test_a_secrets_file_without_an_operator_line_has_no_token(tmp_path: Path) -> None:
+    """An older secrets file, with agency lines only, has no operator token."""
+    path = tmp_path / "secrets.txt"
+    path.write_text("1: " + "ab" * 32 + "\n", encoding="utf-8")
+    path.chmod(0o600)
+    assert load_operator_token(path) is None
