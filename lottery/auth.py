@@ -62,6 +62,11 @@ def _read_private(path: Path) -> str:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"secrets file {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"secrets file {path}: not UTF-8 text (byte {exc.start}); "
+            "write it with lottery make-secrets"
+        ) from None
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise ConfigError(
             f"secrets file {path}: readable by others (mode {stat.S_IMODE(mode):o}); "
@@ -88,23 +93,57 @@ def _lines(path: Path) -> list[tuple[str, str, str]]:
 def load_secrets(path: str | os.PathLike[str], agencies: int) -> dict[int, bytes]:
     """Read a secrets file: agency id → secret (the operator line is not an agency's).
 
+    Every agency 1..``agencies`` needs its own line and its own secret: a
+    missing agency would be refused all round, and a shared secret lets one
+    agency speak for another.
+
     Raises:
-        ConfigError: unreadable file, group/other permissions, a bad line, an
-            agency id outside 1..``agencies`` or given twice.
+        ConfigError: unreadable or non-UTF-8 file, group/other permissions, a
+            bad line, an agency id outside 1..``agencies`` or given twice, an
+            agency missing, or two agencies with one secret.
     """
     table: dict[int, bytes] = {}
+    owners: dict[bytes, int] = {}
     for where, agency_text, secret_text in _lines(Path(path)):
         if agency_text == OPERATOR:
             continue
-        if not agency_text.isdigit():
-            raise ConfigError(f"{where}: expected 'agency: secret'")
+        # isascii: "²".isdigit() is true, and int() refuses it.
+        if not (agency_text.isascii() and agency_text.isdigit()):
+            raise ConfigError(
+                f"{where}: {agency_text!r} is not an agency id; expected 'agency: secret'"
+            )
         agency = int(agency_text)
         if not 1 <= agency <= agencies:
             raise ConfigError(f"{where}: agency {agency} is not in 1..{agencies}")
         if agency in table:
             raise ConfigError(f"{where}: agency {agency} appears twice")
-        table[agency] = parse_secret(secret_text, where)
+        secret = parse_secret(secret_text, where)
+        if secret in owners:
+            raise ConfigError(
+                f"{where}: agency {agency} has the same secret as agency {owners[secret]}; "
+                "each agency needs its own"
+            )
+        table[agency], owners[secret] = secret, agency
+    if not table:
+        raise ConfigError(
+            f"secrets file {path}: holds no agency secrets, so every agency would be refused"
+        )
+    missing = [agency for agency in range(1, agencies + 1) if agency not in table]
+    if missing:
+        raise ConfigError(
+            f"secrets file {path}: no secret for {_agencies_text(missing)} "
+            f"of 1..{agencies}, which the server would refuse; "
+            f"lottery make-secrets {agencies} FILE writes a complete one"
+        )
     return table
+
+
+def _agencies_text(ids: list[int]) -> str:
+    """``agency 3`` or ``agencies 1, 2, 3 … (40 in all)``: short enough for one line."""
+    if len(ids) == 1:
+        return f"agency {ids[0]}"
+    shown = ", ".join(str(i) for i in ids[:5])
+    return f"agencies {shown}" + (f" … ({len(ids)} in all)" if len(ids) > 5 else "")
 
 
 def load_operator_token(path: str | os.PathLike[str]) -> bytes | None:

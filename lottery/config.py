@@ -37,6 +37,8 @@ __all__ = [
 
 DEFAULT_PORT = 12345
 DEFAULT_BATCH_MAX_AMOUNT = 200
+#: A year: longer waits are typos, and asyncio cannot schedule an infinite one.
+MAX_SECONDS = 365 * 24 * 3600.0
 #: The number that wins when none is configured (tp0's).
 
 
@@ -132,8 +134,8 @@ def seconds(raw: str) -> float:
         value = float(str(raw).strip())
     except ValueError:
         raise ValueError(f"{raw!r} is not a number of seconds") from None
-    if not value > 0:
-        raise ValueError(f"{value} must be more than 0 seconds")
+    if not 0 < value <= MAX_SECONDS:  # also refuses nan and inf
+        raise ValueError(f"{value} must be more than 0 and at most {MAX_SECONDS:g} seconds")
     return value
 
 
@@ -202,7 +204,7 @@ SERVER_OPTIONS = (
     Option("port", "SERVER_PORT", "SERVER_PORT", integer(0, 65535),
            "TCP port; 0 picks a free one"),
     Option("data_dir", "SERVER_DATA_DIR", "SERVER_DATA_DIR", text, "where the store lives"),
-    Option("listen_backlog", "SERVER_LISTEN_BACKLOG", "SERVER_LISTEN_BACKLOG", integer(1),
+    Option("listen_backlog", "SERVER_LISTEN_BACKLOG", "SERVER_LISTEN_BACKLOG", integer(1, 65535),
            "connections the kernel queues before they are accepted"),
     Option("winning_number", "WINNING_NUMBER", "WINNING_NUMBER", integer(0, 9999),
            "the number that wins, 0..9999"),
@@ -304,14 +306,21 @@ def resolve(
 def _read_ini(path: str | None) -> dict[str, str]:
     if not path:
         return {}
-    parser = configparser.ConfigParser()
+    # No interpolation: a '%' in a value is that character, as the operator wrote it.
+    parser = configparser.ConfigParser(interpolation=None)
     parser.optionxform = str  # type: ignore[assignment,method-assign]  # keep tp0's upper case
     try:
         with open(path, encoding="utf-8") as f:
             parser.read_file(f)
-    except (OSError, configparser.Error) as exc:
-        raise ConfigError(f"config file {path}: {exc}") from None
+    except (OSError, configparser.Error, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {path}: {_one_line(exc)}") from None
     return dict(parser["DEFAULT"])
+
+
+def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return " ".join(str(exc).split())
 
 
 def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -333,8 +342,8 @@ def _read_yaml(path: str | None) -> dict[str, Any]:
     try:
         with open(path, encoding="utf-8") as f:
             data = yaml.safe_load(f) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"config file {path}: {exc}") from None
+    except (OSError, yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {path}: {_one_line(exc)}") from None
     if not isinstance(data, Mapping):
         raise ConfigError(f"config file {path}: expected a mapping at the top level")
     return _flatten(data)
