@@ -124,7 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     export = commands.add_parser("export", help="write the stored bets as tp0's bets.csv")
     export.add_argument("--data-dir", required=True)
-    export.add_argument("--csv", required=True, help="output file")
+    export.add_argument("--csv", required=True, help="output file; - for standard output")
+    export.add_argument(
+        "--excel-safe",
+        action="store_true",
+        help="prefix with ' every name a spreadsheet would run as a formula (= + - @)",
+    )
     return parser
 
 
@@ -349,8 +354,13 @@ def run_export(args: argparse.Namespace) -> int:
         raise ConfigError(f"--data-dir {args.data_dir}: no {DB_FILENAME} there")
     store = SQLiteStore(args.data_dir)
     try:
-        with open(args.csv, "w", newline="", encoding="utf-8") as out:
-            count = write_bets_csv(store.bets(), out)
+        if args.csv == "-":  # the log line goes to stderr, so stdout is the CSV alone
+            sys.stdout.reconfigure(newline="", encoding="utf-8")  # type: ignore[union-attr]  # keep the CRLFs
+            count = write_bets_csv(store.bets(), sys.stdout, excel_safe_cells=args.excel_safe)
+            sys.stdout.flush()
+        else:
+            with open(args.csv, "w", newline="", encoding="utf-8") as out:
+                count = write_bets_csv(store.bets(), out, excel_safe_cells=args.excel_safe)
     finally:
         store.close()
     get_logger().info("export", result="success", cantidad=count, archivo=args.csv)

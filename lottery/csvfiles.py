@@ -24,7 +24,15 @@ from typing import IO
 from .errors import InvalidBatch, InvalidBet, ProtocolError
 from .models import FS, RS, encode_record, validate_records
 
-__all__ = ["AgencyFileReader", "RecordBlock", "RejectedRow", "read_bets_csv", "write_bets_csv"]
+__all__ = [
+    "FORMULA_STARTS",
+    "AgencyFileReader",
+    "RecordBlock",
+    "RejectedRow",
+    "excel_safe",
+    "read_bets_csv",
+    "write_bets_csv",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,16 +200,38 @@ class AgencyFileReader:
         self.close()
 
 
-def write_bets_csv(rows: Iterable[Iterable[object]], out: IO[str]) -> int:
+#: What makes a spreadsheet read a cell as a formula (OWASP's "CSV injection" list).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def excel_safe(value: object) -> object:
+    """``value``, with a leading ``'`` if it is text a spreadsheet would run as a formula.
+
+    The quote is the spreadsheet's own "this is text" mark: Excel, LibreOffice
+    and Google Sheets show the cell without it and never evaluate it.
+    """
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
+def write_bets_csv(
+    rows: Iterable[Iterable[object]], out: IO[str], *, excel_safe_cells: bool = False
+) -> int:
     """Write stored bets in tp0's ``bets.csv`` layout; returns the row count.
 
     ``out`` must be opened with ``newline=""`` so the CRLF the csv module
     writes (as tp0's ``store_bets`` did) reaches the file unchanged.
+
+    Names are exported exactly as stored (tp0's contract), so a name starting
+    with ``=``, ``+``, ``-`` or ``@`` is a formula to a spreadsheet. With
+    ``excel_safe_cells`` such cells get a leading ``'`` (`excel_safe`): the
+    file is then for people to open, no longer byte-exact tp0.
     """
     writer = csv.writer(out, quoting=csv.QUOTE_MINIMAL, lineterminator="\r\n")
     count = 0
     for row in rows:
-        writer.writerow(row)
+        writer.writerow([excel_safe(cell) for cell in row] if excel_safe_cells else row)
         count += 1
     return count
 

@@ -59,6 +59,15 @@ MAX_NAME_LENGTH = 100
 # Surrogates are what undecodable bytes become when a file is read with
 # errors="surrogateescape": refusing them here turns bad UTF-8 into a bad row.
 _CONTROL = "\x00-\x1f\x7f-\x9f\ud800-\udfff"
+# Format controls that change how the text *around* a name reads: the line and
+# paragraph separators break a line in editors and in JSON-as-JavaScript, and
+# the bidirectional marks, embeddings, overrides and isolates (U+202E turns
+# "gpj.exe" into "exe.jpg" on screen) let a name disguise its own row in a
+# spreadsheet or a log. No real name needs them, so they count as controls.
+_FORMAT_CONTROL = "\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069"
+_FORMAT_CONTROLS = frozenset(
+    "\u061c\u200e\u200f\u2028\u2029\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+)
 
 # Month-day pairs that exist in every year, then 29 February of leap years
 # (divisible by 4, and not by 100 unless by 400). Year 0000 does not exist.
@@ -89,7 +98,7 @@ def field_patterns(today: str) -> tuple[str, ...]:
     never be the separator after it, so giving none back changes no match and
     saves the regex engine its backtracking bookkeeping, about 3× faster.
     """
-    name = f"[^{_CONTROL}]{{1,{MAX_NAME_LENGTH}}}+"
+    name = f"[^{_CONTROL}{_FORMAT_CONTROL}]{{1,{MAX_NAME_LENGTH}}}+"
     birthdate = f"(?!0000|{_after(today)})(?:[0-9]{{4}}-{_MONTH_DAY}|{_LEAP_YEAR}-02-29)"
     return (name, name, "[0-9]{1,10}+", birthdate, "[0-9]{1,4}+")
 
@@ -185,6 +194,8 @@ def _name_problem(value: str) -> str | None:
             return f"contains the control character U+{code:04X}"
         if 0xD800 <= code <= 0xDFFF:
             return "is not valid UTF-8"
+        if ch in _FORMAT_CONTROLS:
+            return f"contains the control character U+{code:04X}"
     return None
 
 

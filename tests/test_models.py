@@ -32,6 +32,11 @@ TODAY = "2024-06-01"
 TOMORROW = "2024-06-02"
 VALID = ("Santiago Lionel", "Lorca", "30904465", "1999-03-17", "2201")
 
+#: The format controls refused in names besides C0/C1 (line separators, bidi controls).
+FORMAT_CONTROLS = (
+    "\u061c\u200e\u200f\u2028\u2029\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+)
+
 
 def row(**changes: str) -> list[str]:
     """The valid row VALID with some fields replaced, by name."""
@@ -131,6 +136,24 @@ def test_names_with_control_characters_are_refused(field: str, char: str) -> Non
     exc = problem(row(**{field: f"Ana{char}Maria"}))
     assert exc.field == field
     assert exc.reason == f"contains the control character U+{ord(char):04X}"
+
+
+@pytest.mark.parametrize("field", ["first_name", "last_name"])
+@pytest.mark.parametrize("char", list(FORMAT_CONTROLS))
+def test_names_with_line_separators_or_bidi_controls_are_refused(field: str, char: str) -> None:
+    """U+2028/U+2029 and the bidi controls (U+202E...) are refused as control characters."""
+    exc = problem(row(**{field: f"Ana{char}Maria"}))
+    assert exc.field == field
+    assert exc.reason == f"contains the control character U+{ord(char):04X}"
+    assert not re.fullmatch(field_patterns(TODAY)[0], f"Ana{char}Maria")
+
+
+@pytest.mark.parametrize("field", ["first_name", "last_name"])
+@pytest.mark.parametrize("char", ["\u200d", "\u202f", "\u2065", "\u206a", "\ufeff"])
+def test_names_keep_their_neighbouring_format_characters(field: str, char: str) -> None:
+    """The characters next to the refused ones (ZWJ in emoji, narrow no-break space) stay valid."""
+    validate_fields(row(**{field: f"Ana{char}Maria"}), TODAY)
+    assert re.fullmatch(field_patterns(TODAY)[0], f"Ana{char}Maria")
 
 
 @pytest.mark.parametrize("field", ["first_name", "last_name"])
@@ -247,6 +270,7 @@ TRICKY = [
     *"\ud800\udbff\udc00\udcff\udfff",
     *",\"' -+./:T",
     *"éÑü李\u2028\ufeff\u200b",
+    *"\u061c\u200d\u200e\u200f\u2029\u202a\u202e\u202f\u2065\u2066\u2069\u206a",
     *"٣１²",
     "😀",
     *"0123456789",
@@ -272,7 +296,9 @@ tricky_chars = st.one_of(
     st.characters(exclude_categories=()),  # surrogates included
 )
 valid_name = st.text(
-    st.characters(codec="utf-8", exclude_categories=("Cc",)), min_size=1, max_size=100
+    st.characters(codec="utf-8", exclude_categories=("Cc",), exclude_characters=FORMAT_CONTROLS),
+    min_size=1,
+    max_size=100,
 )
 near_name = st.one_of(
     st.sampled_from(BOUNDARY_NAMES),
