@@ -34,6 +34,7 @@ from .errors import ConfigError
 __all__ = [
     "OPERATOR",
     "SECRET_BYTES",
+    "agency_secret_path",
     "load_operator_token",
     "load_secrets",
     "make_secrets",
@@ -154,14 +155,43 @@ def load_operator_token(path: str | os.PathLike[str]) -> bytes | None:
     return None
 
 
-def make_secrets(agencies: int, path: str | os.PathLike[str]) -> None:
+def agency_secret_path(directory: str | os.PathLike[str], agency: int) -> Path:
+    """Where ``make-secrets --per-agency-dir`` puts one agency's secret."""
+    return Path(directory) / f"agency-{agency}.secret"
+
+
+def make_secrets(
+    agencies: int,
+    path: str | os.PathLike[str],
+    per_agency_dir: str | os.PathLike[str] | None = None,
+) -> None:
     """Write a new secrets file for agencies 1..``agencies``, mode 0600.
 
-    Refuses to overwrite an existing file (a lost secret locks an agency out).
+    With ``per_agency_dir``, also write each agency's secret alone to
+    ``agency-<id>.secret`` there (mode 0600), the file an agency's
+    ``--secret-file`` reads. Refuses to overwrite any existing file (a lost
+    secret locks an agency out); then nothing is written.
     """
+    table = {agency: secrets.token_hex(SECRET_BYTES) for agency in range(1, agencies + 1)}
     lines = ["# lottery agency secrets: agency: secret (hex). Keep this file private."]
-    lines += [f"{agency}: {secrets.token_hex(SECRET_BYTES)}" for agency in range(1, agencies + 1)]
+    lines += [f"{agency}: {secret}" for agency, secret in table.items()]
     lines += [f"{OPERATOR}: {secrets.token_hex(SECRET_BYTES)}"]
+    files = {Path(path): "\n".join(lines) + "\n"}
+    if per_agency_dir is not None:
+        try:
+            Path(per_agency_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"--per-agency-dir {per_agency_dir}: {exc.strerror or exc}") from None
+        for agency, secret in table.items():
+            files[agency_secret_path(per_agency_dir, agency)] = secret + "\n"
+    for file in files:
+        if file.exists():
+            raise ConfigError(f"{file} exists; remove it first or choose another name")
+    for file, content in files.items():
+        _write_private(file, content)
+
+
+def _write_private(path: Path, content: str) -> None:
     try:
         # O_EXCL: never clobber; mode 0600 from the start, never readable by others.
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -170,4 +200,4 @@ def make_secrets(agencies: int, path: str | os.PathLike[str]) -> None:
     except OSError as exc:
         raise ConfigError(f"{path}: {exc.strerror or exc}") from None
     with os.fdopen(fd, "w", encoding="utf-8") as out:
-        out.write("\n".join(lines) + "\n")
+        out.write(content)

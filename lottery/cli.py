@@ -1,8 +1,9 @@
-"""The ``lottery`` command: ``server``, ``agency`` and ``export``.
+"""The ``lottery`` command: server, agency, status, ping, make-secrets and export.
 
 Exit status: 0 when the command did all it was asked; 1 when it ran but did
 not (the round failed, rows were rejected, the store failed); 2 for a bad
-command line or configuration value.
+command line or configuration value; 130 or 143 for an agency stopped by
+SIGINT or SIGTERM.
 """
 
 from __future__ import annotations
@@ -19,10 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .advice import batch_cap_advice, log_advice
 from .auth import make_secrets, parse_secret
 from .client import AsyncAgency, query_status, tls_context
 from .config import (
     AGENCY_OPTIONS,
+    DEFAULT_BATCH_MAX_AMOUNT,
     SERVER_OPTIONS,
     AgencyConfig,
     Option,
@@ -43,6 +46,13 @@ from .store import DB_FILENAME, SQLiteStore
 __all__ = ["main"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+# What --help says; plain text, as a terminal shows it (the docstring is reST).
+DESCRIPTION = "A lottery service: a central server, and the agencies that send it their bets."
+EPILOG = (
+    "Each command has its own --help. Exit status: 0 done; 1 ran but failed "
+    "(round, rows, store); 2 bad command line or configuration; "
+    "130/143 an agency stopped by SIGINT/SIGTERM."
+)
 # tp0 ej5: an agency with no bets file sends the one bet these variables hold.
 TP0_SINGLE_BET_ENV = ("NOMBRE", "APELLIDO", "DOCUMENTO", "NACIMIENTO", "NUMERO")
 
@@ -91,9 +101,9 @@ def _add_options(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lottery", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="lottery", description=DESCRIPTION, epilog=EPILOG)
     parser.add_argument("--version", action="version", version=f"lottery {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     server = commands.add_parser("server", help="run the central server")
     _add_options(server, SERVER_OPTIONS, ServerConfig(), "config.ini")
@@ -121,6 +131,11 @@ def build_parser() -> argparse.ArgumentParser:
     make_secrets = commands.add_parser("make-secrets", help="write a secrets file for N agencies")
     make_secrets.add_argument("agencies", type=int, help="N: agencies 1..N get a secret")
     make_secrets.add_argument("file", help="the file to create (mode 0600; never overwritten)")
+    make_secrets.add_argument(
+        "--per-agency-dir",
+        metavar="DIR",
+        help="also write DIR/agency-<id>.secret, one per agency, for its --secret-file",
+    )
 
     export = commands.add_parser("export", help="write the stored bets as tp0's bets.csv")
     export.add_argument("--data-dir", required=True)
@@ -180,8 +195,10 @@ async def _serve(config: ServerConfig) -> None:
 
 
 def run_server(args: argparse.Namespace) -> int:
-    config = load_server_config(_flags(args), os.environ, args.config)
+    warnings: list[str] = []
+    config = load_server_config(_flags(args), os.environ, args.config, warnings)
     configure(config.log_level, config.log_format)
+    log_advice(warnings)
     with asyncio.Runner(loop_factory=loop_factory(args.loop)) as runner:
         try:
             runner.run(_serve(config))
@@ -287,13 +304,18 @@ async def _agency_round(
 
 
 def run_agency(args: argparse.Namespace) -> int:
-    config = load_agency_config(_flags(args), os.environ, args.config)
+    warnings: list[str] = []
+    config = load_agency_config(_flags(args), os.environ, args.config, warnings)
+    # tp0's default of 200 is near what a frame holds: only a chosen size is worth a word.
+    if config.bets and config.batch_max_amount != DEFAULT_BATCH_MAX_AMOUNT:
+        warnings += batch_cap_advice(config.bets, config.batch_max_amount)
     # On a terminal, a progress bar; then log lines must print above it, through
     # the same console. Off a terminal: the log lines only, as tp0 reads them.
     console = None
     if config.bets and progress_wanted(sys.stderr, quiet=args.quiet, log_format=config.log_format):
         console = console_for(sys.stderr)
     configure(config.log_level, config.log_format, log_stream(console) if console else None)
+    log_advice(warnings, agencia=config.id)
     with asyncio.Runner(loop_factory=loop_factory(args.loop)) as runner:
         try:
             return runner.run(_agency_round(config, args.stats_file, console))
@@ -339,9 +361,16 @@ def run_ping(args: argparse.Namespace) -> int:
 def run_make_secrets(args: argparse.Namespace) -> int:
     if not 1 <= args.agencies <= 100_000:
         raise ConfigError(f"agencies: {args.agencies} must be from 1 to 100000")
-    make_secrets(args.agencies, args.file)
+    make_secrets(args.agencies, args.file, per_agency_dir=args.per_agency_dir)
     print(f"wrote secrets for agencies 1..{args.agencies} to {args.file} (mode 0600)")
-    print("give each agency its own line's secret (CLI_SECRET or --secret-file), never the file")
+    if args.per_agency_dir:
+        directory = Path(args.per_agency_dir)
+        print(f"wrote {directory / 'agency-<id>.secret'} for each agency (mode 0600)")
+        print(f"give agency 1 only its own file: --secret-file {directory / 'agency-1.secret'}")
+    else:
+        print(
+            "give each agency its own line's secret (CLI_SECRET or --secret-file), never the file"
+        )
     return EXIT_OK
 
 

@@ -8,12 +8,16 @@ uses ``server.address``, ``log.level``, ``batch.maxAmount`` and its environment
 ``CLI_ID``, ``CLI_SERVER_ADDRESS``, ``CLI_LOG_LEVEL``, ``CLI_BATCH_MAXAMOUNT``.
 
 A bad value raises `ConfigError` with one line saying which setting, from
-which source, and what is wrong.
+which source, and what is wrong. A name that is no setting (a typo such as
+``SERVER_PROT``, tp0's ``SERVER_IP``) is not an error, since tp0 ignored
+such names too, but it is reported with the closest real name
+(`unknown_names`), and the command logs it as a warning.
 """
 
 from __future__ import annotations
 
 import configparser
+import difflib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +37,7 @@ __all__ = [
     "load_agency_config",
     "load_server_config",
     "parse_address",
+    "unknown_names",
 ]
 
 DEFAULT_PORT = 12345
@@ -303,6 +308,56 @@ def resolve(
     return values
 
 
+#: tp0's names for settings that have another name here.
+RENAMED = {
+    "SERVER_IP": "SERVER_HOST",
+    "CLI_LOOP_AMOUNT": "",  # tp0's sending loop: an agency here sends its file once
+    "CLI_LOOP_PERIOD": "",
+    "loop.amount": "",
+    "loop.period": "",
+}
+#: Environment prefixes that only this program's settings use, so an unknown
+#: name with one of them is a typo rather than some other program's variable.
+ENV_PREFIXES = {"server": ("SERVER_",), "agency": ("CLI_",)}
+
+
+def unknown_names(
+    options: tuple[Option, ...],
+    env: Mapping[str, str],
+    file_values: Mapping[str, Any],
+    file_name: str,
+    prefixes: tuple[str, ...] = (),
+) -> list[str]:
+    """One plain sentence per name that looks like a setting but is none.
+
+    Looks at every key of the config file, and at environment variables with
+    one of ``prefixes`` (``SERVER_``, ``CLI_``); suggests the closest real
+    name (`difflib.get_close_matches`), or tp0's rename from `RENAMED`.
+    """
+    file_keys = [opt.file_key for opt in options if opt.file_key]
+    env_names = [opt.env for opt in options]
+    found = [(f"{file_name} key", key, file_keys) for key in file_values if key not in file_keys]
+    found += [
+        ("environment variable", name, env_names)
+        for name in sorted(env)
+        if name not in env_names and (name.startswith(prefixes) or name in RENAMED)
+    ]
+    sentences = []
+    for where, name, known in found:
+        sentence = f"{where} {name} is not a setting and is ignored"
+        if name in RENAMED:
+            renamed = RENAMED[name]
+            sentence += f"; it is {renamed} here" if renamed else "; tp0 used it, lottery does not"
+        else:
+            # Case-blind: tp0's configparser would have read server_port as SERVER_PORT.
+            by_upper = {k.upper(): k for k in known}
+            close = difflib.get_close_matches(name.upper(), list(by_upper), n=1)
+            if close:
+                sentence += f"; did you mean {by_upper[close[0]]}?"
+        sentences.append(sentence)
+    return sentences
+
+
 def _read_ini(path: str | None) -> dict[str, str]:
     if not path:
         return {}
@@ -314,7 +369,14 @@ def _read_ini(path: str | None) -> dict[str, str]:
             parser.read_file(f)
     except (OSError, configparser.Error, UnicodeDecodeError) as exc:
         raise ConfigError(f"config file {path}: {_one_line(exc)}") from None
-    return dict(parser["DEFAULT"])
+    values = dict(parser["DEFAULT"])
+    # Settings live in [DEFAULT] (tp0's layout); keys of any other section
+    # would be ignored, so they come back under a name no setting has.
+    for section in parser.sections():
+        for key in parser[section]:
+            if key not in values:
+                values[f"[{section}] {key}"] = parser[section][key]
+    return values
 
 
 def _one_line(exc: BaseException) -> str:
@@ -350,19 +412,39 @@ def _read_yaml(path: str | None) -> dict[str, Any]:
 
 
 def load_server_config(
-    flags: Mapping[str, Any], env: Mapping[str, str], config_file: str | None = None
+    flags: Mapping[str, Any],
+    env: Mapping[str, str],
+    config_file: str | None = None,
+    warnings: list[str] | None = None,
 ) -> ServerConfig:
-    """The server's settings from flags, environment and ``config.ini``."""
+    """The server's settings from flags, environment and ``config.ini``.
+
+    Names that are no setting are appended to ``warnings``, if given.
+    """
     file_values = _read_ini(config_file)
+    if warnings is not None:
+        warnings += unknown_names(
+            SERVER_OPTIONS, env, file_values, config_file or "", ENV_PREFIXES["server"]
+        )
     values = resolve(SERVER_OPTIONS, flags, env, file_values, config_file or "")
     return ServerConfig(**values)
 
 
 def load_agency_config(
-    flags: Mapping[str, Any], env: Mapping[str, str], config_file: str | None = None
+    flags: Mapping[str, Any],
+    env: Mapping[str, str],
+    config_file: str | None = None,
+    warnings: list[str] | None = None,
 ) -> AgencyConfig:
-    """An agency's settings from flags, environment and ``config.yaml``."""
+    """An agency's settings from flags, environment and ``config.yaml``.
+
+    Names that are no setting are appended to ``warnings``, if given.
+    """
     file_values = _read_yaml(config_file)
+    if warnings is not None:
+        warnings += unknown_names(
+            AGENCY_OPTIONS, env, file_values, config_file or "", ENV_PREFIXES["agency"]
+        )
     values = resolve(AGENCY_OPTIONS, flags, env, file_values, config_file or "")
     if "id" not in values:
         raise ConfigError("agency id is missing: pass --id or set CLI_ID")

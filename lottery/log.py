@@ -76,6 +76,17 @@ def configure(level: str = "INFO", fmt: str = "console", stream: TextIO | None =
     )
 
 
+#: What a logger renders with when no entry point configured structlog.
+_DEFAULT_PROCESSORS = (structlog.processors.TimeStamper(fmt="%Y-%m-%d %H:%M:%S"), Tp0Renderer())
+
+
 def get_logger(**context: Any) -> Any:
-    """A structlog logger, bound to ``context``."""
-    return structlog.get_logger().bind(**context)
+    """A structlog logger, bound to ``context``.
+
+    In a program that never called `configure` (a script using `AsyncAgency`
+    as a library) structlog's own default would print its key=value lines;
+    the lines are tp0's there too, whatever their level.
+    """
+    if structlog.is_configured():
+        return structlog.get_logger().bind(**context)
+    return structlog.get_logger(processors=list(_DEFAULT_PROCESSORS)).bind(**context)

@@ -4,15 +4,22 @@ from __future__ import annotations
 
 import csv
 import io
+import re
+import stat
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from lottery.advice import batch_cap_advice
+from lottery.auth import agency_secret_path, load_secrets, parse_secret
+from lottery.cli import main
+from lottery.config import SERVER_OPTIONS, load_agency_config, load_server_config, unknown_names
 from lottery.csvfiles import excel_safe, write_bets_csv
 from lottery.store import SQLiteStore
 from lottery.store.base import PendingBatch
+from roundrunner import log_events
 
 from .conftest import UNIT
 
@@ -76,3 +83,126 @@ def test_lottery_export_to_stdout_with_excel_safe(tmp_path: Path) -> None:
     assert done.stdout == b"1,'=cmd,'-Lorca,30904465,1999-03-17,7574\r\n"
     assert not (tmp_path / "-").exists()
     assert b"action: export | result: success | cantidad: 1" in done.stderr
+
+
+# -- settings that were silently ignored --------------------------------------------------
+
+
+def test_typo_keys_and_tp0_names_are_warned_with_the_closest_setting(tmp_path: Path) -> None:
+    """A typo in config.ini/config.yaml or the environment, or tp0's SERVER_IP, gets a hint."""
+    ini = tmp_path / "config.ini"
+    ini.write_text("[DEFAULT]\nSERVER_PROT = 1\nSERVER_IP = 0.0.0.0\n", encoding="utf-8")
+    warnings: list[str] = []
+    load_server_config({}, {"SERVER_LISTEN_BACKLGO": "5", "HOME": "/"}, str(ini), warnings)
+    assert warnings == [
+        f"{ini} key SERVER_PROT is not a setting and is ignored; did you mean SERVER_PORT?",
+        f"{ini} key SERVER_IP is not a setting and is ignored; it is SERVER_HOST here",
+        "environment variable SERVER_LISTEN_BACKLGO is not a setting and is ignored; "
+        "did you mean SERVER_LISTEN_BACKLOG?",
+    ]
+    yaml_file = tmp_path / "config.yaml"
+    yaml_file.write_text("id: 1\nserver:\n  adress: h:1\nloop:\n  amount: 5\n", encoding="utf-8")
+    warnings = []
+    load_agency_config({}, {}, str(yaml_file), warnings)
+    assert warnings == [
+        f"{yaml_file} key server.adress is not a setting and is ignored; "
+        "did you mean server.address?",
+        f"{yaml_file} key loop.amount is not a setting and is ignored; "
+        "tp0 used it, lottery does not",
+    ]
+
+
+def test_known_keys_give_no_warning(tmp_path: Path) -> None:
+    """The shipped docker/config.ini and config.yaml, and every setting's name, warn of nothing."""
+    root = Path(__file__).parent.parent
+    warnings: list[str] = []
+    env = {opt.env: "1" for opt in SERVER_OPTIONS}
+    load_server_config({}, {}, str(root / "docker" / "config.ini"), warnings)
+    assert unknown_names(SERVER_OPTIONS, env, {}, "", ("SERVER_",)) == []
+    load_agency_config({"id": "1"}, {}, str(root / "docker" / "config.yaml"), warnings)
+    assert warnings == []
+
+
+def test_a_batch_setting_the_frame_caps_is_said_once(tmp_path: Path) -> None:
+    """--batch-max-amount above what an 8 KiB frame holds of the file's bets gets one sentence."""
+    path = tmp_path / "agency-1.csv"
+    path.write_text("Santiago Lionel,Lorca,30904465,1999-03-17,2201\n" * 500, encoding="utf-8")
+    advice = batch_cap_advice(path, 65535)
+    assert len(advice) == 1
+    fits = int(advice[0].split("holds about ")[1].split()[0])
+    assert 150 < fits < 200 and "--batch-max-amount 65535" in advice[0]
+    assert batch_cap_advice(path, 180) == []  # within 10% of what fits
+    assert batch_cap_advice(path, 100) == []
+    assert batch_cap_advice(tmp_path / "missing.csv", 65535) == []
+
+
+@pytest.mark.e2e
+def test_the_agency_logs_its_config_warnings_at_start(tmp_path: Path) -> None:
+    """An agency with a typo key and a capped batch size logs both as tp0 warning lines."""
+    (tmp_path / "config.yaml").write_text("server:\n  adress: 127.0.0.1:1\n", encoding="utf-8")
+    (tmp_path / "a.csv").write_text("Ana,Lorca,1,1999-03-17,1\n", encoding="utf-8")
+    done = _run_lottery(
+        "agency", "--id", "1", "--config", "config.yaml", "--bets", "a.csv",
+        "--batch-max-amount", "65535", "--server", "127.0.0.1:1", "--reconnect-attempts", "1",
+        cwd=tmp_path,
+    )  # fmt: skip
+    warnings = log_events(done.stderr, "config", result="warning")
+    assert [w["detalle"].split(" ")[:3] for w in warnings] == [
+        ["config.yaml", "key", "server.adress"],
+        ["--batch-max-amount", "65535:", "a"],
+    ], done.stderr
+
+
+# -- help, make-secrets, library log lines -------------------------------------------------
+
+
+@pytest.mark.e2e
+def test_python_m_lottery_help_is_plain_text_listing_every_command() -> None:
+    """`python -m lottery --help` shows no reST markup and names all six commands."""
+    done = _run_lottery("--help")
+    assert done.returncode == 0
+    assert "``" not in done.stdout
+    for command in ("server", "agency", "status", "ping", "make-secrets", "export"):
+        assert f"\n    {command}" in done.stdout, command
+
+
+def test_make_secrets_writes_one_file_per_agency(tmp_path: Path) -> None:
+    """--per-agency-dir writes agency-<id>.secret (0600) holding exactly that agency's secret."""
+    table_path, directory = tmp_path / "secrets.txt", tmp_path / "agencies"
+    assert main(["make-secrets", "3", str(table_path), "--per-agency-dir", str(directory)]) == 0
+    table = load_secrets(table_path, 3)
+    for agency in (1, 2, 3):
+        path = agency_secret_path(directory, agency)
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        assert parse_secret(path.read_text(encoding="utf-8"), str(path)) == table[agency]
+    assert sorted(p.name for p in directory.iterdir()) == [f"agency-{i}.secret" for i in (1, 2, 3)]
+
+
+def test_make_secrets_writes_nothing_if_one_file_exists(tmp_path: Path) -> None:
+    """If any agency file exists already, make-secrets refuses and creates no file at all."""
+    directory = tmp_path / "agencies"
+    directory.mkdir()
+    agency_secret_path(directory, 2).write_text("keep me", encoding="utf-8")
+    assert (
+        main(["make-secrets", "3", str(tmp_path / "s.txt"), "--per-agency-dir", str(directory)])
+        == 2
+    )
+    assert not (tmp_path / "s.txt").exists()
+    assert sorted(p.name for p in directory.iterdir()) == ["agency-2.secret"]
+
+
+@pytest.mark.e2e
+def test_library_log_lines_follow_tp0_format_without_configure() -> None:
+    """A script that never configures logging still gets tp0 lines, debug ones included."""
+    code = (
+        "from lottery.log import get_logger\n"
+        "get_logger(agencia=1).debug('handshake', result='success', last_seq=0)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=30 * UNIT, check=True
+    )
+    assert re.fullmatch(
+        r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d DEBUG    "
+        r"action: handshake \| result: success \| last_seq: 0 \| agencia: 1\n",
+        done.stdout,
+    ), done.stdout
