@@ -15,7 +15,7 @@ import os
 import signal
 import ssl
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -251,8 +251,59 @@ def _write_stats(path: str, agency: AsyncAgency, acknowledged: int) -> None:
     Path(path).write_text(json.dumps(figures), encoding="utf-8")
 
 
+class Interrupt:
+    """The signal that stopped an agency, and the agency, to say what it had stored."""
+
+    def __init__(self, agency_id: int) -> None:
+        self.agency_id = agency_id
+        self.signum = 0
+        self.agency: AsyncAgency | None = None
+
+    @property
+    def exit_status(self) -> int:
+        return 128 + self.signum  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
+
+    def log(self) -> None:
+        """One line: which signal, what is stored, how to resume."""
+        stored = self.agency.bets_acknowledged if self.agency is not None else 0
+        get_logger(agencia=self.agency_id).warning(
+            "interrumpida", result="fail", senal=signal.Signals(self.signum).name,
+            almacenadas=stored,
+            detalle="every acknowledged bet is on the server; run the same command again "
+            "to resume: stored bets are skipped, not sent twice",
+        )  # fmt: skip
+
+
+async def _until_signal(round_: Coroutine[Any, Any, int], interrupt: Interrupt) -> int:
+    """Run an agency's round; SIGINT or SIGTERM cancels it, so its cleanup runs."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+
+    def on_signal(signum: int) -> None:
+        if not interrupt.signum:  # the first one counts; cleanup is already under way
+            interrupt.signum = signum
+            task.cancel()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal, sig)
+    try:
+        return await round_
+    except asyncio.CancelledError:
+        if not interrupt.signum:
+            raise
+        interrupt.log()
+        return interrupt.exit_status
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
 async def _agency_round(
-    config: AgencyConfig, stats_file: str | None = None, console: Any = None
+    config: AgencyConfig,
+    stats_file: str | None = None,
+    console: Any = None,
+    interrupt: Interrupt | None = None,
 ) -> int:
     log = get_logger(agencia=config.id)
     host, port = parse_address(config.server_address)
@@ -274,6 +325,8 @@ async def _agency_round(
         secret=_agency_secret(config),
         tls=_client_tls(config.tls_ca),
     )
+    if interrupt is not None:
+        interrupt.agency = agency
     rejected = acknowledged = 0
     async with agency:
         if single is not None:
@@ -317,8 +370,11 @@ def run_agency(args: argparse.Namespace) -> int:
     configure(config.log_level, config.log_format, log_stream(console) if console else None)
     log_advice(warnings, agencia=config.id)
     with asyncio.Runner(loop_factory=loop_factory(args.loop)) as runner:
+        interrupt = Interrupt(config.id)
         try:
-            return runner.run(_agency_round(config, args.stats_file, console))
+            return runner.run(
+                _until_signal(_agency_round(config, args.stats_file, console, interrupt), interrupt)
+            )
         except InvalidBet as exc:
             get_logger().error("apuesta_enviada", result="fail", error=str(exc))
             return EXIT_FAILED

@@ -1,0 +1,101 @@
+"""What an operator meets, with real processes: signals, broken log pipes, misleading messages."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from roundrunner import (
+    ServerProcess,
+    log_events,
+    parse_log_line,
+    start_agency,
+    start_server,
+    stop_server,
+    wait_agencies,
+)
+
+from .conftest import UNIT
+from .helpers import make_rows, write_agency_file
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
+
+#: How long a process gets for what should be prompt (start, stop, a log line).
+PROMPT = 15 * UNIT
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = PROMPT) -> None:
+    """Poll ``condition`` (a process's log) until it holds; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def server_logged(server: ServerProcess, action: str, **fields: str) -> Callable[[], bool]:
+    return lambda: bool(log_events(list(server.lines), action, **fields))
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[ServerProcess]:
+    """A real server for 2 agencies, so agency 1 waits at the barrier once it is done."""
+    process = start_server(tmp_path / "data", 2)
+    yield process
+    stop_server(process)
+
+
+# -- Ctrl-C and SIGTERM on an agency -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(("sig", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signalled_agency_says_what_is_stored_and_exits_128_plus_signal(
+    tmp_path: Path, server: ServerProcess, sig: signal.Signals, status: int
+) -> None:
+    """SIGINT/SIGTERM on a waiting agency: one line (stored, how to resume), exit 130/143."""
+    bets = write_agency_file(tmp_path / "agency-1.csv", make_rows(300))
+    agency = start_agency(1, server.port, bets)
+    try:
+        wait_for(server_logged(server, "agencia_lista", agencia="1"), "agency 1 to be done")
+        agency.proc.send_signal(sig)
+    finally:
+        wait_agencies([agency], timeout=PROMPT)
+    assert agency.returncode == status, agency.output
+    assert "Traceback" not in agency.output
+    lines = [parse_log_line(line) for line in agency.output.splitlines()]
+    interrupted = [line for line in lines if line.get("action") == "interrumpida"]
+    assert len(interrupted) == 1, agency.output
+    assert interrupted[0]["senal"] == sig.name and interrupted[0]["almacenadas"] == "300"
+    assert "run the same command again" in interrupted[0]["detalle"]
+    assert agency.output.strip().splitlines()[-1].find("action: interrumpida") > 0
+
+
+def test_a_resumed_agency_after_ctrl_c_completes_the_round(
+    tmp_path: Path, server: ServerProcess
+) -> None:
+    """After Ctrl-C, running the same command again finishes the round with no bet twice."""
+    bets = write_agency_file(tmp_path / "agency-1.csv", make_rows(300, winners=[5]))
+    first = start_agency(1, server.port, bets)
+    try:
+        wait_for(server_logged(server, "agencia_lista", agencia="1"), "agency 1 to be done")
+        first.proc.send_signal(signal.SIGINT)
+    finally:
+        wait_agencies([first], timeout=PROMPT)
+    assert first.returncode == 130
+    other = write_agency_file(tmp_path / "agency-2.csv", make_rows(10, start=1000))
+    again = [start_agency(1, server.port, bets), start_agency(2, server.port, other)]
+    wait_agencies(again, timeout=60 * UNIT)
+    assert [a.returncode for a in again] == [0, 0], [a.output for a in again]
+    assert again[0].winners == ["30000005"]
+    assert log_events(again[0].output, "apuestas_enviadas")[0]["cantidad"] == "0"
+
+
+def _kill(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
