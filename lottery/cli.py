@@ -468,5 +468,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"lottery {args.command}: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except (StoreError, LotteryError, OSError) as exc:
-        print(f"lottery {args.command}: {exc}", file=sys.stderr)
+        # Never an empty message: some errors (a bare TimeoutError) carry no text.
+        print(f"lottery {args.command}: {exc or type(exc).__name__}", file=sys.stderr)
         return EXIT_FAILED

@@ -14,16 +14,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import socket
 import ssl
 from collections.abc import Awaitable, Coroutine
 from typing import Any, NoReturn
 
-from .errors import ProtocolError, ServerRefused
+from .errors import ConnectionLost, ProtocolError, ServerRefused
 from .protocol import ClientProtocol, Error, ErrorCode, Message, Status, StatusQuery
 
 __all__ = [
+    "TLS_HINT",
     "Connection",
+    "HostNotFound",
     "StorageFault",
+    "closed_hint",
     "query_status",
     "raise_for",
     "retryable",
@@ -55,7 +59,25 @@ def retryable(exc: BaseException) -> bool:
     """Whether a try that ended in ``exc`` is worth another (no reply, or "later")."""
     if isinstance(exc, ServerRefused):
         return exc.code in RETRYABLE_CODES
+    if isinstance(exc, socket.gaierror):  # a name that does not resolve will not next time
+        return False
     return isinstance(exc, OSError | StorageFault)
+
+
+#: Added to "the server closed the connection" when the client spoke plain TCP:
+#: a TLS server closes a connection whose first bytes are not a TLS handshake.
+TLS_HINT = "if the server uses TLS, pass --tls-ca"
+
+
+def closed_hint(exc: BaseException, tls: ssl.SSLContext | None) -> str:
+    """A hint for an error that looks like plain TCP meeting a TLS server, or ""."""
+    if tls is None and isinstance(exc, ConnectionResetError):
+        return TLS_HINT
+    return ""
+
+
+class HostNotFound(ConnectionLost):
+    """The server's host name does not resolve; retrying would not change that."""
 
 
 async def shielded(coroutine: Coroutine[Any, Any, None]) -> None:
@@ -88,10 +110,13 @@ class Connection:
     async def open(
         cls, host: str, port: int, timeout: float, tls: ssl.SSLContext | None = None
     ) -> Connection:
-        async with asyncio.timeout(timeout):
-            reader, writer = await asyncio.open_connection(
-                host, port, ssl=tls, server_hostname=host if tls else None
-            )
+        try:
+            async with asyncio.timeout(timeout):
+                reader, writer = await asyncio.open_connection(
+                    host, port, ssl=tls, server_hostname=host if tls else None
+                )
+        except socket.gaierror as exc:
+            raise HostNotFound(f"cannot resolve the host name {host!r}: {exc.strerror}") from None
         return cls(reader, writer)
 
     def send(self, message: Message) -> None:
@@ -165,14 +190,31 @@ async def query_status(
         The server's STATUS JSON, decoded (see docs/PROTOCOL.md).
 
     Raises:
-        OSError: the server could not be reached or did not answer in time.
-        ProtocolError: the server answered something else.
+        OSError: the server could not be reached or did not answer in time
+            (the message says so, with a TLS hint if it closed without a word).
+        HostNotFound: the host name does not resolve.
+        ServerRefused: the server answered with an error (its connection limit...).
+        ProtocolError: the peer does not speak the lottery protocol.
     """
     conn = await Connection.open(host, port, timeout, tls)
+    where = f"{host}:{port}"
     try:
         reply = await conn.request(StatusQuery(), timeout)
+    except ConnectionResetError as exc:
+        hint = closed_hint(exc, tls)
+        raise ConnectionResetError(f"{exc}" + (f" ({hint})" if hint else "")) from None
+    except TimeoutError:
+        raise TimeoutError(
+            f"{where} sent no reply in {timeout:g} s: is it a lottery server, on the right port?"
+        ) from None
+    except ProtocolError as exc:
+        raise ProtocolError(
+            f"{where} is not a lottery server, or not this version ({exc})"
+        ) from None
     finally:
         await shielded(conn.close())
+    if isinstance(reply, Error):  # e.g. at its connection limit: the server's own words
+        raise ServerRefused(reply.code, reply.message)
     if not isinstance(reply, Status):
         raise ProtocolError(f"expected STATUS, got {type(reply).__name__}")
     status: dict[str, Any] = json.loads(reply.text)

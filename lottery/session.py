@@ -14,7 +14,7 @@ import ssl
 from collections.abc import Callable
 
 from .backoff import Retry
-from .connection import Connection, raise_for, retryable, shielded
+from .connection import Connection, closed_hint, raise_for, retryable, shielded
 from .errors import AuthenticationRequired, ConnectionLost, ProtocolError, ServerRefused
 from .log import get_logger
 from .protocol import Ack, Auth, Challenge, Error, Hello, Message, SingleBet, Welcome, auth_mac
@@ -77,14 +77,16 @@ class Session:
             except (OSError, ServerRefused) as exc:
                 if not retryable(exc):
                     raise
+                hint = closed_hint(exc, self._tls)
                 if not retry.failed():
-                    hint = ""
-                    if isinstance(exc, ConnectionResetError) and self._tls is None:
-                        hint = " (if the server uses TLS, pass --tls-ca)"
                     raise ConnectionLost(
                         f"cannot reach {self.host}:{self.port} after {retry.failures} "
-                        f"attempts: {exc}{hint}"
+                        f"attempts: {exc}" + (f" ({hint})" if hint else "")
                     ) from None
+                if hint and retry.failures == 1:
+                    # Said at once, not after every retry: the likeliest cause
+                    # of a close before any reply is a TLS server.
+                    self._log.warning("conectar", result="fail", error=str(exc), pista=hint)
                 self._log.info("conectar", result="in_progress", intento=retry.failures, error=exc)
                 await retry.wait()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import re
@@ -15,13 +16,18 @@ import pytest
 from lottery.advice import batch_cap_advice
 from lottery.auth import agency_secret_path, load_secrets, parse_secret
 from lottery.cli import main
+from lottery.client import AsyncAgency, query_status
 from lottery.config import SERVER_OPTIONS, load_agency_config, load_server_config, unknown_names
+from lottery.connection import HostNotFound
 from lottery.csvfiles import excel_safe, write_bets_csv
+from lottery.errors import ConnectionLost, ErrorCode, ProtocolError, ServerRefused
+from lottery.protocol import Error, encode
 from lottery.store import SQLiteStore
 from lottery.store.base import PendingBatch
 from roundrunner import log_events
 
 from .conftest import UNIT
+from .helpers import LOOPBACK, REPLY_TIMEOUT, fake_server
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -206,3 +212,75 @@ def test_library_log_lines_follow_tp0_format_without_configure() -> None:
         r"action: handshake \| result: success \| last_seq: 0 \| agencia: 1\n",
         done.stdout,
     ), done.stdout
+
+
+# -- messages that pointed the wrong way ---------------------------------------------------
+
+
+async def _closes_at_once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """What a TLS server does to a plain-TCP client: read its first bytes, close."""
+    await reader.read(100)
+
+
+async def _speaks_http(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await reader.read(100)
+    writer.write(b"HTTP/1.0 400 Bad Request\r\n\r\n")
+    await writer.drain()
+
+
+async def _silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await reader.read(100)
+    await asyncio.sleep(30)  # never answers; the fixture cancels it
+
+
+async def _at_its_limit(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    writer.write(encode(Error(ErrorCode.TOO_MANY_CONNECTIONS, "at the limit of 1026 connections")))
+    await writer.drain()
+    await reader.read(100)
+
+
+async def test_status_against_a_tls_server_without_tls_ca_hints_at_it() -> None:
+    """A server that closes without a word (TLS meeting plain TCP) gets the --tls-ca hint."""
+    async with fake_server(_closes_at_once) as port:
+        with pytest.raises(ConnectionResetError, match="if the server uses TLS, pass --tls-ca"):
+            await query_status(LOOPBACK, port, REPLY_TIMEOUT)
+
+
+async def test_status_against_another_kind_of_server_says_so() -> None:
+    """An HTTP answer, or none at all, is a plain sentence naming the address, never empty."""
+    async with fake_server(_speaks_http) as port:
+        with pytest.raises(ProtocolError, match=f"127.0.0.1:{port} is not a lottery server"):
+            await query_status(LOOPBACK, port, REPLY_TIMEOUT)
+    async with fake_server(_silent) as port:
+        with pytest.raises(TimeoutError, match="is it a lottery server, on the right port"):
+            await query_status(LOOPBACK, port, 0.2 * UNIT)
+
+
+async def test_status_at_the_connection_limit_gives_the_servers_message() -> None:
+    """An ERROR reply to STATUS (connection limit) is the server's own words, not a type name."""
+    async with fake_server(_at_its_limit) as port:
+        with pytest.raises(ServerRefused, match="at the limit of 1026 connections") as error:
+            await query_status(LOOPBACK, port, REPLY_TIMEOUT)
+    assert error.value.code == ErrorCode.TOO_MANY_CONNECTIONS
+    assert "TOO_MANY_CONNECTIONS" in str(error.value)
+
+
+async def test_the_agency_gives_its_tls_hint_at_the_first_close(log_stream: io.StringIO) -> None:
+    """The first connection closed before any reply logs the --tls-ca hint, not the last."""
+    async with fake_server(_closes_at_once) as port:
+        agency = AsyncAgency(1, LOOPBACK, port, timeout=REPLY_TIMEOUT, reconnect_attempts=3)
+        with pytest.raises(ConnectionLost, match="pass --tls-ca"):
+            await agency.connect()
+    lines = [line for line in log_stream.getvalue().splitlines() if "action: conectar" in line]
+    assert "pista: if the server uses TLS, pass --tls-ca" in lines[0]
+    assert sum("pista:" in line for line in lines) == 1
+
+
+async def test_an_unknown_host_name_fails_at_once(log_stream: io.StringIO) -> None:
+    """A host name that does not resolve is one error, never retried."""
+    agency = AsyncAgency(1, "no-such-host.invalid", 1, timeout=REPLY_TIMEOUT, reconnect_attempts=10)
+    with pytest.raises(HostNotFound, match=r"cannot resolve the host name 'no-such-host\.invalid'"):
+        await agency.connect()
+    assert "action: conectar" not in log_stream.getvalue()
+    with pytest.raises(HostNotFound):
+        await query_status("no-such-host.invalid", 1, REPLY_TIMEOUT)

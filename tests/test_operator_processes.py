@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import signal
 import subprocess
 import time
@@ -13,6 +14,7 @@ import pytest
 from roundrunner import (
     ServerProcess,
     log_events,
+    lottery_command,
     parse_log_line,
     start_agency,
     start_server,
@@ -95,7 +97,37 @@ def test_a_resumed_agency_after_ctrl_c_completes_the_round(
     assert log_events(again[0].output, "apuestas_enviadas")[0]["cantidad"] == "0"
 
 
-def _kill(proc: subprocess.Popen[str]) -> None:
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait()
+# -- messages that pointed the wrong way, against a real TLS server ---------------------------
+
+
+def test_ping_and_status_against_a_real_tls_server_hint_at_tls_ca(tmp_path: Path) -> None:
+    """Without --tls-ca, ping and status against a TLS server say to pass it; with it, they work."""
+    if shutil.which("openssl") is None:
+        pytest.skip("the openssl command is not installed")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+            "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", str(key), "-out", str(cert),
+            "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1",
+        ],
+        check=True, capture_output=True, timeout=30 * UNIT,
+    )  # fmt: skip
+    server = start_server(
+        tmp_path / "data", 1, extra_args=["--tls-cert", str(cert), "--tls-key", str(key)]
+    )
+    try:
+        address = f"127.0.0.1:{server.port}"
+        for args in (["ping", address], ["status", "--server", address]):
+            done = run_lottery(*args)
+            assert done.returncode == 1
+            assert "if the server uses TLS, pass --tls-ca" in done.stdout + done.stderr, args
+            assert run_lottery(*args, "--tls-ca", str(cert)).returncode == 0, args
+    finally:
+        assert stop_server(server) == 0
+
+
+def run_lottery(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*lottery_command(), *args], capture_output=True, text=True, timeout=30 * UNIT, check=False
+    )
