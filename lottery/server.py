@@ -91,7 +91,12 @@ class Server:
         self.config = config
         self._log = get_logger()
         self._open_store = open_store or functools.partial(
-            SQLiteStore, config.data_dir, config.agencies, config.winning_number, config.sync
+            SQLiteStore,
+            config.data_dir,
+            config.agencies,
+            config.winning_number,
+            config.sync,
+            exclusive=True,
         )
         self._store: ThreadedStore | None = None
         self._committer: Committer | None = None

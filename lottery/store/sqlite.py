@@ -23,6 +23,7 @@ from pathlib import Path
 from ..errors import ConfigError, StoreError
 from ..models import DEFAULT_WINNING_NUMBER, FS, RS, Records
 from .base import Outcome, PendingBatch
+from .lock import DataDirLock
 
 __all__ = ["DB_FILENAME", "SYNC_MODES", "SQLiteStore"]
 
@@ -100,6 +101,8 @@ class SQLiteStore:
             or `DEFAULT_WINNING_NUMBER` for a new one.
         synchronous: SQLite's ``synchronous`` pragma: FULL (default; an
             acknowledged batch survives power loss), NORMAL or OFF.
+        exclusive: hold the data directory's lock (`DataDirLock`) while open,
+            as a server does; readers leave it False.
     """
 
     def __init__(
@@ -108,10 +111,15 @@ class SQLiteStore:
         agencies: int | None = None,
         winning_number: int | None = None,
         synchronous: str = "FULL",
+        *,
+        exclusive: bool = False,
     ) -> None:
         if synchronous.upper() not in SYNC_MODES:
             raise ConfigError(f"synchronous must be one of {', '.join(SYNC_MODES)}")
         self.path = Path(data_dir) / DB_FILENAME
+        self._lock = DataDirLock(data_dir) if exclusive else None
+        if self._lock is not None:
+            self._lock.acquire()  # before opening: a second server must not touch the file
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             # isolation_level=None: we issue BEGIN/COMMIT ourselves, so one
@@ -140,7 +148,15 @@ class SQLiteStore:
                 self._db.close()
                 raise
         except sqlite3.Error as exc:
+            self._release_lock()
             raise StoreError(f"cannot open {self.path}: {exc}") from exc
+        except BaseException:
+            self._release_lock()
+            raise
+
+    def _release_lock(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
 
     def _setting(self, name: str, value: int | None) -> int:
         """The round setting ``name``: recorded on first use, then it must match.
@@ -279,3 +295,4 @@ class SQLiteStore:
 
     def close(self) -> None:
         self._db.close()
+        self._release_lock()
