@@ -21,9 +21,11 @@ install: $(VENV)/.installed
 run: $(VENV)/.installed
 	$(BIN)/python scripts/demo_round.py --data $(DATA)
 
-## make run-server: the central server on 127.0.0.1:$(PORT) for N agencies
+## make run-server: the central server on 127.0.0.1:$(PORT) for N agencies; a finished
+## round left in data/ is archived to data/archive/<id>/ (an unfinished one resumes)
 run-server: $(VENV)/.installed
-	$(BIN)/lottery server --host 127.0.0.1 --port $(PORT) --agencies $(N) --data-dir data
+	$(BIN)/lottery server --host 127.0.0.1 --port $(PORT) --agencies $(N) --data-dir data \
+		--new-round-if-finished
 
 ## make run-clients N=5: N agencies sending $(DATA)/agency-<id>.csv to 127.0.0.1:$(PORT)
 run-clients: $(VENV)/.installed

@@ -42,6 +42,7 @@ from .server import Server
 from .status import render as render_status
 from .status import summary
 from .store import DB_FILENAME, SQLiteStore
+from .store.archive import archive_round
 
 __all__ = ["main"]
 
@@ -107,6 +108,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     server = commands.add_parser("server", help="run the central server")
     _add_options(server, SERVER_OPTIONS, ServerConfig(), "config.ini")
+    fresh = server.add_mutually_exclusive_group()
+    fresh.add_argument(
+        "--new-round",
+        action="store_true",
+        help="start a new round: the data directory's round moves to DATA_DIR/archive/<id>/",
+    )
+    fresh.add_argument(
+        "--new-round-if-finished",
+        action="store_true",
+        help="the same, but only if that round's draw is made (else it resumes)",
+    )
     _common(server)
 
     agency = commands.add_parser("agency", help="run one agency: send bets, get winners")
@@ -199,6 +211,10 @@ def run_server(args: argparse.Namespace) -> int:
     config = load_server_config(_flags(args), os.environ, args.config, warnings)
     configure(config.log_level, config.log_format)
     log_advice(warnings)
+    if args.new_round or args.new_round_if_finished:
+        archived = archive_round(config.data_dir, only_if_finished=args.new_round_if_finished)
+        if archived is not None:
+            get_logger().info("ronda_archivada", result="success", carpeta=str(archived))
     with asyncio.Runner(loop_factory=loop_factory(args.loop)) as runner:
         try:
             runner.run(_serve(config))

@@ -87,6 +87,8 @@ class Round:
         fault_draw_delay: float = 0.0,
     ) -> None:
         self.agencies = agencies
+        #: The round's identity (from the store): in the start line, status and the logs.
+        self.round_id = store.round_id
         self.barrier = DrawBarrier(agencies, done)
         self.stats = RoundStats()
         self._store = store
@@ -290,6 +292,7 @@ class Round:
         """
         barrier = self.barrier
         return {
+            "round": self.round_id,
             "agencies": self.agencies,
             "opened": barrier.opened,
             "drawn": self.drawn,

@@ -146,6 +146,7 @@ class Server:
         self._log.info(
             "config",
             result="success",
+            ronda=self._round.round_id,
             port=self.port,
             listen_backlog=cfg.listen_backlog,
             logging_level=cfg.log_level,
@@ -157,6 +158,15 @@ class Server:
             auth="hmac" if self.secrets is not None else "none",
             tls=tls is not None,
         )
+        if self._round.drawn:
+            # Loudly: a leftover data directory must not pass off an old round as this one.
+            self._log.warning(
+                "ronda_terminada",
+                result="in_progress",
+                ronda=self._round.round_id,
+                detalle=f"{cfg.data_dir} holds a round whose draw is already made: this server "
+                "only answers its winners; for a new round, start with --new-round",
+            )
         if self.secrets is None:
             self._log.warning(
                 "auth",

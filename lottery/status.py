@@ -42,12 +42,16 @@ def _rows(status: dict[str, Any]) -> list[tuple[str, str, str, str]]:
 HEADERS = ("agency", "committed bets", "connected", "done")
 
 
+def _title(status: dict[str, Any]) -> str:
+    return f"round {status.get('round', '?')}: {status['agencies']} agencies"
+
+
 def _plain(status: dict[str, Any]) -> str:
     rows = [HEADERS, *_rows(status)]
     widths = [max(len(row[i]) for row in rows) for i in range(len(HEADERS))]
     lines = ["  ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join([*lines, "", summary(status)]) + "\n"
+    return "\n".join([_title(status), "", *lines, "", summary(status)]) + "\n"
 
 
 def render(status: dict[str, Any], out: TextIO, *, use_rich: bool | None = None) -> None:
@@ -60,7 +64,9 @@ def render(status: dict[str, Any], out: TextIO, *, use_rich: bool | None = None)
             if use_rich:
                 raise
         else:
-            table = Table(title=f"lottery round: {status['agencies']} agencies")
+            table = Table(
+                title=f"lottery round {status.get('round', '?')}: {status['agencies']} agencies"
+            )
             for header in HEADERS:
                 table.add_column(header, justify="right")
             for row in _rows(status):

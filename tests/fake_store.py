@@ -33,6 +33,7 @@ class FakeStore:
     """An in-memory `Store` that records its calls and threads, and can block or fail."""
 
     def __init__(self) -> None:
+        self.round_id = "20261201-000000-fa4e00"
         self.threads: set[int] = set()
         self.calls: list[str] = []
         self.commits: list[list[PendingBatch]] = []

@@ -155,7 +155,10 @@ async def test_query_status_returns_the_decoded_json(tmp_path: Path) -> None:
         assert await conn.receive() == Ack(1)
         status = await query_status(LOOPBACK, server.port, REPLY_TIMEOUT)
     assert isinstance(status, dict)
-    assert set(status) == {"agencies", "opened", "drawn", "draw_seconds", "connections", "agency"}
+    assert set(status) == {
+        "round", "agencies", "opened", "drawn", "draw_seconds", "connections", "agency",
+    }  # fmt: skip
+    assert status["round"] == server.round.round_id
     assert status["agency"][0]["committed_bets"] == 5
     assert status["agency"][0]["connected"] is True
     assert status["connections"] == 2  # the agency and the query itself
@@ -171,11 +174,12 @@ async def test_query_status_against_a_closed_port_raises_oserror() -> None:
 
 
 def test_plain_text_shows_every_agency_and_who_the_draw_waits_for() -> None:
-    """Without rich, each agency is one aligned row, and the summary names who is missing."""
-    status = status_of(3, bets={1: 1234, 3: 7}, connected=(1,), done=(1, 3))
+    """Without rich: the round's id, each agency one aligned row, and who the draw waits for."""
+    status = {**status_of(3, bets={1: 1234, 3: 7}, connected=(1,), done=(1, 3)), "round": "r-1"}
     out = io.StringIO()
     render(status, out, use_rich=False)
-    lines = out.getvalue().splitlines()
+    title, blank, *lines = out.getvalue().splitlines()
+    assert (title, blank) == ("round r-1: 3 agencies", "")
     assert lines[0].split() == ["agency", "committed", "bets", "connected", "done"]
     assert set(lines[1]) == {"-", " "}
     assert [line.split() for line in lines[2:5]] == [
@@ -209,7 +213,7 @@ def test_rich_writes_a_table_to_a_text_stream() -> None:
     render(status, out, use_rich=True)
     text = out.getvalue()
     assert "\x1b[" not in text  # not a terminal: no colour codes
-    assert "lottery round: 3 agencies" in text
+    assert "lottery round ?: 3 agencies" in text
     assert "committed bets" in text
     rows = [line for line in text.splitlines() if "│" in line and "agency" not in line]
     cells = [[c.strip() for c in row.strip("│ ").split("│")] for row in rows]

@@ -64,6 +64,9 @@ class PendingBatch:
 class Store(Protocol):
     """The contract (see the module docstring), for a backend that blocks."""
 
+    #: The round's identity, made when the store was created and never changed.
+    round_id: str
+
     def progress(self, agency: int) -> tuple[int, int]:
         """(last committed sequence, committed bets) of ``agency``."""
         ...
@@ -105,6 +108,8 @@ class Store(Protocol):
 
 class AsyncStore(Protocol):
     """The same contract, awaited: what the server's `Round` and `Committer` hold."""
+
+    round_id: str
 
     async def progress(self, agency: int) -> tuple[int, int]: ...
 

@@ -15,7 +15,9 @@ to the thread that opened them): the server runs it through `ThreadedStore`.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
+import secrets
 import sqlite3
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -25,9 +27,16 @@ from ..models import DEFAULT_WINNING_NUMBER, FS, RS, Records
 from .base import Outcome, PendingBatch
 from .lock import DataDirLock
 
-__all__ = ["DB_FILENAME", "SYNC_MODES", "SQLiteStore"]
+__all__ = ["DB_FILENAME", "SYNC_MODES", "SQLiteStore", "new_round_id"]
 
 DB_FILENAME = "lottery.db"
+
+
+def new_round_id() -> str:
+    """A new round's id: when it was created, and enough randomness to tell two apart."""
+    return datetime.datetime.now().strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
+
+
 SYNC_MODES = ("FULL", "NORMAL", "OFF")
 
 
@@ -130,6 +139,7 @@ class SQLiteStore:
                 self._db.execute(f"PRAGMA synchronous={synchronous.upper()}")
                 self._db.executescript(_SCHEMA)
                 self.winning_number = self._setting("winning_number", winning_number)
+                self.round_id = self._round_id()
                 if agencies is not None:
                     self._setting("agencies", agencies)
                 self._drawn = (
@@ -157,6 +167,12 @@ class SQLiteStore:
     def _release_lock(self) -> None:
         if self._lock is not None:
             self._lock.release()
+
+    def _round_id(self) -> str:
+        """The round's identity: made once, when the store is created, then kept."""
+        self._db.execute("INSERT OR IGNORE INTO settings VALUES ('round_id', ?)", (new_round_id(),))
+        row = self._db.execute("SELECT value FROM settings WHERE name = 'round_id'").fetchone()
+        return str(row[0])
 
     def _setting(self, name: str, value: int | None) -> int:
         """The round setting ``name``: recorded on first use, then it must match.

@@ -28,6 +28,7 @@ class ThreadedStore:
     def __init__(self, executor: concurrent.futures.ThreadPoolExecutor, store: Store) -> None:
         self._executor = executor
         self._store: Store | None = store
+        self.round_id = store.round_id
 
     @classmethod
     async def open(cls, open_store: Callable[[], Store]) -> ThreadedStore:
