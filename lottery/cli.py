@@ -337,6 +337,8 @@ async def _agency_round(
         timeout=config.timeout,
         winners_attempts=config.winners_attempts,
         winners_base_delay=config.winners_base_delay,
+        winners_timeout=config.winners_poll,
+        winners_wait=config.winners_wait,
         reconnect_attempts=config.reconnect_attempts,
         secret=_agency_secret(config),
         tls=_client_tls(config.tls_ca),

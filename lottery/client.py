@@ -30,12 +30,12 @@ from .backoff import MAX_BACKOFF
 from .connection import query_status, tls_context
 from .log import get_logger
 from .models import Bet
-from .protocol import Ack, Done, encode_record
+from .protocol import Ack, Done, NotReady, encode_record
 from .readers import Source
 from .reports import RoundResult, SendReport
 from .sender import BatchSender
 from .session import Session
-from .winners import poll_winners
+from .winners import missing_text, poll_winners
 
 __all__ = ["MAX_BACKOFF", "AsyncAgency", "RoundResult", "SendReport", "query_status", "tls_context"]
 
@@ -54,6 +54,8 @@ class AsyncAgency:
         winners_base_delay: first back-off delay between tries, doubled each try.
         winners_timeout: seconds to wait for one winners reply (the server holds
             a query up to 30 s by default before answering "not ready").
+        winners_wait: seconds to wait for the draw in all, then give up naming
+            the agencies still missing.
         reconnect_attempts: tries to reach the server when it is unreachable.
         secret: this agency's secret, for a server started with ``--secrets``
             (see `lottery.auth`); it never crosses the wire.
@@ -73,6 +75,7 @@ class AsyncAgency:
         winners_attempts: int = 5,
         winners_base_delay: float = 0.5,
         winners_timeout: float = 40.0,
+        winners_wait: float = 600.0,
         reconnect_attempts: int = 10,
         reconnect_base_delay: float = 0.05,
         secret: bytes | None = None,
@@ -86,6 +89,9 @@ class AsyncAgency:
         self.winners_attempts = winners_attempts
         self.winners_base_delay = winners_base_delay
         self.winners_timeout = winners_timeout
+        self.winners_wait = winners_wait
+        #: While the agency waits for the draw: whom it waits for ("agencies 3, 5 missing").
+        self.waiting_for: str | None = None
         self.reconnect_attempts = reconnect_attempts
         self.reconnect_base_delay = reconnect_base_delay
         self._session = Session(
@@ -188,7 +194,12 @@ class AsyncAgency:
             attempts=self.winners_attempts,
             base_delay=self.winners_base_delay,
             timeout=self.winners_timeout,
+            wait=self.winners_wait,
+            on_not_ready=self._not_ready,
         )
+
+    def _not_ready(self, reply: NotReady) -> None:
+        self.waiting_for = missing_text(reply)
 
     async def run(self, source: Source) -> RoundResult:
         """Send all bets, say done, and get the winners: the whole round."""

@@ -107,6 +107,11 @@ class AgencyConfig:
     timeout: float = 30.0
     winners_attempts: int = 5
     winners_base_delay: float = 0.5
+    #: Seconds one winners query may wait for its answer (the server holds it
+    #: up to its timeout_winners, 30 s by default, before NOT_READY).
+    winners_poll: float = 40.0
+    #: Seconds the agency waits for the draw in all before it gives up.
+    winners_wait: float = 600.0
     reconnect_attempts: int = 10
     #: Hex secret for a server with --secrets (prefer a file or the environment:
     #: a command line is visible to every user of the machine).
@@ -260,6 +265,12 @@ AGENCY_OPTIONS = (
            "tries of the winners query"),
     Option("winners_base_delay", "CLI_WINNERS_BASEDELAY", "winners.baseDelay", seconds,
            "first back-off of the winners query, seconds"),
+    Option("winners_poll", "CLI_WINNERS_POLL", "winners.poll", seconds,
+           "seconds one winners query may wait for its answer (keep it above the "
+           "server's --timeout-winners)"),
+    Option("winners_wait", "CLI_WINNERS_WAIT", "winners.wait", seconds,
+           "seconds to wait for the draw in all; then the agency gives up, "
+           "naming the agencies still missing"),
     Option("reconnect_attempts", "CLI_RECONNECT_ATTEMPTS", "server.reconnectAttempts",
            integer(1), "tries to reach the server"),
     # A command line is visible to every user of the machine: the secret itself

@@ -209,6 +209,8 @@ def _update(
     ]
     if agency.reconnects > 0:
         counts.append(f"reconnects {agency.reconnects:,}")
+    if agency.waiting_for is not None and not finished:
+        counts.append(f"waiting for the draw: {agency.waiting_for}")
     progress.update(task_id, total=total, completed=done, counts=" · ".join(counts))
 
 

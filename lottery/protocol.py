@@ -102,6 +102,9 @@ _SEQ = struct.Struct("!I")  # sequence (single bet, ack)
 _BATCH = struct.Struct("!IH")  # sequence, bet count
 _ERROR = struct.Struct("!H")  # error code, then a UTF-8 message
 _WINNERS = struct.Struct("!BH")  # last-frame flag, document count
+_NOT_READY = struct.Struct("!IH")  # agencies missing, agencies listed (then each, u32)
+#: NOT_READY lists at most this many of the missing agencies (the count is exact).
+MAX_LISTED_MISSING = 100
 #: Bytes a batch frame spends besides its records.
 BATCH_OVERHEAD = HEADER.size + _BATCH.size
 MAX_SEQ = 2**32 - 1
@@ -204,7 +207,14 @@ class Winners:
 
 @dataclass(frozen=True, slots=True)
 class NotReady:
-    """Server → client: the draw has not happened yet; ask again later."""
+    """Server → client: the draw has not happened yet; ask again later.
+
+    It says how many agencies the draw still waits for, and which (the first
+    `MAX_LISTED_MISSING` of them), so the agency can tell its operator.
+    """
+
+    missing: int = 0
+    agencies: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -436,8 +446,10 @@ def encode(message: Message) -> bytes:
             return _frame(FrameType.STATUS_QUERY)
         case Status(text):
             return _encode_status(text)
-        case NotReady():
-            return _frame(FrameType.NOT_READY)
+        case NotReady(missing, agencies):
+            listed = agencies[:MAX_LISTED_MISSING]
+            body = _NOT_READY.pack(missing, len(listed))
+            return _frame(FrameType.NOT_READY, body + b"".join(_AGENCY.pack(a) for a in listed))
     raise TypeError(f"not a protocol message: {message!r}")
 
 
@@ -555,6 +567,16 @@ def _decode_batch(body: bytes, today: str) -> Batch | RejectedBatch:
     if len(records) != count:
         raise ProtocolError(f"BATCH announces {count} bets but holds {len(records)}")
     return Batch(seq, records)
+
+
+def _decode_not_ready(body: bytes) -> NotReady:
+    if len(body) < _NOT_READY.size:
+        raise ProtocolError("NOT_READY body too short for its header")
+    missing, listed = _NOT_READY.unpack_from(body)
+    if len(body) != _NOT_READY.size + listed * _AGENCY.size:
+        raise ProtocolError(f"NOT_READY announces {listed} agencies but holds another size")
+    agencies = tuple(a for (a,) in _AGENCY.iter_unpack(body[_NOT_READY.size :]))
+    return NotReady(missing, agencies)
 
 
 def _decode_empty(body: bytes, name: str) -> None:
@@ -895,8 +917,7 @@ class ClientProtocol:
         if ftype == FrameType.WINNERS:
             return _decode_winners(body)
         if ftype == FrameType.NOT_READY:
-            _decode_empty(body, "NOT_READY")
-            return NotReady()
+            return _decode_not_ready(body)
         if ftype == FrameType.STATUS:
             return self._decode_status(body)
         if ftype == FrameType.CHALLENGE:

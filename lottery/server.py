@@ -638,7 +638,7 @@ class Handler:
         if winners is WinnersWait.NOT_READY:
             missing = self._round.barrier.missing
             self._log.info("consulta_ganadores", result="in_progress", faltan=missing)
-            return NotReady()
+            return NotReady(len(missing), tuple(missing))
         if winners is WinnersWait.SHUTTING_DOWN:
             return Error(ErrorCode.SHUTTING_DOWN, "the server is shutting down")
         self._log.info("consulta_ganadores", result="success", cant_ganadores=len(winners))

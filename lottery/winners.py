@@ -1,15 +1,18 @@
 """The agency's winners query: asking until the draw is made, within bounds.
 
-`AsyncAgency.winners` is `poll_winners` over the agency's `Session`. Two
-counts bound the loop: "not ready" answers (the server is there, the draw is
-not) against ``attempts``, waiting at least half a second between them; and
-tries with no answer (a lost line, a time-out) against the session's
-reconnect attempts, as in every retry loop of the agency.
+`AsyncAgency.winners` is `poll_winners` over the agency's `Session`. Three
+bounds stop the loop: "not ready" answers (the server is there, the draw is
+not) against ``attempts``, waiting at least half a second between them; the
+whole wait for the draw against ``wait`` seconds; and tries with no answer (a
+lost line, a time-out) against the session's reconnect attempts, as in every
+retry loop of the agency. Each NOT_READY says which agencies the draw still
+waits for: the log and ``on_not_ready`` (the progress bar) show them.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from .backoff import Retry
 from .connection import Connection, raise_for
@@ -18,13 +21,21 @@ from .log import get_logger
 from .protocol import NotReady, Winners, WinnersQuery
 from .session import Session
 
-__all__ = ["poll_winners"]
+__all__ = ["missing_text", "poll_winners"]
+
+
+def missing_text(reply: NotReady) -> str:
+    """ "agencies 3, 5 missing" (the first 20 named), for the log and the progress bar."""
+    shown = ", ".join(map(str, reply.agencies[:20]))
+    more = " …" if reply.missing > min(len(reply.agencies), 20) else ""
+    noun = "agency" if reply.missing == 1 else "agencies"
+    return f"{noun} {shown}{more} missing" if shown else f"{reply.missing} {noun} missing"
 
 
 async def query_winners(
     conn: Connection, timeout: float, winners_timeout: float
-) -> list[str] | None:
-    """One query: the documents of every WINNERS frame, or None for "not ready"."""
+) -> list[str] | NotReady:
+    """One query: the documents of every WINNERS frame, or the NOT_READY answer."""
     reply = await conn.request(WinnersQuery(), timeout)
     documents: list[str] = []
     while isinstance(reply, Winners):
@@ -34,18 +45,26 @@ async def query_winners(
         reply = await conn.receive(winners_timeout)  # the caller's wait_for bounds it too
     if not isinstance(reply, NotReady):
         raise_for(reply)
-    return None
+    return reply
 
 
 async def poll_winners(
-    session: Session, *, attempts: int, base_delay: float, timeout: float
+    session: Session,
+    *,
+    attempts: int,
+    base_delay: float,
+    timeout: float,
+    wait: float = 600.0,
+    on_not_ready: Callable[[NotReady], None] | None = None,
 ) -> list[str]:
     """Ask ``session``'s server for the winners until it answers with them.
 
-    Each try, as a whole, waits up to ``timeout`` seconds.
+    Each try, as a whole, waits up to ``timeout`` seconds; no try starts
+    after ``wait`` seconds, so the whole wait is at most ``wait + timeout``.
 
     Raises:
-        WinnersUnavailable: ``attempts`` answers were "not ready".
+        WinnersUnavailable: ``attempts`` answers were "not ready", or ``wait``
+            seconds passed; the message names the agencies still missing.
         ConnectionLost: the session's attempts in a row got no answer.
     """
     # NOT_READY means the server is there and the draw is not: no jitter down
@@ -53,30 +72,36 @@ async def poll_winners(
     log = get_logger(agencia=session.agency_id)
     not_ready = Retry(attempts, base_delay, floor=0.5)
     no_reply = session.retry()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait
     while True:
         try:
             conn = await session.ensure_open()
             # One try, bounded as a whole: the send, the server's wait for
             # the draw, and every WINNERS frame of the answer.
             query = query_winners(conn, session.timeout, timeout)
-            documents = await asyncio.wait_for(query, timeout)
+            answer = await asyncio.wait_for(query, timeout)
         except Exception as exc:  # a late reply would be read as the next query's
             await session.retry_or_raise(no_reply, exc, "the winners query")
             continue
         except BaseException:
             await session.drop()
             raise
-        if documents is not None:
-            log.info("consulta_ganadores", result="success", cant_ganadores=len(documents))
-            return documents
+        if not isinstance(answer, NotReady):
+            log.info("consulta_ganadores", result="success", cant_ganadores=len(answer))
+            return answer
         no_reply.reset()  # NOT_READY is an answer
-        if not not_ready.failed():
-            raise WinnersUnavailable(
-                f"no winners after {not_ready.failures} attempts (last: not ready)"
-            )
-        wait = not_ready.next_delay()
+        if on_not_ready is not None:
+            on_not_ready(answer)
+        waiting = missing_text(answer)
+        # Checked between tries, so the whole wait is at most `wait` plus one try.
+        left = deadline - loop.time()
+        if not not_ready.failed() or left <= 0:
+            spent = f"{not_ready.failures} attempts" if left > 0 else f"{wait:g} s"
+            raise WinnersUnavailable(f"no winners after {spent}: the draw waits for {waiting}")
+        pause = min(not_ready.next_delay(), left)
         log.info(
             "consulta_ganadores", result="in_progress", intento=not_ready.failures,
-            motivo="not ready", espera=round(wait, 3),
+            motivo=f"waiting for the draw: {waiting}", espera=round(pause, 3),
         )  # fmt: skip
-        await not_ready.wait(wait)
+        await not_ready.wait(pause)

@@ -352,17 +352,23 @@ async def test_nothing_listening_raises_connection_lost(unused_port: int) -> Non
 async def test_winners_not_ready_retries_then_raises_winners_unavailable(
     tmp_path: Path, log_stream: io.StringIO
 ) -> None:
-    """While the draw is pending, winners() retries NOT_READY with back-off, then raises."""
+    """While the draw is pending, winners() retries NOT_READY with back-off, naming the missing."""
     async with (
         running_server(tmp_path, agencies=2, timeout_winners=0.05 * UNIT) as server,
         agency(1, server.port, winners_attempts=3) as client,
     ):
         await client.notify()
-        with pytest.raises(WinnersUnavailable, match="3 attempts"):
+        with pytest.raises(
+            WinnersUnavailable, match="3 attempts: the draw waits for agency 2 missing"
+        ):
             await client.winners()
     # The agency's retries (the server logs its not-ready answers as in_progress too).
     retries = log_events(
-        log_stream, "consulta_ganadores", result="in_progress", agencia=1, motivo="not ready"
+        log_stream,
+        "consulta_ganadores",
+        result="in_progress",
+        agencia=1,
+        motivo="waiting for the draw: agency 2 missing",
     )
     assert [retry["intento"] for retry in retries] == ["1", "2"]
 

@@ -244,7 +244,9 @@ def _fields(message: Message) -> object:
 # -- strategies --
 
 names = st.text(
-    st.characters(codec="utf-8", exclude_categories=("Cc", "Cs")), min_size=1, max_size=100
+    st.characters(codec="utf-8", exclude_categories=("Cc", "Cs", "Cf", "Zl", "Zp")),
+    min_size=1,
+    max_size=100,
 )
 valid_rows = st.tuples(
     names,

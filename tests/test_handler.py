@@ -175,7 +175,7 @@ async def test_a_gap_is_refused_and_the_connection_goes_on() -> None:
         peer.send(Batch(9, make_rows(1)), WinnersQuery())  # type: ignore[arg-type]
         reply = await peer.receive()
         assert isinstance(reply, Error) and reply.code == ErrorCode.BAD_SEQUENCE
-        assert await peer.receive() == NotReady()
+        assert await peer.receive() == NotReady(1, (2,))
     assert fake.stats.batches_refused == 1
 
 

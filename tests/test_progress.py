@@ -45,6 +45,7 @@ class FakeAgency:
         self.bets_sent = 0
         self.bets_acknowledged = 0
         self.reconnects = 0
+        self.waiting_for: str | None = None
 
 
 class FakeStream(io.StringIO):
@@ -435,3 +436,12 @@ async def test_on_a_pseudo_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "\x1b[1A" in raw  # redrawn in place
     assert "100%" in lines[-2]
     assert lines[-1].startswith("read 4 · sent 4 · acked 4 · ")
+
+
+async def test_the_bar_says_whom_the_draw_waits_for() -> None:
+    """While the agency waits for the draw, the bar names the agencies still missing."""
+    screen, agency = Screen(), FakeAgency()
+    async with agency_progress(agency, screen, total=10, console=terminal(screen), interval=0.001):
+        agency.bets_read = agency.bets_sent = agency.bets_acknowledged = 10
+        agency.waiting_for = "agencies 3, 5 missing"
+        await until_shown(screen, "waiting for the draw: agencies 3, 5 missing")

@@ -266,11 +266,11 @@ async def test_winners_query_before_the_draw_answers_not_ready_after_the_limit(
         loop = asyncio.get_running_loop()
         started = loop.time()
         await conn.send(WinnersQuery())
-        assert await conn.receive() == NotReady()
+        assert await conn.receive() == NotReady(1, (2,))  # it says who the draw waits for
         assert loop.time() - started >= limit * 0.9
         # The connection stays usable: ask again.
         await conn.send(WinnersQuery())
-        assert await conn.receive() == NotReady()
+        assert await conn.receive() == NotReady(1, (2,))
 
 
 async def test_winners_query_waiting_on_a_long_idle_connection_is_kept(tmp_path: Path) -> None:
@@ -280,9 +280,9 @@ async def test_winners_query_waiting_on_a_long_idle_connection_is_kept(tmp_path:
         raw_connection(server.port, 1) as conn,
     ):
         await conn.send(WinnersQuery())
-        assert await conn.receive() == NotReady()
+        assert await conn.receive() == NotReady(2, (1, 2))
         await conn.send(WinnersQuery())
-        assert await conn.receive() == NotReady()
+        assert await conn.receive() == NotReady(2, (1, 2))
 
 
 async def test_waiting_winners_query_is_answered_by_the_draw(tmp_path: Path) -> None:
