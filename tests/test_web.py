@@ -9,6 +9,7 @@ import http.client
 import io
 import json
 import re
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -217,6 +218,15 @@ async def test_the_page_is_one_self_contained_file_allowed_by_its_policy(tmp_pat
     assert not re.search(rb"(src|href)=|https?://|\sstyle=|\son[a-z]+=", html)
 
 
+async def test_without_prometheus_client_metrics_is_503_naming_the_extra(tmp_path: Path) -> None:
+    """With no metrics, /metrics answers 503 saying what to install; the rest still works."""
+    async with running_server(tmp_path) as server, listener(server) as http:
+        reply = await fetch(http.port, "/metrics")
+        assert (await fetch(http.port)).status == 200
+    assert reply.status == 503
+    assert b"pip install 'lottery[metrics]'" in reply.body
+
+
 # -- HTTP itself ----------------------------------------------------------------------------------
 
 
@@ -310,6 +320,26 @@ def test_two_different_ports_for_the_one_listener_are_a_config_error() -> None:
 
 
 # -- a real server process ---------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((LOOPBACK, 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.mark.e2e
+def test_lottery_server_metrics_port_is_the_same_listener(tmp_path: Path) -> None:
+    """The old `--metrics-port P` opens the one listener on P: metrics with commit figures, page."""
+    port = _free_port()  # --metrics-port has no "any port" value: 0 means off
+    server = start_server(tmp_path / "data", 1, extra_args=["--metrics-port", str(port)])
+    try:
+        assert log_value(server.lines, "http", "port") == str(port)
+        replies = _fetch(port, ["/metrics", "/", "/status.json"], {}, "GET")
+    finally:
+        assert stop_server(server) == 0
+    assert [r.status for r in replies] == [200, 200, 200]
+    assert b"lottery_commit_duration_seconds_count 0.0" in replies[0].body
 
 
 @pytest.mark.e2e

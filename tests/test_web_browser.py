@@ -19,11 +19,13 @@ import shutil
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from playwright.async_api import Page, async_playwright, expect
 
 from lottery.auth import load_operator_token, make_secrets
+from lottery.web import serve_http
 from roundrunner import (
     AgencyProcess,
     ServerProcess,
@@ -35,7 +37,7 @@ from roundrunner import (
 )
 
 from .conftest import UNIT
-from .helpers import make_rows, write_agency_file
+from .helpers import make_rows, running_server, write_agency_file
 
 CHROMIUM = os.environ.get("LOTTERY_CHROMIUM", "/usr/bin/chromium")
 IN_CI = os.environ.get("CI", "").lower() == "true"
@@ -183,3 +185,44 @@ async def test_with_secrets_the_page_shows_nothing_until_the_operator_token(
                 "document.documentElement.scrollWidth - document.documentElement.clientWidth"
             )
             assert overflow <= 0
+
+
+async def test_the_page_shows_the_round_id_and_a_random_draws_data_when_status_has_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """round_id, each agency's revealed flag, the commitment and the reveal show once present."""
+    async with running_server(tmp_path) as server:
+        plain = server.round.status
+
+        def status() -> dict[str, Any]:
+            # The shape a verifiable draw adds (other branches): the page renders what it finds.
+            document = plain()
+            document.update(round_id="r-2026-12-01-7f3a", drawn=True, opened=True)
+            document.update(winning_number=4321, commitment="c0ffee" * 4, reveal="5eed" * 4)
+            for agency in document["agency"]:
+                agency.update(done=True, revealed=agency["id"] == 1, winners=agency["id"])
+            return document
+
+        monkeypatch.setattr(server.round, "status", status)
+        http = await serve_http(server, "127.0.0.1", 0)
+        try:
+            async with browser_page() as page:
+                await page.goto(f"http://127.0.0.1:{http.port}/")
+                await expect(page.locator("#round-id")).to_have_text(
+                    "r-2026-12-01-7f3a", timeout=SHOWN
+                )
+                await expect(page.locator("#title")).to_have_text("Round r-2026-12-01-7f3a")
+                await expect(page.locator("#agencies-head th")).to_have_text(
+                    ["agency", "connected", "bets stored", "done", "revealed", "winners"]
+                )
+                cells = page.locator('#agencies tr[data-agency="1"] td')
+                await expect(cells.nth(4)).to_have_text("yes")
+                await expect(page.locator('#agencies tr[data-agency="2"] td').nth(4)).to_have_text(
+                    "no"
+                )
+                await expect(page.locator("#number")).to_have_text("4321")
+                await expect(page.locator("#commitment")).to_have_text("c0ffee" * 4)
+                await expect(page.locator("#reveal")).to_have_text("5eed" * 4)
+                await expect(page.locator("#winners-total")).to_have_text("3")
+        finally:
+            await http.aclose()
