@@ -190,8 +190,8 @@ async def test_with_secrets_the_page_shows_nothing_until_the_operator_token(
 async def test_the_page_shows_the_round_id_and_a_random_draws_data_when_status_has_them(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """round_id, each agency's revealed flag, the commitment and the reveal show once present."""
-    async with running_server(tmp_path) as server:
+    """round_id, revealed flags, commitment and reveal show once present; 500 rows at most."""
+    async with running_server(tmp_path, agencies=600) as server:
         plain = server.round.status
 
         def status() -> dict[str, Any]:
@@ -223,6 +223,8 @@ async def test_the_page_shows_the_round_id_and_a_random_draws_data_when_status_h
                 await expect(page.locator("#number")).to_have_text("4321")
                 await expect(page.locator("#commitment")).to_have_text("c0ffee" * 4)
                 await expect(page.locator("#reveal")).to_have_text("5eed" * 4)
-                await expect(page.locator("#winners-total")).to_have_text("3")
+                await expect(page.locator("#winners-total")).to_have_text(f"{600 * 601 // 2:,}")
+                await expect(page.locator("#agencies tbody tr")).to_have_count(501)
+                await expect(page.locator("#more-agencies")).to_contain_text("and 100 more")
         finally:
             await http.aclose()
