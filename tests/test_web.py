@@ -364,3 +364,20 @@ def test_lottery_server_http_port_with_secrets_serves_the_operator_only(tmp_path
     assert allowed.status == 200 and allowed.json()["agencies"] == 2
     assert metrics.status == 200 and b"lottery_bets_stored_total" in metrics.body
     assert "resource: http" in server.log()  # closed on the way out
+
+
+async def test_an_error_while_answering_is_a_500_and_the_listener_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, log_stream: io.StringIO
+) -> None:
+    """A request whose answer raises gets 500 and a logged error; the next request is answered."""
+    async with running_server(tmp_path) as server, listener(server) as http:
+
+        def broken() -> dict[str, object]:
+            raise RuntimeError("boom")
+
+        monkeypatch.setattr(server.round, "status", broken)
+        failed = await fetch(http.port)
+        monkeypatch.undo()
+        assert (await fetch(http.port)).status == 200
+    assert failed.status == 500
+    assert "boom" in log_stream.getvalue()

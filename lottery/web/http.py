@@ -239,7 +239,11 @@ class HttpServer:
                 return
             if request is None:
                 return
-            answer = await self._answer(request)
+            try:
+                answer = await self._answer(request)
+            except Exception as exc:  # a bug, or a scrape that failed: say so, keep serving
+                self._log.error("http", result="fail", target=request.target, error=repr(exc))
+                answer = Response(500, b"internal error: see the server's log\n")
             await self._send(conn, writer, answer, head_only=request.method == b"HEAD")
             if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
                 return  # one side asked to close (or a body was left unread)
