@@ -6,7 +6,7 @@ N      ?= 5
 PORT   ?= 12345
 DATA   ?= demo
 
-.PHONY: install run run-server run-clients test test-fast lint types format coverage bench clean
+.PHONY: install run run-server run-clients test test-fast lint types format coverage bench screenshot clean
 # Tests that start processes, build wheels or take seconds: `make test` runs them, test-fast not.
 FAST   := not slow and not e2e and not packaging
 
@@ -60,6 +60,11 @@ format: $(VENV)/.installed
 ## make bench: 5 agencies x 200,000 bets, ours vs the threaded baseline vs server alone
 bench: $(VENV)/.installed
 	$(BIN)/python scripts/bench.py $(BENCH_ARGS)
+
+## make screenshot: run the browser test's round and save its page to docs/img/round-page.png
+screenshot: $(VENV)/.installed
+	LOTTERY_SCREENSHOT=docs/img/round-page.png $(BIN)/python -m pytest -q \
+		tests/test_web_browser.py -k whole_round
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache .mypy_cache .hypothesis \

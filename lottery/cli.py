@@ -17,11 +17,11 @@ import ssl
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .advice import batch_cap_advice, log_advice
-from .auth import make_secrets, parse_secret
+from .auth import load_operator_token, make_secrets, parse_secret
 from .client import AsyncAgency, query_status, tls_context
 from .config import (
     AGENCY_OPTIONS,
@@ -43,6 +43,9 @@ from .status import render as render_status
 from .status import summary
 from .store import DB_FILENAME, SQLiteStore
 from .store.archive import archive_round
+
+if TYPE_CHECKING:
+    from .web import HttpServer
 
 __all__ = ["main"]
 
@@ -169,18 +172,17 @@ def _flags(args: argparse.Namespace) -> dict[str, Any]:
 
 async def _serve(config: ServerConfig) -> None:
     server = Server(config)
-    metrics = None
-    if config.metrics_port:  # first, so a taken port fails before the store opens
-        from .metrics import serve_metrics  # prometheus_client only when asked for
-
-        metrics = await serve_metrics(server, config.metrics_host, config.metrics_port)
-        get_logger().info("metrics", result="success", port=metrics.port)
+    http = None
+    if config.http_address is not None:  # first, so a taken port fails before the store opens
+        http = await _serve_http(server, config)
     try:
         await server.start()
     except BaseException:
-        if metrics is not None:
-            await metrics.aclose()
+        if http is not None:
+            await http.aclose()
         raise
+    if http is not None:
+        http.server_started()
     loop = asyncio.get_running_loop()
     main_task = asyncio.current_task()
     signals = 0
@@ -201,9 +203,35 @@ async def _serve(config: ServerConfig) -> None:
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
-        if metrics is not None:
-            await metrics.aclose()
-            get_logger().info("close_resource", result="success", resource="metrics")
+        if http is not None:
+            await http.aclose()
+
+
+async def _serve_http(server: Server, config: ServerConfig) -> HttpServer:
+    """The HTTP listener of --http-port (or --metrics-port): page, status, metrics."""
+    from .metrics import MISSING_DEPENDENCY, make_metrics
+    from .web import Access, serve_http  # h11 only when asked for
+
+    assert config.http_address is not None
+    host, port = config.http_address
+    log = get_logger()
+    try:
+        metrics = make_metrics(server)
+    except ConfigError:
+        if config.http_port is None:  # --metrics-port asked for metrics above all
+            raise
+        metrics = None
+        log.warning("http", result="in_progress", detalle="no /metrics: " + MISSING_DEPENDENCY)
+    access = Access()
+    if config.secrets_file:
+        access = Access(True, load_operator_token(config.secrets_file))
+        if access.token is None:
+            log.warning(
+                "http",
+                result="in_progress",
+                detalle=f"{config.secrets_file} has no operator line: /status.json refuses all",
+            )
+    return await serve_http(server, host, port, metrics=metrics, access=access, started=False)
 
 
 def run_server(args: argparse.Namespace) -> int:

@@ -77,6 +77,10 @@ class ServerConfig:
     #: Port for Prometheus metrics over HTTP (0: no metrics endpoint).
     metrics_port: int = 0
     metrics_host: str = "127.0.0.1"
+    #: Port of the HTTP listener: the round's page, /status.json, /metrics (None: none;
+    #: 0 picks a free one). ``metrics_port`` is its old name, on ``metrics_host``.
+    http_port: int | None = None
+    http_host: str = "127.0.0.1"
     log_level: str = "INFO"
     log_format: str = "console"
 
@@ -86,6 +90,20 @@ class ServerConfig:
                 f"limit_connections={self.limit_connections} is below the {self.agencies} "
                 "agencies, which all stay connected while they wait for the draw"
             )
+        if self.http_port is not None and self.metrics_port not in (0, self.http_port):
+            raise ConfigError(
+                f"--http-port {self.http_port} and --metrics-port {self.metrics_port} differ: "
+                "one HTTP listener serves the page and the metrics; drop --metrics-port"
+            )
+
+    @property
+    def http_address(self) -> tuple[str, int] | None:
+        """(host, port) of the HTTP listener, or None for none; --metrics-port is an alias."""
+        if self.http_port is not None:
+            return self.http_host, self.http_port
+        if self.metrics_port:
+            return self.metrics_host, self.metrics_port
+        return None
 
     @property
     def connection_limit(self) -> int:
@@ -231,7 +249,8 @@ SERVER_OPTIONS = (
     Option("max_group_bets", "SERVER_MAX_GROUP_BETS", "SERVER_MAX_GROUP_BETS", integer(1),
            "most bets in one commit"),
     Option("metrics_port", "SERVER_METRICS_PORT", "SERVER_METRICS_PORT", integer(0, 65535),
-           "serve Prometheus metrics on this port; unset: no metrics"),
+           "serve Prometheus metrics on this port (the same listener as --http-port, on "
+           "--metrics-host); unset: no metrics"),
     Option("timeout_handshake", "SERVER_TIMEOUT_HANDSHAKE", "SERVER_TIMEOUT_HANDSHAKE", seconds,
            "seconds a connection has to say who it is"),
     Option("secrets_file", "SERVER_SECRETS_FILE", "SERVER_SECRETS_FILE", text,
@@ -246,6 +265,11 @@ SERVER_OPTIONS = (
            "seconds between the barrier opening and the draw (chaos tests)", command_line=False),
     Option("metrics_host", "SERVER_METRICS_HOST", "SERVER_METRICS_HOST", text,
            "address for the metrics"),
+    Option("http_port", "SERVER_HTTP_PORT", "SERVER_HTTP_PORT", integer(0, 65535),
+           "serve the round's web page, /status.json and /metrics on this port (0 picks a "
+           "free one); unset: none. --metrics-port is its old name"),
+    Option("http_host", "SERVER_HTTP_HOST", "SERVER_HTTP_HOST", text,
+           "address for --http-port; anything but loopback exposes /metrics to that network"),
     Option("log_level", "LOGGING_LEVEL", "LOGGING_LEVEL", choice(*LEVELS), _LEVELS_HELP),
     Option("log_format", "LOG_FORMAT", "LOG_FORMAT", choice(*FORMATS), _FORMATS_HELP),
 )  # fmt: skip

@@ -1,8 +1,9 @@
-"""Prometheus metrics for ``lottery server --metrics-port``.
+"""Prometheus metrics for ``lottery server --http-port`` (or its old name ``--metrics-port``).
 
-`serve_metrics(server, host, port)` answers ``GET /metrics`` over HTTP with
-the round's figures in Prometheus' text format (or OpenMetrics, if the scraper
-asks for it), so a dashboard can follow a round while it runs: bets and
+`Metrics` renders the round's figures in Prometheus' text format (or
+OpenMetrics, if the scraper asks for it); the server's one HTTP listener
+(`lottery.web`) answers ``GET /metrics`` with them, so a dashboard can follow
+a round while it runs: bets and
 batches stored and refused, commits and how long they take, how many batches
 each commit groups, agencies connected and done, and the draw.
 
@@ -14,17 +15,17 @@ How the figures are gathered, and why:
   is in `read_server`, at the top of this module, and nowhere else.
 - Commit latency and batches per commit are distributions, not state, so
   they are histograms fed by the committer's ``on_commit`` hook (chained to
-  any previous hook, and unhooked by `MetricsServer.aclose`).
+  any previous hook, and unhooked by `Metrics.close`).
 
-The HTTP side is prometheus_client's own WSGI app and threading server, on a
-thread of its own. Nothing it reads needs an await (the connection gauges
-count the live connections in memory rather than asking the store), so the
-event loop is only asked to run `read_server`, a few microseconds, once per
-scrape. A scraper that stalls is hung up on after `REQUEST_TIMEOUT`.
+A scrape is rendered on a worker thread (`Metrics.render`): the process
+collector reads files under /proc, which the event loop must not wait on.
+Nothing the server's collector reads needs an await (the connection gauges
+count the live connections in memory rather than asking the store), so that
+thread only asks the event loop to run `read_server`, a few microseconds.
 
-Each `MetricsServer` has its own ``CollectorRegistry``, never the global one,
-so several servers in one process (tests, benchmarks) do not collide.
-prometheus_client is imported only by `serve_metrics`: it is an optional
+Each `Metrics` has its own ``CollectorRegistry``, never the global one, so
+several servers in one process (tests, benchmarks) do not collide.
+prometheus_client is imported only when metrics are made: it is an optional
 extra (``pip install 'lottery[metrics]'``).
 """
 
@@ -33,34 +34,34 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import socket
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .errors import ConfigError
 from .log import get_logger
 
 if TYPE_CHECKING:
-    from wsgiref.simple_server import WSGIServer
-
     from prometheus_client import CollectorRegistry, Histogram
     from prometheus_client.metrics_core import Metric
 
     from .committer import Committer
     from .server import Server
+    from .web import HttpServer
 
-__all__ = ["MISSING_DEPENDENCY", "MetricsServer", "ServerFigures", "read_server", "serve_metrics"]
+__all__ = [
+    "MISSING_DEPENDENCY",
+    "Metrics",
+    "ServerFigures",
+    "make_metrics",
+    "read_server",
+    "serve_metrics",
+]
 
-MISSING_DEPENDENCY = "--metrics-port needs prometheus_client: pip install 'lottery[metrics]'"
+MISSING_DEPENDENCY = "/metrics needs prometheus_client: pip install 'lottery[metrics]'"
 
-#: Seconds a scraper has to send its request, and to take the answer.
-REQUEST_TIMEOUT = 5.0
 #: Seconds a scrape waits for the event loop to read the server's state.
 READ_TIMEOUT = 2.0
-#: Seconds between the HTTP thread's checks for `MetricsServer.aclose`.
-POLL_INTERVAL = 0.05
 
 # A commit takes from well under a millisecond (sync=OFF, few bets) to tens of
 # milliseconds (an fsync'd group of 4096 bets); a slow disk shows past that.
@@ -98,7 +99,7 @@ class ServerFigures:
 def read_server(server: Server) -> ServerFigures:
     """The figures from ``server``'s state, all in memory: no await, no store call.
 
-    Runs on the server's event loop (see `MetricsServer._read`), which is the
+    Runs on the server's event loop (see `Metrics._read`), which is the
     only thread that changes that state.
     """
     round_ = server.round
@@ -178,14 +179,14 @@ class _ServerCollector:
                 yield family(name, documentation, value=float(value))
 
 
-# -- the endpoint -----------------------------------------------------------------------------
+# -- the figures' registry ---------------------------------------------------------------------
 
 
-class MetricsServer:
-    """The HTTP endpoint of one server's metrics. Made by `serve_metrics`.
+class Metrics:
+    """One server's Prometheus registry, fed by its state and its commits. Made by `make_metrics`.
 
     Attributes:
-        registry: this endpoint's own prometheus_client registry.
+        registry: this server's own prometheus_client registry.
     """
 
     def __init__(self, server: Server, loop: asyncio.AbstractEventLoop) -> None:
@@ -210,51 +211,27 @@ class MetricsServer:
             buckets=COMMIT_BATCHES_BUCKETS,
             registry=self.registry,
         )
-        self._httpd: WSGIServer | None = None
         self._previous_hook: CommitHook | None = None
+        self._hooked = False
         self._closed = False
 
-    @property
-    def port(self) -> int:
-        """The port listened on (the one picked, when asked for port 0)."""
-        assert self._httpd is not None, "the metrics server is not started"
-        return self._httpd.server_port
-
-    def _start(self, host: str, port: int, request_timeout: float) -> None:
-        from wsgiref.simple_server import WSGIRequestHandler, make_server
-
-        from prometheus_client import make_wsgi_app
-        from prometheus_client.exposition import ThreadingWSGIServer
-
-        class Handler(WSGIRequestHandler):
-            # A scraper that stalls would otherwise hold its thread forever.
-            timeout = request_timeout
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass  # one line per scrape on stderr would drown the server's log
-
-        class Listener(ThreadingWSGIServer):
-            # HTTPServer listens on IPv4 only; pick the family of --metrics-host.
-            address_family = socket.getaddrinfo(
-                host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-            )[0][0]
-
-        # prometheus_client's app answers GET on any path, not only /metrics.
-        app = make_wsgi_app(self.registry)
-        self._httpd = make_server(host, port, app, Listener, Handler)  # binds: may raise OSError
-        threading.Thread(
-            target=self._httpd.serve_forever,
-            kwargs={"poll_interval": POLL_INTERVAL},
-            name="lottery-metrics",
-            daemon=True,
-        ).start()
-
-    def _hook(self) -> None:
+    def hook(self) -> None:
+        """Observe the server's commits (once it is started: it has no committer before)."""
+        if self._hooked or self._closed:
+            return
         # Chain, don't replace: someone else (a benchmark, a second endpoint)
         # may observe commits too.
         committer = committer_of(self._server)
         self._previous_hook = committer.on_commit
         committer.on_commit = self._on_commit
+        self._hooked = True
+
+    async def render(self, accept: str) -> tuple[bytes, str]:
+        """The exposition for a scraper whose Accept header is ``accept``: (body, content type)."""
+        from prometheus_client.exposition import choose_encoder
+
+        encoder, content_type = choose_encoder(accept)
+        return await asyncio.to_thread(encoder, self.registry), content_type
 
     def _read(self) -> ServerFigures | None:
         """`read_server` on the event loop, called from a scrape's thread."""
@@ -288,53 +265,51 @@ class MetricsServer:
         if self._previous_hook is not None:
             self._previous_hook(seconds, batches)
 
-    def _unhook(self) -> None:
+    def close(self) -> None:
+        """Unhook from the committer. Safe to call more than once."""
+        if self._closed:
+            return
+        self._closed = True
+        if not self._hooked:
+            return
         committer = committer_of(self._server)
         # If another hook was chained after ours, it still calls ours, which
         # then only passes commits on (``_closed``); else restore the previous.
         if committer.on_commit == self._on_commit:
             committer.on_commit = self._previous_hook
 
-    async def aclose(self) -> None:
-        """Stop listening and unhook from the committer. Safe to call more than once.
 
-        A scrape already being answered finishes on its own thread; one that
-        stalls is hung up on after the request timeout.
-        """
-        if self._closed:
-            return
-        self._closed = True
-        self._unhook()
-        if self._httpd is not None:
-            # shutdown() waits for the serving thread to notice; meanwhile the
-            # loop stays free to answer that thread's last reads.
-            await asyncio.to_thread(self._httpd.shutdown)
-            self._httpd.server_close()
-        self._log.info("close_resource", result="success", resource="metrics")
-
-
-async def serve_metrics(
-    server: Server, host: str, port: int, *, request_timeout: float = REQUEST_TIMEOUT
-) -> MetricsServer:
-    """Serve ``server``'s metrics at ``http://host:port/metrics`` until ``aclose()``.
-
-    Args:
-        server: the lottery server to report on (started or not).
-        host, port: where to listen; port 0 picks a free one (see ``.port``).
-        request_timeout: seconds a scraper has to send its request and take the answer.
+def make_metrics(server: Server) -> Metrics:
+    """``server``'s metrics, on the running loop; `Metrics.hook` once the server is started.
 
     Raises:
         ConfigError: prometheus_client is not installed.
-        OSError: the address could not be listened on (e.g. the port is taken).
     """
     try:
         import prometheus_client  # noqa: F401
     except ImportError:
         raise ConfigError(MISSING_DEPENDENCY) from None
-    metrics = MetricsServer(server, asyncio.get_running_loop())
-    # In a thread: binding looks the host up (HTTPServer even asks for its
-    # fully qualified name), which may wait on DNS.
-    await asyncio.to_thread(metrics._start, host, port, request_timeout)
-    metrics._hook()  # only once listening, so a taken port leaves no hook behind
-    get_logger().info("metrics", result="success", host=host, port=metrics.port)
-    return metrics
+    return Metrics(server, asyncio.get_running_loop())
+
+
+async def serve_metrics(
+    server: Server, host: str, port: int, *, request_timeout: float | None = None
+) -> HttpServer:
+    """The server's HTTP listener with metrics required: ``http://host:port/metrics``.
+
+    The same listener serves the round's page and ``/status.json`` (see
+    `lottery.web.serve_http`, which this calls).
+
+    Raises:
+        ConfigError: prometheus_client is not installed.
+        OSError: the address could not be listened on (e.g. the port is taken).
+    """
+    from .web import REQUEST_TIMEOUT, serve_http
+
+    return await serve_http(
+        server,
+        host,
+        port,
+        metrics=make_metrics(server),
+        request_timeout=REQUEST_TIMEOUT if request_timeout is None else request_timeout,
+    )

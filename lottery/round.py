@@ -85,10 +85,13 @@ class Round:
         done: Sequence[int] = (),
         progress: dict[int, tuple[int, int]] | None = None,
         fault_draw_delay: float = 0.0,
+        winning_number: int | None = None,
     ) -> None:
         self.agencies = agencies
         #: The round's identity (from the store): in the start line, status and the logs.
         self.round_id = store.round_id
+        #: The number the draw picks winners by, shown once it is made (None: not known here).
+        self.winning_number = winning_number
         self.barrier = DrawBarrier(agencies, done)
         self.stats = RoundStats()
         self._store = store
@@ -113,12 +116,14 @@ class Round:
         *,
         draw_deadline: float = 0.0,
         fault_draw_delay: float = 0.0,
+        winning_number: int | None = None,
     ) -> Round:
         """The round as the store has it; draws at once if every agency was done.
 
         Args:
             draw_deadline: seconds after which the draw is made without the
                 agencies still missing (0: wait for all of them).
+            winning_number: the store's winning number, for `status` once drawn.
         """
         done = sorted(await store.done_agencies())
         progress = await store.all_progress()
@@ -129,6 +134,7 @@ class Round:
             done=done,
             progress=progress,
             fault_draw_delay=fault_draw_delay,
+            winning_number=winning_number,
         )
         if await store.drawn():
             round_._set_winners(await store.winners())
@@ -289,9 +295,11 @@ class Round:
         """The round's state, for STATUS replies, ``lottery status`` and metrics.
 
         From memory: it costs no store round trip, however often it is asked.
+        Once the draw is made it also holds ``winning_number`` and each
+        agency's ``winners`` (how many); before it, those keys are absent.
         """
         barrier = self.barrier
-        return {
+        status: dict[str, Any] = {
             "round": self.round_id,
             "agencies": self.agencies,
             "opened": barrier.opened,
@@ -309,6 +317,11 @@ class Round:
                 for agency in range(1, self.agencies + 1)
             ],
         }
+        if self._winners is not None:  # added, never changed: readers of the old keys go on
+            status["winning_number"] = self.winning_number
+            for entry in status["agency"]:
+                entry["winners"] = len(self._winners.get(entry["id"], ()))
+        return status
 
     # -- shutdown ------------------------------------------------------------------------
 

@@ -126,6 +126,7 @@ class Server:
                 cfg.agencies,
                 draw_deadline=cfg.draw_deadline,
                 fault_draw_delay=cfg.fault_draw_delay,
+                winning_number=cfg.winning_number,
             )
             self._listener = await asyncio.start_server(
                 self._accept,

@@ -16,9 +16,10 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 from lottery.errors import ConfigError
-from lottery.metrics import MetricsServer, serve_metrics
+from lottery.metrics import serve_metrics
 from lottery.protocol import Ack, Batch, Done, Error, ErrorCode, Winners, WinnersQuery
 from lottery.server import Server
+from lottery.web import HttpServer
 
 from .helpers import LOOPBACK, REPLY_TIMEOUT, make_rows, raw_connection, running_server
 
@@ -44,7 +45,7 @@ async def request(port: int, head: bytes) -> Response:
         try:
             writer.write(head)
             await writer.drain()
-            data = await reader.read()  # the endpoint answers once, then closes
+            data = await reader.read()  # asked to, the endpoint answers once, then closes
         finally:
             writer.close()
             with contextlib.suppress(OSError):
@@ -59,9 +60,11 @@ async def request(port: int, head: bytes) -> Response:
 
 
 async def get(port: int, path: str = "/metrics", method: str = "GET", accept: str = "") -> Response:
-    """One HTTP/1.1 request for ``path``."""
+    """One HTTP/1.1 request for ``path``, asking the listener to close after it (no keep-alive)."""
     extra = f"Accept: {accept}\r\n" if accept else ""
-    head = f"{method} {path} HTTP/1.1\r\nHost: {LOOPBACK}:{port}\r\n{extra}\r\n"
+    head = (
+        f"{method} {path} HTTP/1.1\r\nHost: {LOOPBACK}:{port}\r\nConnection: close\r\n{extra}\r\n"
+    )
     return await request(port, head.encode())
 
 
@@ -87,7 +90,7 @@ def sample(families: dict[str, Metric], name: str, **labels: str) -> float:
 
 
 @asynccontextmanager
-async def metrics_of(server: Server) -> AsyncIterator[MetricsServer]:
+async def metrics_of(server: Server) -> AsyncIterator[HttpServer]:
     """`serve_metrics` on 127.0.0.1, port 0, always closed after."""
     metrics = await serve_metrics(server, LOOPBACK, 0)
     try:
@@ -208,7 +211,7 @@ async def test_two_endpoints_keep_their_own_registries(tmp_path: Path) -> None:
         assert await conn.receive() == Ack(1)
         assert sample(await scrape(first_metrics.port), "lottery_bets_stored_total") == 3
         assert sample(await scrape(second_metrics.port), "lottery_bets_stored_total") == 0
-        assert first_metrics.registry is not second_metrics.registry
+        assert first_metrics.metrics is not second_metrics.metrics
 
 
 # -- the endpoint ---------------------------------------------------------------------------------
@@ -232,7 +235,7 @@ async def test_aclose_frees_the_port(tmp_path: Path) -> None:
 
 
 @asynccontextmanager
-async def metrics_of_port(server: Server, port: int) -> AsyncIterator[MetricsServer]:
+async def metrics_of_port(server: Server, port: int) -> AsyncIterator[HttpServer]:
     """`serve_metrics` on 127.0.0.1 and the given (freed) port, always closed after."""
     metrics = await serve_metrics(server, LOOPBACK, port)
     try:
@@ -274,20 +277,14 @@ async def test_other_requests_get_plain_http_errors(tmp_path: Path) -> None:
     async with running_server(tmp_path) as server, metrics_of(server) as metrics:
         refused = await get(metrics.port, method="POST")
         assert refused.code == 405 and "GET" in refused.headers["allow"]
-        # http.server answers a request line it cannot parse as HTTP/0.9 would: no head.
-        async with asyncio.timeout(REPLY_TIMEOUT):
-            reader, writer = await asyncio.open_connection(LOOPBACK, metrics.port)
-            writer.write(b"nonsense\r\n\r\n")
-            assert b"Error code: 400" in await reader.read()
-            writer.close()
-            await writer.wait_closed()
+        assert (await request(metrics.port, b"nonsense\r\n\r\n")).code == 400
         assert (await get(metrics.port, "/metrics?x=1")).code == 200
 
 
 async def test_the_registry_can_be_rendered_on_the_event_loop(tmp_path: Path) -> None:
     """Rendering the registry on the server's own loop reads the server there, without a wait."""
     async with running_server(tmp_path) as server, metrics_of(server) as metrics:
-        text = generate_latest(metrics.registry).decode()
+        text = generate_latest(metrics.metrics.registry).decode()
     assert "lottery_connections 0.0" in text
     assert "lottery_agencies 2.0" in text
 

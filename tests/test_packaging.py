@@ -138,6 +138,15 @@ def test_wheel_holds_the_package_and_nothing_else(wheel: Path) -> None:
     assert not [name for name in names if "__pycache__" in name or name.endswith(".pyc")]
 
 
+def test_wheel_ships_the_round_page(wheel: Path) -> None:
+    """lottery/web and its one static file, round.html (package data), are in the wheel as is."""
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+        page = archive.read("lottery/web/round.html")
+    assert {"lottery/web/__init__.py", "lottery/web/http.py"} <= names
+    assert page == (ROOT / "lottery" / "web" / "round.html").read_bytes()
+
+
 def test_installed_wheel_runs_lottery_and_python_m_lottery(wheel: Path, tmp_path: Path) -> None:
     """In a fresh venv, the wheel's lottery command and python -m lottery print the version."""
     venv = tmp_path / "venv"
