@@ -13,18 +13,39 @@ line, so an event's own fields follow ``result`` exactly as tp0 wrote them
 is one JSON object per line.
 
 Only entry points call `configure`; library modules just call `get_logger`.
+
+A log line must never take the program down with it: `lottery server ...
+2>&1 | head -1` closes the pipe after one line, and every later write fails.
+`configure` therefore wraps the stream in a `SafeStream`, which never raises:
+a line it cannot write is dropped and counted; a stream that is gone for good
+(a closed pipe) is given up, and the lines go to the fallback stream if there
+is a usable one, starting with a line that says what happened; and when a
+stream that failed for a moment takes lines again, the first says how many
+were lost.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import sys
+import threading
+import time
 from collections.abc import MutableMapping
 from typing import Any, TextIO
 
 import structlog
 
-__all__ = ["CONTEXT_FIELDS", "FORMATS", "LEVELS", "Tp0Renderer", "configure", "get_logger"]
+__all__ = [
+    "CONTEXT_FIELDS",
+    "FORMATS",
+    "LEVELS",
+    "SafeStream",
+    "Tp0Renderer",
+    "configure",
+    "get_logger",
+]
 
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 FORMATS = ("console", "json")
@@ -57,8 +78,105 @@ def _rename_event_to_action(_logger: Any, _method: str, event: MutableMapping[st
     return event
 
 
+#: Errors after which a stream never takes a line again (the reader is gone).
+_GONE = {errno.EPIPE, errno.EBADF, errno.ECONNRESET, errno.ENXIO}
+
+
+class SafeStream:
+    """A text stream for log lines whose `write` never raises (see the module docstring).
+
+    Args:
+        stream: where the lines go.
+        fallback: where they go once ``stream`` is gone for good, if it is a
+            different, working stream (the process's stderr by default).
+    """
+
+    def __init__(self, stream: TextIO, fallback: TextIO | None = None) -> None:
+        self._stream = stream
+        self._fallback_stream = fallback
+        self._fallback: SafeStream | None = None  # once ``stream`` is gone
+        self._lock = threading.Lock()
+        self.dropped = 0  # lines lost since the last one that got through
+        self.gone = ""  # why ``stream`` was given up, once it is
+
+    def write(self, text: str) -> int:
+        with self._lock:
+            if self.gone:
+                self._to_fallback(text)
+                return len(text)
+            try:
+                notice = _notice(f"{self.dropped} log lines were lost") if self.dropped else ""
+                self._stream.write(notice + text)
+                self._stream.flush()
+                self.dropped = 0
+            except (OSError, ValueError) as exc:  # ValueError: the stream was closed
+                self.dropped += 1
+                if not isinstance(exc, BlockingIOError) and (
+                    isinstance(exc, ValueError) or exc.errno in _GONE
+                ):
+                    self._give_up(exc)
+            return len(text)
+
+    def flush(self) -> None:
+        """`write` flushes each line itself."""
+
+    def _give_up(self, exc: BaseException) -> None:
+        self.gone = f"{type(exc).__name__}: {exc}"
+        _silence(self._stream)
+        fallback = self._fallback_stream
+        if fallback is not None and not _same_file(fallback, self._stream):
+            self._fallback = SafeStream(fallback)
+            lost = f"{self.dropped} lines lost"
+            self._fallback.write(
+                _notice(f"the log stream failed ({self.gone}); {lost}; logging here from now on")
+            )
+
+    def _to_fallback(self, text: str) -> None:
+        if self._fallback is None:
+            self.dropped += text.count("\n") or 1
+        else:
+            self._fallback.write(text)
+
+
+def _notice(detail: str) -> str:
+    """A tp0 line of our own about the log itself."""
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+    return f"{stamp} {'WARNING':<8} action: log | result: fail | detalle: {_clean(detail)}\n"
+
+
+def _same_file(a: TextIO, b: TextIO) -> bool:
+    try:
+        return os.path.sameopenfile(a.fileno(), b.fileno())
+    except (OSError, ValueError, AttributeError):
+        return a is b
+
+
+def _silence(stream: TextIO) -> None:
+    """Point a dead stream's descriptor at /dev/null.
+
+    Python flushes stdout and stderr at exit; into a closed pipe that prints
+    "Exception ignored ... BrokenPipeError" and turns the exit status into
+    120 (the recipe of the `signal` module's notes on SIGPIPE).
+    """
+    try:
+        fd = stream.fileno()
+        devnull = os.open(os.devnull, os.O_WRONLY)
+    except (OSError, ValueError, AttributeError):
+        return
+    try:
+        os.dup2(devnull, fd)
+    except OSError:
+        pass
+    finally:
+        os.close(devnull)
+
+
 def configure(level: str = "INFO", fmt: str = "console", stream: TextIO | None = None) -> None:
-    """Set up structlog for the whole process (entry points only)."""
+    """Set up structlog for the whole process (entry points only).
+
+    Lines go to ``stream`` (stderr by default) through a `SafeStream`, so a
+    failing log never raises into the code that logs.
+    """
     processors: list[Any] = [structlog.processors.TimeStamper(fmt="%Y-%m-%d %H:%M:%S")]
     if fmt == "json":
         processors += [
@@ -71,7 +189,9 @@ def configure(level: str = "INFO", fmt: str = "console", stream: TextIO | None =
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-        logger_factory=structlog.WriteLoggerFactory(file=stream or sys.stderr),
+        logger_factory=structlog.WriteLoggerFactory(
+            file=SafeStream(stream or sys.stderr, fallback=sys.__stderr__)  # type: ignore[arg-type]
+        ),
         cache_logger_on_first_use=True,
     )
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import errno
 import io
 import re
 import stat
@@ -21,6 +22,7 @@ from lottery.config import SERVER_OPTIONS, load_agency_config, load_server_confi
 from lottery.connection import HostNotFound
 from lottery.csvfiles import excel_safe, write_bets_csv
 from lottery.errors import ConnectionLost, ErrorCode, ProtocolError, ServerRefused
+from lottery.log import SafeStream
 from lottery.protocol import Error, encode
 from lottery.store import SQLiteStore
 from lottery.store.base import PendingBatch
@@ -284,3 +286,48 @@ async def test_an_unknown_host_name_fails_at_once(log_stream: io.StringIO) -> No
     assert "action: conectar" not in log_stream.getvalue()
     with pytest.raises(HostNotFound):
         await query_status("no-such-host.invalid", 1, REPLY_TIMEOUT)
+
+
+# -- a failing log stream ------------------------------------------------------------------
+
+
+class _FlakyStream(io.StringIO):
+    """A stream that fails its next ``failures`` writes with ``error``, writing nothing."""
+
+    def __init__(self, error: OSError, failures: int) -> None:
+        super().__init__()
+        self.error, self.failures = error, failures
+
+    def write(self, text: str) -> int:
+        if self.failures:
+            self.failures -= 1
+            raise self.error
+        return super().write(text)
+
+
+def test_a_log_stream_that_fails_for_a_moment_says_how_many_lines_it_lost() -> None:
+    """Writes that fail with EAGAIN are dropped and counted; the next good write says how many."""
+    flaky = _FlakyStream(BlockingIOError(errno.EAGAIN, "busy"), failures=2)
+    safe = SafeStream(flaky)
+    for line in ("a\n", "b\n", "c\n"):
+        safe.write(line)
+    assert flaky.getvalue().splitlines()[1:] == ["c"]  # a and b were lost, not half-written
+    assert "action: log | result: fail | detalle: 2 log lines were lost" in flaky.getvalue()
+    assert flaky.getvalue().endswith("c\n") and safe.dropped == 0 and not safe.gone
+
+
+def test_a_broken_log_pipe_falls_back_and_never_raises() -> None:
+    """A broken pipe is given up at once; later lines go to the fallback, after one notice."""
+    broken = _FlakyStream(BrokenPipeError(errno.EPIPE, "Broken pipe"), failures=10**6)
+    fallback = io.StringIO()
+    safe = SafeStream(broken, fallback=fallback)
+    safe.write("lost\n")
+    safe.write("kept\n")
+    assert safe.gone.startswith("BrokenPipeError")
+    lines = fallback.getvalue().splitlines()
+    assert "the log stream failed (BrokenPipeError" in lines[0] and "1 lines lost" in lines[0]
+    assert lines[1:] == ["kept"]
+    without = SafeStream(_FlakyStream(BrokenPipeError(errno.EPIPE, "x"), failures=10**6))
+    for _ in range(3):
+        without.write("line\n")
+    assert without.dropped == 3

@@ -131,3 +131,36 @@ def run_lottery(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [*lottery_command(), *args], capture_output=True, text=True, timeout=30 * UNIT, check=False
     )
+
+
+# -- a broken log pipe ----------------------------------------------------------------------
+
+
+def test_a_server_whose_log_pipe_closes_keeps_serving_and_stops_on_sigterm(
+    tmp_path: Path,
+) -> None:
+    """`lottery server ... 2>&1 | head -1`: a round still completes and SIGTERM stops it at once."""
+    proc = subprocess.Popen(
+        [*lottery_command(), "server", "--host", "127.0.0.1", "--port", "0", "--agencies", "2",
+         "--data-dir", str(tmp_path / "data")],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, encoding="utf-8",
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        first = parse_log_line(proc.stdout.readline())  # what `head -1` reads
+        proc.stdout.close()  # ...before `head` exits and the pipe breaks
+        assert first["action"] == "config"
+        port = int(first["port"])
+        files = [
+            write_agency_file(tmp_path / f"agency-{i}.csv", make_rows(500, start=1000 * i))
+            for i in (1, 2)
+        ]
+        agencies = [start_agency(i, port, f) for i, f in enumerate(files, 1)]
+        wait_agencies(agencies, timeout=60 * UNIT)
+        assert [a.returncode for a in agencies] == [0, 0], [a.output for a in agencies]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=PROMPT) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
