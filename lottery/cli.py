@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .auth import make_secrets, parse_secret
+from .auth import load_operator_token, make_secrets, parse_secret
 from .client import AsyncAgency, query_status, tls_context
 from .config import (
     AGENCY_OPTIONS,
@@ -33,6 +33,7 @@ from .config import (
 )
 from .csvfiles import write_bets_csv
 from .errors import AgencyError, ConfigError, InvalidBet, LotteryError, StoreError
+from .fdlimit import raise_nofile_limit
 from .log import configure, get_logger
 from .progress import agency_progress, console_for, count_lines, log_stream, progress_wanted
 from .server import Server
@@ -112,6 +113,13 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="print the raw JSON")
     status.add_argument("--timeout", type=float, default=5.0)
     status.add_argument("--tls-ca", help="CA certificate to trust for a TLS server (PEM)")
+    status.add_argument(
+        "--token-file",
+        "--secrets",
+        dest="token_file",
+        help="a secrets file with an operator: line; with it a server with secrets shows every "
+        "agency, without it only the round's summary",
+    )
 
     ping = commands.add_parser("ping", help="exit 0 if a server answers (health checks)")
     ping.add_argument("server", help="HOST:PORT of the server")
@@ -177,6 +185,7 @@ async def _serve(config: ServerConfig) -> None:
 def run_server(args: argparse.Namespace) -> int:
     config = load_server_config(_flags(args), os.environ, args.config)
     configure(config.log_level, config.log_format)
+    raise_nofile_limit()  # the server logs the limit it got and sizes its connections to it
     with asyncio.Runner(loop_factory=loop_factory(args.loop)) as runner:
         try:
             runner.run(_serve(config))
@@ -312,7 +321,12 @@ def _server_address(raw: str, flag: str) -> tuple[str, int]:
 
 def run_status(args: argparse.Namespace) -> int:
     host, port = _server_address(args.server, "--server")
-    status = asyncio.run(query_status(host, port, args.timeout, _client_tls(args.tls_ca)))
+    token = None
+    if args.token_file:
+        token = load_operator_token(args.token_file)
+        if token is None:
+            raise ConfigError(f"--token-file {args.token_file}: no operator: line")
+    status = asyncio.run(query_status(host, port, args.timeout, _client_tls(args.tls_ca), token))
     if args.json:
         print(json.dumps(status, indent=2))
     else:

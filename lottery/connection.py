@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Coroutine
 from typing import Any, NoReturn
 
 from .errors import ProtocolError, ServerRefused
-from .protocol import ClientProtocol, Error, ErrorCode, Message, Status, StatusQuery
+from .protocol import ClientProtocol, Error, ErrorCode, Message, Status, StatusQuery, operator_proof
 
 __all__ = [
     "Connection",
@@ -157,9 +157,16 @@ def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
 
 
 async def query_status(
-    host: str, port: int, timeout: float = 5.0, tls: ssl.SSLContext | None = None
+    host: str,
+    port: int,
+    timeout: float = 5.0,
+    tls: ssl.SSLContext | None = None,
+    operator_token: bytes | None = None,
 ) -> dict[str, Any]:
     """Ask a server how its round is going (no handshake needed).
+
+    A server with secrets answers a peer with no ``operator_token`` (the
+    secrets file's ``operator:`` line) with the round's summary only.
 
     Returns:
         The server's STATUS JSON, decoded (see docs/PROTOCOL.md).
@@ -170,7 +177,8 @@ async def query_status(
     """
     conn = await Connection.open(host, port, timeout, tls)
     try:
-        reply = await conn.request(StatusQuery(), timeout)
+        token = operator_proof(operator_token) if operator_token else b""
+        reply = await conn.request(StatusQuery(token), timeout)
     finally:
         await shielded(conn.close())
     if not isinstance(reply, Status):
