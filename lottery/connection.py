@@ -182,6 +182,6 @@ async def query_status(
     finally:
         await shielded(conn.close())
     if not isinstance(reply, Status):
-        raise ProtocolError(f"expected STATUS, got {type(reply).__name__}")
+        raise_for(reply)  # an ERROR (no room, shutting down) says why
     status: dict[str, Any] = json.loads(reply.text)
     return status

@@ -68,7 +68,7 @@ from .protocol import (
     operator_proof,
 )
 from .ratelimit import StatusSnapshots, TokenBucket
-from .round import Round, WinnersWait
+from .round import Round, Superseded, WinnersWait
 from .store import Outcome, SQLiteStore, Store, ThreadedStore
 
 __all__ = ["Handler", "Server"]
@@ -326,6 +326,7 @@ class Server:
             return
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.config.timeout_handshake
+        ticket.on_evict = writer.transport.abort
         try:
             if self._tls is not None:
                 try:
@@ -504,11 +505,14 @@ class Handler:
             self._reader_task.cancel()
 
     def abort(self) -> None:
-        """Drop the connection now (its slot went to a newcomer); nothing is written."""
+        """Drop the connection now (its slot went to a newcomer); nothing is written.
+
+        The reader then sees the connection lost and the handler ends as for
+        any peer that hung up (and the handshake deadline bounds the rest).
+        """
         self._aborted = True
+        self._log.warning("accept_connections", result="fail", motivo="evicted")
         self._writer.transport.abort()
-        if self.task is not None:
-            self.task.cancel()
 
     async def run(self) -> None:
         self.task = asyncio.current_task()
@@ -529,12 +533,6 @@ class Handler:
         except TimeoutError:
             self._log.warning("handshake", result="fail", motivo="timeout")
             self._writer.transport.abort()  # what is unsent may never be read
-        except asyncio.CancelledError:
-            if not self._aborted:
-                raise
-            if self.task is not None:
-                self.task.uncancel()
-            self._log.warning("accept_connections", result="fail", motivo="evicted")
         finally:
             if self.agency is not None:
                 self._round.leave(self.agency, self)
@@ -767,8 +765,11 @@ class Handler:
             return self._refuse(Error(ErrorCode.AUTH_FAILED, f"agency {agency}: wrong secret"))
         return await self._admit(agency)
 
-    async def _admit(self, agency: int) -> Welcome:
-        last_seq, committed = await self._round.admit(agency, self)
+    async def _admit(self, agency: int) -> Welcome | Error:
+        try:
+            last_seq, committed = await self._round.admit(agency, self)
+        except Superseded as exc:
+            return self._refuse(Error(ErrorCode.OUT_OF_ORDER, str(exc)))
         self.agency = agency
         if self._ticket is not None:
             self._ticket.admit()  # to the agency pool: its unauthenticated slot is free
