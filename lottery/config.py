@@ -59,7 +59,7 @@ class ServerConfig:
     limit_per_address: int = 0
     #: STATUS answers a second, per connection and for the whole server.
     limit_status_rate: int = 10
-    limit_status_global_rate: int = 200
+    limit_status_global_rate: int = 100
     timeout_idle: float = 60.0
     timeout_winners: float = 30.0
     timeout_graceful_shutdown: float = 5.0
