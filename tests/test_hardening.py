@@ -498,3 +498,29 @@ async def test_connections_in_the_tls_handshake_count_against_the_limit(
             for _, writer in held:
                 writer.transport.abort()
     assert ssl.OPENSSL_VERSION
+
+
+@pytest.mark.e2e
+def test_lottery_status_shows_every_agency_only_with_the_operator_token(tmp_path: Path) -> None:
+    """``lottery status`` with secrets: a summary line; the table only with --token-file."""
+    secrets_file = tmp_path / "secrets"
+    make_secrets(2, secrets_file)
+    server = start_server(tmp_path / "data", 2, extra_args=["--secrets", str(secrets_file)])
+    try:
+        address = f"127.0.0.1:{server.port}"
+
+        def status(*args: str) -> str:
+            done = subprocess.run(
+                [*lottery_command(), "status", "--server", address, *args],
+                capture_output=True, text=True, timeout=30 * UNIT, check=True,
+            )  # fmt: skip
+            return done.stdout
+
+        summary = status()
+        assert "draw: waiting for 2 of 2 agencies" in summary
+        assert "committed bets" not in summary
+        table = status("--token-file", str(secrets_file))
+        assert "committed bets" in table
+        assert json.loads(status("--json", "--secrets", str(secrets_file)))["agency"][1]["id"] == 2
+    finally:
+        stop_server(server)
