@@ -36,6 +36,7 @@ from .config import (
 )
 from .csvfiles import write_bets_csv
 from .errors import AgencyError, ConfigError, InvalidBet, LotteryError, StoreError
+from .fdlimit import raise_nofile_limit
 from .log import configure, get_logger
 from .progress import agency_progress, console_for, count_lines, log_stream, progress_wanted
 from .server import Server
@@ -137,6 +138,13 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="print the raw JSON")
     status.add_argument("--timeout", type=float, default=5.0)
     status.add_argument("--tls-ca", help="CA certificate to trust for a TLS server (PEM)")
+    status.add_argument(
+        "--token-file",
+        "--secrets",
+        dest="token_file",
+        help="a secrets file with an operator: line; with it a server with secrets shows every "
+        "agency, without it only the round's summary",
+    )
 
     ping = commands.add_parser("ping", help="exit 0 if a server answers (health checks)")
     ping.add_argument("server", help="HOST:PORT of the server")
@@ -239,6 +247,7 @@ def run_server(args: argparse.Namespace) -> int:
     config = load_server_config(_flags(args), os.environ, args.config, warnings)
     configure(config.log_level, config.log_format)
     log_advice(warnings)
+    raise_nofile_limit()  # the server logs the limit it got and sizes its connections to it
     if args.new_round or args.new_round_if_finished:
         archived = archive_round(config.data_dir, only_if_finished=args.new_round_if_finished)
         if archived is not None:
@@ -441,7 +450,12 @@ def _server_address(raw: str, flag: str) -> tuple[str, int]:
 
 def run_status(args: argparse.Namespace) -> int:
     host, port = _server_address(args.server, "--server")
-    status = asyncio.run(query_status(host, port, args.timeout, _client_tls(args.tls_ca)))
+    token = None
+    if args.token_file:
+        token = load_operator_token(args.token_file)
+        if token is None:
+            raise ConfigError(f"--token-file {args.token_file}: no operator: line")
+    status = asyncio.run(query_status(host, port, args.timeout, _client_tls(args.tls_ca), token))
     if args.json:
         print(json.dumps(status, indent=2))
     else:

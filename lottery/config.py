@@ -60,6 +60,13 @@ class ServerConfig:
     sync: str = "FULL"
     #: 0 means automatic: the agencies plus room for reconnects and tools.
     limit_connections: int = 0
+    #: Most connections not yet admitted as an agency (0: automatic, 1024).
+    limit_unauthenticated: int = 0
+    #: Most of those from one address once their pool is full (0: automatic, 64).
+    limit_per_address: int = 0
+    #: STATUS answers a second, per connection and for the whole server.
+    limit_status_rate: int = 10
+    limit_status_global_rate: int = 100
     timeout_idle: float = 60.0
     timeout_winners: float = 30.0
     timeout_graceful_shutdown: float = 5.0
@@ -111,6 +118,14 @@ class ServerConfig:
         # connection) and for a thousand more: idle or slow connections cost
         # little, and each must finish its handshake within timeout_handshake.
         return self.limit_connections or self.agencies * 2 + 1024
+
+    @property
+    def unauthenticated_limit(self) -> int:
+        return self.limit_unauthenticated or 1024
+
+    @property
+    def per_address_limit(self) -> int:
+        return self.limit_per_address or 64
 
 
 @dataclass(frozen=True)
@@ -240,6 +255,15 @@ SERVER_OPTIONS = (
            "how hard each commit reaches the disk: " + ", ".join(SYNC_MODES)),
     Option("limit_connections", "SERVER_LIMIT_CONNECTIONS", "SERVER_LIMIT_CONNECTIONS",
            integer(0), "most open connections, at least N; unset: 2N+1024"),
+    Option("limit_unauthenticated", "SERVER_LIMIT_UNAUTHENTICATED",
+           "SERVER_LIMIT_UNAUTHENTICATED", integer(0),
+           "most connections not yet admitted as an agency; unset: 1024"),
+    Option("limit_per_address", "SERVER_LIMIT_PER_ADDRESS", "SERVER_LIMIT_PER_ADDRESS",
+           integer(0), "most of those from one address when they fill their pool; unset: 64"),
+    Option("limit_status_rate", "SERVER_LIMIT_STATUS_RATE", "SERVER_LIMIT_STATUS_RATE",
+           integer(1), "STATUS answers a second per connection"),
+    Option("limit_status_global_rate", "SERVER_LIMIT_STATUS_GLOBAL_RATE",
+           "SERVER_LIMIT_STATUS_GLOBAL_RATE", integer(1), "STATUS answers a second in all"),
     Option("timeout_idle", "SERVER_TIMEOUT_IDLE", "SERVER_TIMEOUT_IDLE", seconds,
            "seconds before a silent connection is closed"),
     Option("timeout_winners", "SERVER_TIMEOUT_WINNERS", "SERVER_TIMEOUT_WINNERS", seconds,

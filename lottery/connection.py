@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Coroutine
 from typing import Any, NoReturn
 
 from .errors import ConnectionLost, ProtocolError, ServerRefused
-from .protocol import ClientProtocol, Error, ErrorCode, Message, Status, StatusQuery
+from .protocol import ClientProtocol, Error, ErrorCode, Message, Status, StatusQuery, operator_proof
 
 __all__ = [
     "TLS_HINT",
@@ -182,9 +182,16 @@ def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
 
 
 async def query_status(
-    host: str, port: int, timeout: float = 5.0, tls: ssl.SSLContext | None = None
+    host: str,
+    port: int,
+    timeout: float = 5.0,
+    tls: ssl.SSLContext | None = None,
+    operator_token: bytes | None = None,
 ) -> dict[str, Any]:
     """Ask a server how its round is going (no handshake needed).
+
+    A server with secrets answers a peer with no ``operator_token`` (the
+    secrets file's ``operator:`` line) with the round's summary only.
 
     Returns:
         The server's STATUS JSON, decoded (see docs/PROTOCOL.md).
@@ -199,7 +206,8 @@ async def query_status(
     conn = await Connection.open(host, port, timeout, tls)
     where = f"{host}:{port}"
     try:
-        reply = await conn.request(StatusQuery(), timeout)
+        token = operator_proof(operator_token) if operator_token else b""
+        reply = await conn.request(StatusQuery(token), timeout)
     except ConnectionResetError as exc:
         hint = closed_hint(exc, tls)
         raise ConnectionResetError(f"{exc}" + (f" ({hint})" if hint else "")) from None
@@ -216,6 +224,6 @@ async def query_status(
     if isinstance(reply, Error):  # e.g. at its connection limit: the server's own words
         raise ServerRefused(reply.code, reply.message)
     if not isinstance(reply, Status):
-        raise ProtocolError(f"expected STATUS, got {type(reply).__name__}")
+        raise_for(reply)  # an ERROR (no room, shutting down) says why
     status: dict[str, Any] = json.loads(reply.text)
     return status

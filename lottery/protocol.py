@@ -83,6 +83,7 @@ __all__ = [
     "encode_batch",
     "encode_batch_data",
     "encode_record",
+    "operator_proof",
     "skip_records",
     "validate_records",
 ]
@@ -96,6 +97,8 @@ _HELLO = struct.Struct("!BI")  # version, agency
 _AGENCY = struct.Struct("!I")
 NONCE_SIZE = 32
 MAC_SIZE = 32  # HMAC-SHA256
+OPERATOR_TOKEN_SIZE = 32  # SHA-256, see operator_proof
+_OPERATOR_CONTEXT = b"lottery-operator-v1"
 _AUTH_CONTEXT = b"lottery-auth-v1"
 _WELCOME = struct.Struct("!IQ")  # last committed sequence, committed bets
 _SEQ = struct.Struct("!I")  # sequence (single bet, ack)
@@ -233,7 +236,14 @@ class Auth:
 
 @dataclass(frozen=True, slots=True)
 class StatusQuery:
-    """Any peer → server, even before HELLO: how is the round going? (also a ping)"""
+    """Any peer → server, even before HELLO: how is the round going? (also a ping)
+
+    ``token``: empty, or the operator token (`OPERATOR_TOKEN_SIZE` bytes) that
+    lets a peer that is no agency see every agency's progress on a server
+    with secrets.
+    """
+
+    token: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,6 +301,15 @@ def auth_mac(secret: bytes, agency: int, nonce: bytes) -> bytes:
     secret itself never crosses the wire.
     """
     return hmac.new(secret, _AUTH_CONTEXT + _AGENCY.pack(agency) + nonce, hashlib.sha256).digest()
+
+
+def operator_proof(token: bytes) -> bytes:
+    """What STATUS_QUERY carries for the operator: SHA-256 of a context and the token.
+
+    Always 32 bytes whatever the token's length; it is a bearer credential
+    (whoever reads it off the wire may replay it), so send it over TLS.
+    """
+    return hashlib.sha256(_OPERATOR_CONTEXT + token).digest()
 
 
 def _frame(ftype: FrameType, body: bytes = b"") -> bytes:
@@ -442,8 +461,8 @@ def encode(message: Message) -> bytes:
             return _frame(FrameType.CHALLENGE, nonce)
         case Auth(mac):
             return _frame(FrameType.AUTH, mac)
-        case StatusQuery():
-            return _frame(FrameType.STATUS_QUERY)
+        case StatusQuery(token):
+            return _frame(FrameType.STATUS_QUERY, token)
         case Status(text):
             return _encode_status(text)
         case NotReady(missing, agencies):
@@ -749,8 +768,12 @@ class ServerProtocol:
             _decode_empty(body, "DONE")
             return Done()
         if ftype == FrameType.STATUS_QUERY:
-            _decode_empty(body, "STATUS_QUERY")
-            return StatusQuery()
+            if len(body) not in (0, OPERATOR_TOKEN_SIZE):
+                raise ProtocolError(
+                    f"STATUS_QUERY body must be empty or {OPERATOR_TOKEN_SIZE} bytes,"
+                    f" got {len(body)}"
+                )
+            return StatusQuery(bytes(body))
         if ftype == FrameType.AUTH:
             if len(body) != MAC_SIZE:
                 raise ProtocolError(f"AUTH body must be {MAC_SIZE} bytes, got {len(body)}")

@@ -45,7 +45,11 @@ from .models import Record
 from .stats import LatencySample
 from .store import AsyncStore, Outcome, PendingBatch
 
-__all__ = ["Round", "RoundStats", "Speaker", "WinnersWait"]
+__all__ = ["Round", "RoundStats", "Speaker", "Superseded", "WinnersWait"]
+
+
+class Superseded(Exception):
+    """A newer handshake for the same agency began while this one was admitting."""
 
 
 class Speaker(Protocol):
@@ -100,6 +104,8 @@ class Round:
         self._draw_lock = asyncio.Lock()
         self._finishing: set[int] = set()  # agencies whose DONE is being stored
         self._speakers: dict[int, list[Speaker]] = collections.defaultdict(list)
+        #: Handshakes begun per agency: the newest one is the one admitted.
+        self._handshakes: collections.Counter[int] = collections.Counter()
         self._progress = dict(progress or {})
         self._fault_draw_delay = fault_draw_delay  # env-only hook for scripts/chaos.py
         self._deadline_task: asyncio.Task[None] | None = None
@@ -229,12 +235,29 @@ class Round:
         committed. It is stopped, and those batches let settle, before the
         progress is read: else the WELCOME would be short, and a late old
         batch would take a sequence the agency reuses.
+
+        A newer HELLO wins, also against one still admitting: when another
+        handshake for ``agency`` begins during the awaits here, this one is
+        not admitted (two connections told the same last sequence would both
+        send its successor, and one of them would be acked but not stored).
+
+        Raises:
+            Superseded: a newer handshake for ``agency`` began meanwhile.
         """
+        self._handshakes[agency] += 1
+        mine = self._handshakes[agency]
         for other in self._speakers[agency]:
             other.stop_reading()
         self._speakers[agency].append(speaker)
-        await self._committer.settle(agency)
-        return await self._store.progress(agency)
+        try:
+            await self._committer.settle(agency)
+            progress = await self._store.progress(agency)
+            if self._handshakes[agency] != mine:
+                raise Superseded(f"agency {agency} began a newer connection")
+        except BaseException:
+            self.leave(agency, speaker)
+            raise
+        return progress
 
     def leave(self, agency: int, speaker: Speaker) -> None:
         """``speaker``'s connection closed."""

@@ -31,14 +31,15 @@ import contextlib
 import datetime
 import functools
 import hmac
-import json
+import resource
 import secrets
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .auth import load_secrets
+from .admission import Admission, Ticket
+from .auth import load_operator_token, load_secrets
 from .committer import Committer
 from .config import ServerConfig
 from .errors import ConfigError, ErrorCode, ProtocolError, StoreError
@@ -64,8 +65,10 @@ from .protocol import (
     Winners,
     WinnersQuery,
     auth_mac,
+    operator_proof,
 )
-from .round import Round, WinnersWait
+from .ratelimit import StatusSnapshots, TokenBucket
+from .round import Round, Superseded, WinnersWait
 from .store import Outcome, SQLiteStore, Store, ThreadedStore
 
 __all__ = ["Handler", "Server"]
@@ -76,6 +79,12 @@ READ_SIZE = 65536
 MAX_PENDING_REPLIES = 64
 CLOSE_TIMEOUT = 1.0
 LINGER = 0.5  # seconds a closing connection may still drain what the peer sends
+#: Descriptors kept out of the connection limit: the store's files, the log,
+#: the metrics listener, and the connections being refused at any moment.
+RESERVED_FDS = 128
+#: Refusals being written at once; past that a refused connection is closed
+#: without its ERROR frame (each one holds a descriptor while it is written).
+MAX_REFUSALS = 64
 
 
 class Server:
@@ -103,8 +112,15 @@ class Server:
         self._round: Round | None = None
         #: agency → secret, from --secrets; None: the server runs open, as tp0 did.
         self.secrets: dict[int, bytes] | None = None
+        self.operator_token: bytes | None = None
         self._handlers: set[Handler] = set()
         self._listener: asyncio.Server | None = None
+        self._tls: ssl.SSLContext | None = None
+        self.admission = Admission(
+            config.connection_limit, config.unauthenticated_limit, config.per_address_limit
+        )
+        self._refusing = 0
+        self._snapshots: StatusSnapshots | None = None
         self._shutdown_task: asyncio.Task[None] | None = None
         self._closed = asyncio.Event()
 
@@ -115,7 +131,9 @@ class Server:
         cfg = self.config
         if cfg.secrets_file:
             self.secrets = load_secrets(cfg.secrets_file, cfg.agencies)
-        tls = _tls_context(cfg)
+            self.operator_token = load_operator_token(cfg.secrets_file)
+        tls = self._tls = _tls_context(cfg)
+        nofile = self._size_limits()
         store = self._store = await ThreadedStore.open(self._open_store)
         try:
             committer = self._committer = Committer(store, max_group_bets=cfg.max_group_bets)
@@ -128,13 +146,14 @@ class Server:
                 fault_draw_delay=cfg.fault_draw_delay,
                 winning_number=cfg.winning_number,
             )
+            round_ = self._round
+            self._snapshots = StatusSnapshots(
+                round_.status, bucket=TokenBucket(cfg.limit_status_global_rate)
+            )
+            # TLS is not asyncio's to do here: its handshake runs in `_accept`,
+            # after the connection has a slot and under its handshake deadline.
             self._listener = await asyncio.start_server(
-                self._accept,
-                cfg.host,
-                cfg.port,
-                backlog=cfg.listen_backlog,
-                ssl=tls,
-                ssl_handshake_timeout=cfg.timeout_handshake if tls else None,
+                self._accept, cfg.host, cfg.port, backlog=cfg.listen_backlog
             )
         except BaseException:  # e.g. the port is taken: close the store and its thread
             if self._round is not None:
@@ -158,6 +177,11 @@ class Server:
             drawn=self._round.drawn,
             auth="hmac" if self.secrets is not None else "none",
             tls=tls is not None,
+            limit_connections=self.admission.total,
+            limit_unauthenticated=self.admission.unauthenticated,
+            limit_per_address=self.admission.per_address,
+            nofile_soft=nofile[0],
+            nofile_hard=nofile[1],
         )
         if self._round.drawn:
             # Loudly: a leftover data directory must not pass off an old round as this one.
@@ -175,6 +199,32 @@ class Server:
                 modo="abierto",
                 detalle="no --secrets file: any client may speak as any agency, as in tp0",
             )
+
+    def _size_limits(self) -> tuple[int, int]:
+        """Fit the connection limit to the descriptors this process may open.
+
+        Returns the (soft, hard) RLIMIT_NOFILE (-1: unlimited).
+        """
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        wanted = self.admission.total
+        if soft != resource.RLIM_INFINITY and soft - RESERVED_FDS < wanted:
+            # Past the descriptors, accept() fails and asyncio leaves the peer
+            # waiting in the backlog, told nothing: refuse out loud instead.
+            room = max(soft - RESERVED_FDS, self.config.agencies, 1)
+            unauthenticated = min(
+                self.admission.unauthenticated, max(room - self.config.agencies, 1)
+            )
+            self.admission = Admission(room, unauthenticated, self.admission.per_address)
+            self._log.warning(
+                "config",
+                result="in_progress",
+                motivo=f"only {soft} open files allowed: connection limit {wanted} -> {room}",
+                nofile_soft=soft,
+                nofile_hard=hard,
+            )
+        return (-1 if soft == resource.RLIM_INFINITY else soft), (
+            -1 if hard == resource.RLIM_INFINITY else hard
+        )
 
     @property
     def port(self) -> int:
@@ -278,30 +328,75 @@ class Server:
     # -- connections -------------------------------------------------------------------
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        refusal: Error | None = None
+        # Counted at once, before any TLS handshake: a peer that connects and
+        # never finishes it holds a slot like any other, for as long.
+        peer = writer.get_extra_info("peername")
+        address = str(peer[0]) if peer else "?"
+        ticket: Ticket | str
         if self._shutdown_task is not None:
-            refusal = Error(ErrorCode.SHUTTING_DOWN, "the server is shutting down")
-        elif len(self._handlers) >= self.config.connection_limit:
-            refusal = Error(
-                ErrorCode.TOO_MANY_CONNECTIONS,
-                f"the server is at its limit of {self.config.connection_limit} connections",
+            ticket = "the server is shutting down"
+        else:
+            ticket = self.admission.enter(address)
+        if isinstance(ticket, str):
+            await self._refuse(reader, writer, ticket)
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.timeout_handshake
+        ticket.on_evict = writer.transport.abort
+        try:
+            if self._tls is not None:
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        await writer.start_tls(self._tls)
+                except (OSError, TimeoutError, ssl.SSLError, ConnectionError):
+                    writer.transport.abort()
+                    return
+            handler = Handler(
+                self.round,
+                self.config,
+                self.secrets,
+                reader,
+                writer,
+                ticket=ticket,
+                snapshots=self._snapshots,
+                operator_token=self.operator_token,
+                deadline=deadline,
             )
-        if refusal is not None:
-            self._log.warning("accept_connections", result="fail", motivo=refusal.message)
-            with contextlib.suppress(OSError, TimeoutError):
-                writer.write(ServerProtocol().send(refusal))
+            ticket.on_evict = handler.abort
+            self._handlers.add(handler)
+            self.round.connections += 1
+            try:
+                await handler.run()
+            finally:
+                self._handlers.discard(handler)
+                self.round.connections -= 1
+        finally:
+            ticket.release()
+
+    async def _refuse(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, why: str
+    ) -> None:
+        """Tell a connection there is no slot for it (ERROR), then close it."""
+        code = (
+            ErrorCode.SHUTTING_DOWN
+            if self._shutdown_task is not None
+            else ErrorCode.TOO_MANY_CONNECTIONS
+        )
+        self._log.warning("accept_connections", result="fail", motivo=why)
+        if self._refusing >= MAX_REFUSALS:
+            writer.transport.abort()  # each refusal holds a descriptor: bound them
+            return
+        self._refusing += 1
+        try:
+            with contextlib.suppress(OSError, TimeoutError, ssl.SSLError, ConnectionError):
                 async with asyncio.timeout(CLOSE_TIMEOUT):
+                    if self._tls is not None:
+                        await writer.start_tls(self._tls)
+                    writer.write(ServerProtocol().send(Error(code, why)))
                     await writer.drain()
             await _close_writer(writer, reader)
-            return
-        handler = Handler(self.round, self.config, self.secrets, reader, writer)
-        self._handlers.add(handler)
-        self.round.connections += 1
-        try:
-            await handler.run()
         finally:
-            self._handlers.discard(handler)
-            self.round.connections -= 1
+            self._refusing -= 1
 
 
 def _tls_context(config: ServerConfig) -> ssl.SSLContext | None:
@@ -331,9 +426,14 @@ async def _close_writer(
                 while await reader.read(READ_SIZE):
                     pass
     writer.close()
-    with contextlib.suppress(OSError, TimeoutError):
+    try:
         async with asyncio.timeout(CLOSE_TIMEOUT):
             await writer.wait_closed()
+    except TimeoutError:
+        # A peer that does not read keeps close() waiting to flush: drop it.
+        writer.transport.abort()
+    except OSError:
+        pass
 
 
 @dataclass(slots=True)
@@ -371,10 +471,29 @@ class Handler:
         agency_secrets: dict[int, bytes] | None,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
+        *,
+        ticket: Ticket | None = None,
+        snapshots: StatusSnapshots | None = None,
+        operator_token: bytes | None = None,
+        deadline: float | None = None,
     ) -> None:
         self._round = round_
         self._config = config
         self._secrets = agency_secrets
+        self._ticket = ticket
+        self._snapshots = snapshots or StatusSnapshots(
+            round_.status, TokenBucket(config.limit_status_global_rate)
+        )
+        self._status_bucket = TokenBucket(config.limit_status_rate)
+        self._status_written = asyncio.Event()  # no STATUS answer in flight
+        self._status_written.set()
+        #: The proof a STATUS_QUERY must carry for the full view (see operator_proof).
+        self._operator_proof = operator_token and operator_proof(operator_token)
+        #: Loop time by which the connection must be admitted, whatever it is doing.
+        self._deadline = deadline
+        self._handshake_timer: asyncio.Timeout | None = None
+        self._peer_gone = asyncio.Event()  # the reader saw EOF or an error
+        self._aborted = False
         self._reader = reader
         self._writer = writer
         self._protocol = ServerProtocol()
@@ -401,20 +520,42 @@ class Handler:
         if self._reader_task is not None:
             self._reader_task.cancel()
 
+    def abort(self) -> None:
+        """Drop the connection now (its slot went to a newcomer); nothing is written.
+
+        The reader then sees the connection lost and the handler ends as for
+        any peer that hung up (and the handshake deadline bounds the rest).
+        """
+        self._aborted = True
+        self._log.warning("accept_connections", result="fail", motivo="evicted")
+        self._writer.transport.abort()
+
     async def run(self) -> None:
         self.task = asyncio.current_task()
         self._log.info("accept_connections", result="success")
+        loop = asyncio.get_running_loop()
+        if self._deadline is None:
+            self._deadline = loop.time() + self._config.timeout_handshake
         try:
-            async with asyncio.TaskGroup() as tg:
-                self._reader_task = tg.create_task(self._read_loop())
-                tg.create_task(self._write_loop())
+            # The handshake deadline holds whatever the connection is doing
+            # (a reader blocked on reply slots, a writer blocked on a peer that
+            # never reads): the whole handler runs under it until admitted.
+            async with asyncio.timeout_at(self._deadline) as self._handshake_timer:
+                if self.agency is not None:  # admitted before the timer existed
+                    self._handshake_timer.reschedule(None)
+                async with asyncio.TaskGroup() as tg:
+                    self._reader_task = tg.create_task(self._read_loop())
+                    tg.create_task(self._write_loop())
+        except TimeoutError:
+            self._log.warning("handshake", result="fail", motivo="timeout")
+            self._writer.transport.abort()  # what is unsent may never be read
         finally:
             if self.agency is not None:
                 self._round.leave(self.agency, self)
             # Linger only after a closing ERROR: that is when the peer may
             # still be sending and must not lose the frame that says what
             # went wrong.
-            linger = self._protocol.close_expected()
+            linger = self._protocol.close_expected() and not self._aborted
             await _close_writer(self._writer, self._reader if linger else None)
             self._log.info(
                 "close_resource", result="success", resource="connection", agencia=self.agency
@@ -459,6 +600,7 @@ class Handler:
                     self._log.info("idle_timeout", result="success", agencia=self.agency)
                     return
                 if not data:
+                    self._peer_gone.set()
                     self._protocol.receive_eof()
                     return
                 self._protocol.receive_data(data)
@@ -468,7 +610,7 @@ class Handler:
             self._log.warning("protocolo", result="fail", agencia=self.agency, error=str(exc))
             await self._queue(Error(exc.code, str(exc)))
         except OSError:
-            pass  # the peer went away; nothing of it is half-stored
+            self._peer_gone.set()  # the peer went away; nothing of it is half-stored
         finally:
             self._replies.put_nowait(_END)
 
@@ -492,6 +634,9 @@ class Handler:
                 await self._handshake_answered.wait()
                 if self._protocol.close_expected():
                     return False
+            elif isinstance(request, StatusQuery):
+                await self._pace_status()
+                await self._queue(request)
             else:
                 if isinstance(request, RejectedBatch):
                     self._log.warning(
@@ -499,6 +644,20 @@ class Handler:
                     )
                 await self._queue(request)
         return True
+
+    async def _pace_status(self) -> None:
+        """Hold a STATUS_QUERY until the last answer is written and the rates allow one.
+
+        One STATUS answer in flight per connection: a peer that asks and does
+        not read stops being read (TCP backpressure), instead of piling up
+        answers in memory. Then this connection's rate, then the server's.
+        """
+        await self._status_written.wait()
+        self._status_written.clear()
+        for bucket in (self._status_bucket, self._snapshots.bucket):
+            delay = bucket.reserve()
+            if delay:
+                await asyncio.sleep(delay)
 
     async def _submit(self, request: Batch | SingleBet) -> None:
         assert self.agency is not None
@@ -530,6 +689,8 @@ class Handler:
                     await self._writer.drain()
                 self._unanswered -= 1
                 self._last_reply = loop.time()
+                if isinstance(request, StatusQuery):
+                    self._status_written.set()
                 if isinstance(request, _Submitted):
                     latencies.add(self._last_reply - request.received)
                 self._slots.release()
@@ -560,8 +721,15 @@ class Handler:
         if isinstance(request, Done):
             return await self._answer_done()
         if isinstance(request, StatusQuery):
-            return Status(json.dumps(self._round.status()))
+            return Status(self._snapshots.text(full=self._full_status(request)))
         return await self._answer_winners()
+
+    def _full_status(self, query: StatusQuery) -> bool:
+        """Whether this peer may see per-agency progress, not just the round's summary."""
+        if self._secrets is None or self.agency is not None:
+            return True
+        proof = self._operator_proof
+        return bool(proof and query.token and hmac.compare_digest(query.token, proof))
 
     def _answer_batch(self, submitted: _Submitted, result: Any) -> Message:
         log = self._log
@@ -613,9 +781,16 @@ class Handler:
             return self._refuse(Error(ErrorCode.AUTH_FAILED, f"agency {agency}: wrong secret"))
         return await self._admit(agency)
 
-    async def _admit(self, agency: int) -> Welcome:
-        last_seq, committed = await self._round.admit(agency, self)
+    async def _admit(self, agency: int) -> Welcome | Error:
+        try:
+            last_seq, committed = await self._round.admit(agency, self)
+        except Superseded as exc:
+            return self._refuse(Error(ErrorCode.OUT_OF_ORDER, str(exc)))
         self.agency = agency
+        if self._ticket is not None:
+            self._ticket.admit()  # to the agency pool: its unauthenticated slot is free
+        if self._handshake_timer is not None:
+            self._handshake_timer.reschedule(None)
         self._log = self._log.bind(agencia=agency)
         self._log.info("handshake", result="success", last_seq=last_seq, bets=committed)
         return Welcome(last_seq, committed)
@@ -635,7 +810,19 @@ class Handler:
 
     async def _answer_winners(self) -> Message:
         assert self.agency is not None
-        winners = await self._round.winners(self.agency, self._config.timeout_winners)
+        # The wait can be long (the draw): stop waiting as soon as the peer is
+        # gone, so a peer that asks and hangs up holds its slot no longer.
+        wait = asyncio.ensure_future(self._round.winners(self.agency, self._config.timeout_winners))
+        gone = asyncio.ensure_future(self._peer_gone.wait())
+        try:
+            await asyncio.wait((wait, gone), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+            if not wait.done():
+                wait.cancel()
+        if not wait.done() or wait.cancelled():
+            raise ConnectionResetError("the peer closed while waiting for the draw")
+        winners = wait.result()
         if winners is WinnersWait.NOT_READY:
             missing = self._round.barrier.missing
             self._log.info("consulta_ganadores", result="in_progress", faltan=missing)

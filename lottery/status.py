@@ -4,6 +4,10 @@
 one row per agency with its committed bets, whether it is connected and
 whether it is done, then the draw's state. With `rich` installed (the ``ui``
 extra) the table is drawn by rich; without it, as plain aligned text.
+
+A server with secrets answers a peer that is no agency and brings no
+operator token with the round's summary only (no ``agency`` list, an
+``agencies_done`` count): then there is no table, only the summary line.
 """
 
 from __future__ import annotations
@@ -20,6 +24,11 @@ def summary(status: dict[str, Any]) -> str:
         seconds = status.get("draw_seconds")
         took = f" in {seconds * 1000:.1f} ms" if isinstance(seconds, float) else ""
         return f"draw: made{took}"
+    if "agency" not in status:  # the summary view
+        done = status["agencies_done"]
+        if done < status["agencies"]:
+            return f"draw: waiting for {status['agencies'] - done} of {status['agencies']} agencies"
+        return "draw: every agency is done; drawing"
     missing = [a["id"] for a in status["agency"] if not a["done"]]
     if missing:
         shown = ", ".join(map(str, missing[:20])) + (" ..." if len(missing) > 20 else "")
@@ -56,6 +65,9 @@ def _plain(status: dict[str, Any]) -> str:
 
 def render(status: dict[str, Any], out: TextIO, *, use_rich: bool | None = None) -> None:
     """Write the status table to ``out`` (rich when available, unless told not to)."""
+    if "agency" not in status:  # the summary view: no per-agency rows to show
+        out.write(f"lottery round: {status['agencies']} agencies\n{summary(status)}\n")
+        return
     if use_rich is not False:
         try:
             from rich.console import Console

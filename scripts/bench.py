@@ -21,7 +21,11 @@ One run measures, on the same agency files (generated once into
   ``--window`` frames each), so the agencies' own cost is left out;
 - **slow clients** (``--slow-clients``): an in-process round's time with
   1,000 idle or byte-a-second connections open over its time without them
-  (scripts/bench_slow_clients.py; target ≤ 1.10).
+  (scripts/bench_slow_clients.py; target ≤ 1.10);
+- **STATUS flood** (``--status-flood``): agency 1's bets/s on a server of
+  1,000 agencies while 20 connections ask STATUS in a loop and 100 ask and
+  never read (another process), over its bets/s without them
+  (scripts/attack.py; target ≥ 0.80).
 
 Every round's winners are checked against what the data was generated with; a
 wrong round stops the benchmark (exit 1). Results go to a table on stdout and
@@ -35,6 +39,7 @@ import asyncio
 import csv
 import datetime
 import importlib.metadata
+import io
 import json
 import os
 import platform
@@ -49,7 +54,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from attack import status_flood_ratio
 from bench_slow_clients import measure as measure_slow_clients
+from lottery.log import configure
 from lottery.models import DEFAULT_WINNING_NUMBER
 from lottery.protocol import (
     BATCH_OVERHEAD,
@@ -692,6 +699,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--slow-clients", action="store_true",
         help="also time a round with 1,000 idle or dripping connections against one without",
     )  # fmt: skip
+    parser.add_argument(
+        "--status-flood", action="store_true",
+        help="also measure an agency's bets/s under a STATUS flood (N=1,000) against without",
+    )  # fmt: skip
     parser.add_argument("--json", type=Path, help="default bench-results/bench-<timestamp>.json")
     parser.add_argument("--data-root", type=Path, default=ROOT / "bench-data")
     parser.add_argument(
@@ -765,6 +776,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
         sweep = sweeps(args, stats) if args.plot is not None else None
         slow = measure_slow_clients() if args.slow_clients else None
+        flood = None
+        if args.status_flood:
+            configure("WARNING", "console", io.StringIO())  # the in-process agency: quiet
+            flood = asyncio.run(status_flood_ratio(repeat=max(args.repeat, 2)))
     except (BenchError, ServerStartError) as exc:
         print(f"\nBENCHMARK FAILED: {exc}", file=sys.stderr)
         return 1
@@ -790,6 +805,11 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"   (target ≥ {TARGET_BETS_PER_S:,} for 5 x 200,000)")  # fmt: skip
     if slow is not None:
         print(slow.text())
+    if flood is not None:
+        plain, flooded, rss_before, rss_after = flood
+        print(f"STATUS flood (N=1,000; 20 flooders + 100 never reading): agency "
+              f"{plain:,.0f} -> {flooded:,.0f} bets/s, ratio {flooded / plain:.2f} "
+              f"(target ≥ 0.80); server RSS {rss_before:.0f} -> {rss_after:.0f} MiB")  # fmt: skip
     if "ours" in best and not stats:
         print("note: the agency has no --stats-file yet; e2e ack latency is not measured")
 
@@ -817,6 +837,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         "ratios": ratio,
         "rounds": [r.as_json() for r in rounds],
         "sweeps": sweep,
+        "status_flood": None
+        if flood is None
+        else {
+            "agencies": 1000,
+            "plain_bets_per_s": flood[0],
+            "flooded_bets_per_s": flood[1],
+            "ratio": flood[1] / flood[0],
+            "server_rss_mib": [flood[2], flood[3]],
+        },
         "slow_clients": None
         if slow is None
         else {
