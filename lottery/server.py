@@ -348,7 +348,12 @@ class Server:
                 try:
                     async with asyncio.timeout_at(deadline):
                         await writer.start_tls(self._tls)
-                except (OSError, TimeoutError, ssl.SSLError, ConnectionError):
+                except (OSError, TimeoutError, ssl.SSLError, ConnectionError) as exc:
+                    # Said, so an operator can tell a client without --tls-ca
+                    # (or one speaking plain TCP) from a server that is down.
+                    self._log.warning(
+                        "tls", result="fail", ip=address, error=str(exc) or type(exc).__name__
+                    )
                     writer.transport.abort()
                     return
             handler = Handler(

@@ -291,3 +291,21 @@ def test_a_secrets_file_without_an_operator_line_has_no_token(tmp_path: Path) ->
     path.write_text("1: " + "ab" * 32 + "\n", encoding="utf-8")
     path.chmod(0o600)
     assert load_operator_token(path) is None
+
+
+async def test_a_failed_tls_handshake_is_logged(
+    tmp_path: Path, certificate: tuple[Path, Path], log_stream: io.StringIO
+) -> None:
+    """A client that speaks plain TCP to a TLS server is named in the server's log."""
+    cert, key = certificate
+    config = ServerConfig(
+        host=LOOPBACK, port=0, agencies=1, data_dir=str(tmp_path / "data"), sync="OFF",
+        tls_cert=str(cert), tls_key=str(key),
+    )  # fmt: skip
+    async with Server(config) as server:
+        plain = AsyncAgency(1, LOOPBACK, server.port, reconnect_attempts=1, timeout=REPLY_TIMEOUT)
+        with pytest.raises(ConnectionLost):
+            await plain.connect()
+        await plain.aclose()
+    [failure] = log_events(log_stream, "tls", result="fail")
+    assert failure["ip"] == LOOPBACK and failure["error"]
