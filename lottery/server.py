@@ -195,8 +195,9 @@ class Server:
             # Past the descriptors, accept() fails and asyncio leaves the peer
             # waiting in the backlog, told nothing: refuse out loud instead.
             room = max(soft - RESERVED_FDS, self.config.agencies, 1)
+            # Room kept for every agency and a reconnect of each, as by default.
             unauthenticated = min(
-                self.admission.unauthenticated, max(room - self.config.agencies, 1)
+                self.admission.unauthenticated, max(room - 2 * self.config.agencies, 1)
             )
             self.admission = Admission(room, unauthenticated, self.admission.per_address)
             self._log.warning(
