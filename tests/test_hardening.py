@@ -174,11 +174,14 @@ async def test_a_round_with_secrets_completes_while_one_address_holds_1100_conne
     secrets_file = tmp_path / "secrets"
     make_secrets(5, secrets_file)
     async with running_server(
-        tmp_path, agencies=5, secrets_file=str(secrets_file), timeout_handshake=3 * UNIT
-    ) as server:
+        tmp_path, agencies=5, secrets_file=str(secrets_file), timeout_handshake=3 * UNIT,
+        listen_backlog=4096,  # the crowd connects at once, not after SYN retries
+    ) as server:  # fmt: skip
         async with Crowd(server.port, 1100) as crowd:
             # The crowd has filled its pool.
-            await until(lambda: server.admission.waiting >= server.admission.unauthenticated)
+            await until(
+                lambda: server.admission.waiting >= server.admission.unauthenticated, 30 * UNIT
+            )
             winners = await secret_round(server.port, secrets_file, 5)
             assert crowd.refused > 0, "the address over its cap was never refused"
         assert [len(w) for w in winners] == [1] * 5
