@@ -88,9 +88,8 @@ class Admission:
 
     def enter(self, address: str) -> Ticket | str:
         """A slot for a new connection from ``address``, or why there is none."""
-        if self.open >= self.total:
-            return f"the server is at its limit of {self.total} connections"
-        if self._waiting_count >= self.unauthenticated:
+        total_full = self.open >= self.total
+        if total_full or self._waiting_count >= self.unauthenticated:
             mine = len(self._waiting.get(address, ()))
             if mine >= self.per_address:
                 return (
@@ -98,6 +97,8 @@ class Admission:
                     "not yet authenticated"
                 )
             if not self._evict_one():
+                if total_full:
+                    return f"the server is at its limit of {self.total} connections"
                 return (
                     f"the server is at its limit of {self.unauthenticated} connections "
                     "not yet authenticated"
@@ -115,7 +116,9 @@ class Admission:
             return False
         victim = next(iter(self._waiting[greedy]))
         self._leave_unauthenticated(victim)
-        victim.admitted = True  # its slot is gone; release() frees only the total
+        victim.admitted = True  # out of the pool now; its release() frees only the total
+        self.open -= 1  # and its slot in the total goes to the newcomer at once
+        victim.released = True
         self.evicted += 1
         if victim.on_evict is not None:
             victim.on_evict()

@@ -3,14 +3,19 @@
 Entry point: `Server` (``async with Server(config) as server: await
 server.serve_forever()``). Its pieces:
 
-- `Server` opens the store, builds the `Round` from it, listens, refuses
-  connections past the limit with an error frame, and otherwise runs one
-  `Handler` per connection; it owns the connections and the shutdown;
+- `Server` opens the store, builds the `Round` from it, listens, gives each
+  connection a slot (`Admission`, lottery/admission.py: an unauthenticated
+  pool with a per-address cap, and the agencies' pool) or refuses it with an
+  error frame, runs the TLS handshake itself (inside the slot and the
+  handshake deadline), and then one `Handler` per connection; it owns the
+  connections and the shutdown;
 - the `Round` (lottery/round.py) owns everything the connections share: the
   barrier, the draw, who speaks for each agency, progress, counters;
-- a `Handler` gets the round and the config, never the server. It runs two
-  tasks in a `TaskGroup`: the reader turns bytes into requests (through the
-  sans-I/O `ServerProtocol`) and queues each; the writer answers them in
+- a `Handler` gets the round and the config, never the server. Until it is
+  admitted as an agency, the whole handler runs under the handshake deadline
+  (whatever it is doing). It runs two tasks in a `TaskGroup`: the reader
+  turns bytes into requests (through the sans-I/O `ServerProtocol`) and
+  queues each; the writer answers them in
   order (awaiting the batch's commit, the draw...), turns each answer into
   bytes with `ServerProtocol.send`, writes them, and closes the connection
   when the protocol says so. Acks go out in the order batches came in while
@@ -211,8 +216,9 @@ class Server:
             # Past the descriptors, accept() fails and asyncio leaves the peer
             # waiting in the backlog, told nothing: refuse out loud instead.
             room = max(soft - RESERVED_FDS, self.config.agencies, 1)
+            # Room kept for every agency and a reconnect of each, as by default.
             unauthenticated = min(
-                self.admission.unauthenticated, max(room - self.config.agencies, 1)
+                self.admission.unauthenticated, max(room - 2 * self.config.agencies, 1)
             )
             self.admission = Admission(room, unauthenticated, self.admission.per_address)
             self._log.warning(

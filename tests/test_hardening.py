@@ -174,11 +174,14 @@ async def test_a_round_with_secrets_completes_while_one_address_holds_1100_conne
     secrets_file = tmp_path / "secrets"
     make_secrets(5, secrets_file)
     async with running_server(
-        tmp_path, agencies=5, secrets_file=str(secrets_file), timeout_handshake=3 * UNIT
-    ) as server:
+        tmp_path, agencies=5, secrets_file=str(secrets_file), timeout_handshake=3 * UNIT,
+        listen_backlog=4096,  # the crowd connects at once, not after SYN retries
+    ) as server:  # fmt: skip
         async with Crowd(server.port, 1100) as crowd:
             # The crowd has filled its pool.
-            await until(lambda: server.admission.waiting >= server.admission.unauthenticated)
+            await until(
+                lambda: server.admission.waiting >= server.admission.unauthenticated, 30 * UNIT
+            )
             winners = await secret_round(server.port, secrets_file, 5)
             assert crowd.refused > 0, "the address over its cap was never refused"
         assert [len(w) for w in winners] == [1] * 5
@@ -524,3 +527,28 @@ def test_lottery_status_shows_every_agency_only_with_the_operator_token(tmp_path
         assert json.loads(status("--json", "--secrets", str(secrets_file)))["agency"][1]["id"] == 2
     finally:
         stop_server(server)
+
+
+def test_admission_pools_cap_an_address_only_when_full_and_make_room_for_others() -> None:
+    """Below a full pool any address may connect; when full, the greediest address gives way."""
+    from lottery.admission import Admission, Ticket
+
+    admission = Admission(total=8, unauthenticated=4, per_address=2)
+    evicted: list[str] = []
+    tickets = []
+    for _ in range(4):  # one address fills the pool: no cap below full
+        ticket = admission.enter("10.0.0.9")
+        assert isinstance(ticket, Ticket)
+        ticket.on_evict = lambda: evicted.append("10.0.0.9")
+        tickets.append(ticket)
+    refused = admission.enter("10.0.0.9")
+    assert isinstance(refused, str) and "10.0.0.9" in refused
+    newcomer = admission.enter("10.0.0.1")  # another address: the oldest stranger gives way
+    assert isinstance(newcomer, Ticket) and evicted == ["10.0.0.9"]
+    assert (admission.open, admission.waiting) == (4, 4)
+    newcomer.admit()  # authenticated: its unauthenticated slot is free again
+    assert (admission.open, admission.waiting) == (4, 3)
+    tickets[0].release()  # the evicted one closing frees nothing twice
+    newcomer.release()
+    newcomer.release()
+    assert (admission.open, admission.waiting) == (3, 3)
