@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
 import functools
 import hmac
 import json
@@ -458,7 +457,7 @@ class Handler:
 
     async def _handle_requests(self) -> bool:
         """Queue every request buffered so far; False once the connection is to close."""
-        today = datetime.date.today().isoformat()
+        today = self._round.today
         while (request := self._protocol.next_event(today)) is not None:
             if isinstance(request, Batch | SingleBet):
                 assert self.agency is not None  # the protocol allows bets only after WELCOME
@@ -492,7 +491,7 @@ class Handler:
         await self._round.wait_for_room()
         self._unanswered += 1
         records = request.records if isinstance(request, Batch) else (request.record,)
-        future = self._round.submit(self.agency, request.seq, records)
+        future = self._round.submit(self.agency, request.seq, records, request.input_rows)
         received = asyncio.get_running_loop().time()
         self._replies.put_nowait(_Submitted(request, future, received))
 
@@ -574,9 +573,10 @@ class Handler:
     async def _answer_hello(self, hello: Hello) -> Message:
         agencies = self._config.agencies
         if hello.version != PROTOCOL_VERSION:
-            return self._refuse(
-                Error(ErrorCode.BAD_VERSION, f"protocol version {hello.version} unknown")
-            )
+            why = f"protocol version {hello.version} is not spoken here; upgrade the agency"
+            if hello.version > PROTOCOL_VERSION:
+                why = f"protocol version {hello.version} is not spoken here; upgrade the server"
+            return self._refuse(Error(ErrorCode.BAD_VERSION, why))
         if not 1 <= hello.agency <= agencies:
             return self._refuse(
                 Error(ErrorCode.UNKNOWN_AGENCY, f"agency {hello.agency} is not in 1..{agencies}")
@@ -598,11 +598,20 @@ class Handler:
         return await self._admit(agency)
 
     async def _admit(self, agency: int) -> Welcome:
-        last_seq, committed = await self._round.admit(agency, self)
+        progress = await self._round.admit(agency, self)
         self.agency = agency
         self._log = self._log.bind(agencia=agency)
-        self._log.info("handshake", result="success", last_seq=last_seq, bets=committed)
-        return Welcome(last_seq, committed)
+        self._log.info(
+            "handshake", result="success", last_seq=progress.last_seq,
+            bets=progress.committed_bets, filas=progress.input_rows,
+        )  # fmt: skip
+        return Welcome(
+            progress.last_seq,
+            progress.committed_bets,
+            progress.input_rows,
+            self._round.today,
+            progress.digest,
+        )
 
     def _refuse(self, refusal: Error) -> Error:
         self._log.warning("handshake", result="fail", motivo=refusal.message)
