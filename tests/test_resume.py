@@ -175,8 +175,9 @@ def test_a_different_prefix_is_a_one_line_mismatch(present: list[int], what: str
 # -- the agency against a server ----------------------------------------------------------------
 
 
+@pytest.mark.parametrize("batch_size", [1, 5])
 async def test_a_bet_the_server_refuses_is_reported_with_its_line_and_left_out(
-    tmp_path: Path,
+    tmp_path: Path, batch_size: int
 ) -> None:
     """An agency whose today runs ahead of the server's: the refused row is named and skipped."""
     rows = make_rows(30)
@@ -187,7 +188,7 @@ async def test_a_bet_the_server_refuses_is_reported_with_its_line_and_left_out(
         server_round = server._round
         assert server_round is not None
         server_round.today = DAY
-        agency = AsyncAgency(1, LOOPBACK, server.port, batch_max_amount=5, max_in_flight=4)
+        agency = AsyncAgency(1, LOOPBACK, server.port, batch_max_amount=batch_size, max_in_flight=4)
         async with agency:
             agency._session.today = NEXT_DAY
             report = await agency.send_bets(path)

@@ -129,6 +129,7 @@ class SQLiteStore:
         agencies: int | None = None,
         winning_number: int | None = None,
         synchronous: str = "FULL",
+        *,
         today: str | None = None,
     ) -> None:
         if synchronous.upper() not in SYNC_MODES:
