@@ -266,7 +266,8 @@ class Round:
     ) -> None:
         if future.cancelled() or future.result() is not Outcome.STORED:
             return
-        # The digest is the store's alone (hashing it twice would cost the loop).
+        # The digest here stays as loaded (stale): only the store's counts, and the
+        # WELCOME reads it there. Hashing every batch again here would cost the loop.
         last_seq, stored, _, digest = self._progress.get(agency, Progress())
         self._progress[agency] = Progress(max(last_seq, seq), stored + count, input_rows, digest)
         self.stats.batches_stored += 1
