@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from lottery import AsyncAgency
-from lottery.errors import ErrorCode, ResumeMismatch
+from lottery.config import load_agency_config
+from lottery.errors import ErrorCode, ResumeMismatch, RowsRejected
 from lottery.models import EMPTY_DIGEST, FS, RS, agency_digest
 from lottery.protocol import (
     PROTOCOL_VERSION,
@@ -201,3 +202,38 @@ async def test_a_bet_the_server_refuses_is_reported_with_its_line_and_left_out(
     assert report.acknowledged == 29
     documents = [bet[3] for bet in stored_bets(tmp_path / "data")]
     assert documents == [r[2] for i, r in enumerate(rows) if i != 12]
+
+
+async def test_run_keeps_done_back_when_rows_are_rejected(tmp_path: Path) -> None:
+    """AsyncAgency.run stores the valid bets and raises RowsRejected; allow_rejected says done."""
+    rows = [*make_rows(4), ("Sin", "Fecha", "5", "1990-02-30", "1")]
+    path = write_agency_file(tmp_path / "agency-1.csv", rows)
+    async with running_server(tmp_path, agencies=1) as server:
+        async with AsyncAgency(1, LOOPBACK, server.port) as agency:
+            with pytest.raises(RowsRejected, match=r"^agency 1: 1 row rejected \(first: .*:5:"):
+                await agency.run(path)
+            assert not server_done(server)
+        async with AsyncAgency(1, LOOPBACK, server.port) as agency:
+            result = await agency.run(path, allow_rejected=True)
+            assert result.report.skipped == 4 and result.winners == []
+            assert server_done(server)
+
+
+def server_done(server: object) -> bool:
+    """Whether agency 1 of an in-process server is recorded done."""
+    return 1 in server._round.barrier.done  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("env", "yaml"),
+    [({"CLI_ALLOW_REJECTED": "1"}, ""), ({}, "bets:\n  allowRejected: true\n")],
+)
+def test_allow_rejected_comes_from_the_environment_or_the_yaml(
+    tmp_path: Path, env: dict[str, str], yaml: str
+) -> None:
+    """allow_rejected is an Option: CLI_ALLOW_REJECTED or bets.allowRejected turn it on."""
+    config_file = tmp_path / "config.yaml"
+    config_file.write_text(yaml or "id: 1\n", encoding="utf-8")
+    config = load_agency_config({"id": "1"}, env, str(config_file))
+    assert config.allow_rejected is True
+    assert load_agency_config({"id": "1"}, {}, None).allow_rejected is False
