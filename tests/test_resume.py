@@ -191,6 +191,7 @@ async def test_a_bet_the_server_refuses_is_reported_with_its_line_and_left_out(
         server_round.today = DAY
         agency = AsyncAgency(1, LOOPBACK, server.port, batch_max_amount=batch_size, max_in_flight=4)
         async with agency:
+            # An agency that trusts its own clock (a day ahead) over the WELCOME's date.
             agency._session.today = NEXT_DAY
             report = await agency.send_bets(path)
             refusal = report.done_refusal()
