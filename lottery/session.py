@@ -131,6 +131,11 @@ class Session:
                 self.resume = ResumeCheck(
                     self.agency_id, reply.input_rows, reply.committed_bets, reply.digest
                 )
+                if reply.input_rows:  # an earlier run stored bets: say where this one picks up
+                    self._log.info(
+                        "reanudar", result="in_progress", filas=reply.input_rows,
+                        apuestas=reply.committed_bets, fecha=reply.today,
+                    )  # fmt: skip
             self.connected_once, self.resync = True, False
         self._log.debug("handshake", result="success", last_seq=reply.last_seq)
 
