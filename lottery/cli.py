@@ -30,6 +30,7 @@ from .config import (
     AgencyConfig,
     Option,
     ServerConfig,
+    boolean,
     load_agency_config,
     load_server_config,
     parse_address,
@@ -100,8 +101,12 @@ def _add_options(
             where += f", {file_name} {opt.file_key}"
         # Values stay strings: lottery.config checks them, so that a bad one
         # is the same one-line error (exit 2) as one from the environment or a file.
+        # A yes/no setting is a flag that takes no value.
+        extra: dict[str, Any] = (
+            {"action": "store_const", "const": "true"} if opt.parse is boolean else {}
+        )
         parser.add_argument(
-            opt.flag_name, dest=opt.field, help=f"{opt.help} ({where})".replace("%", "%%")
+            opt.flag_name, dest=opt.field, help=f"{opt.help} ({where})".replace("%", "%%"), **extra
         )
 
 
@@ -382,7 +387,8 @@ async def _agency_round(
     )
     if interrupt is not None:
         interrupt.agency = agency
-    rejected = acknowledged = 0
+    refusal = None
+    acknowledged = rejected = 0
     async with agency:
         if single is not None:
             await agency.send_bet(single)
@@ -395,20 +401,28 @@ async def _agency_round(
                     report = await agency.send_bets(config.bets)
             else:
                 report = await agency.send_bets(config.bets)
-            await agency.notify()
-            winners = await agency.winners()
-            rejected, acknowledged = len(report.rejected), report.acknowledged
+            acknowledged = report.acknowledged
             log.info(
                 "apuestas_enviadas", result="success", cantidad=report.acknowledged,
                 omitidas=report.skipped,
             )  # fmt: skip
-    log.info("ganadores", result="success", dnis=" ".join(winners) or "-")
+            refusal = report.done_refusal(config.allow_rejected)
+            if refusal is None:
+                await agency.notify()
+                winners = await agency.winners()
+            rejected = len(report.rejected)
+            if rejected:
+                log.error("apuestas_rechazadas", result="fail", cantidad=rejected)
+    if refusal is not None:
+        # Rows were rejected: the valid bets are stored, and the round waits
+        # for this agency's rerun with the rows fixed.
+        log.error("ronda", result="fail", error=refusal)
+    else:
+        log.info("ganadores", result="success", dnis=" ".join(winners) or "-")
     if stats_file:
         await asyncio.to_thread(_write_stats, stats_file, agency, acknowledged)
-    if rejected:
-        log.error("apuestas_rechazadas", result="fail", cantidad=rejected)
-        return EXIT_FAILED
-    return EXIT_OK
+    # Rejected rows fail the run even when allowed: the round goes on without them.
+    return EXIT_FAILED if refusal is not None or rejected else EXIT_OK
 
 
 def run_agency(args: argparse.Namespace) -> int:

@@ -16,9 +16,12 @@ connecting, the handshake, reconnecting, what the WELCOME says) and a
 return is lottery/reports.py. Every retry loop counts its fruitless tries
 against ``reconnect_attempts`` and waits as lottery/backoff.py says.
 
-When a connection opens for the first time, the handshake also says how many
-of this agency's bets are already stored (a restarted agency process); that
-many valid bets are skipped from the start of what `send_bets` is given.
+When a connection opens for the first time, the handshake also says where
+in its input this agency's earlier runs stopped (a restarted agency process):
+that many input rows (valid or not) are skipped from the start of what
+`send_bets` is given, after checking that their valid bets are the ones
+stored (lottery/resume.py). Every bet is validated as of the round's date,
+which the handshake says too.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from collections.abc import Sequence
 
 from .backoff import MAX_BACKOFF
 from .connection import query_status, tls_context
+from .errors import RowsRejected
 from .log import get_logger
 from .models import Bet
 from .protocol import Ack, Done, NotReady, encode_record
@@ -140,13 +144,19 @@ class AsyncAgency:
     async def send_bet(self, bet: Bet | Sequence[str]) -> None:
         """Send one bet on its own (tp0 ej5) and wait until it is stored.
 
+        Each call is one input row for resuming: a restarted agency skips as
+        many calls as its earlier runs stored.
+
         Raises:
-            InvalidBet: the bet breaks a rule; nothing was sent.
+            InvalidBet: the bet breaks a rule (as of the round's date); nothing was sent.
+            ResumeMismatch: the bets sent before it are not the ones stored.
             ConnectionLost: ``reconnect_attempts`` tries in a row got no reply.
         """
         fields = bet.fields() if isinstance(bet, Bet) else tuple(bet)
-        encode_record(fields)  # validates, raising InvalidBet before anything is sent
-        await self._session.send_bet(tuple(fields))
+        await self._session.ensure_open()  # the WELCOME says the round's date
+        # Validates, raising InvalidBet before anything is sent.
+        encoded = encode_record(fields, self._session.today)
+        await self._session.send_bet(tuple(fields), encoded)
         self._log.info("apuesta_enviada", result="success", dni=fields[2], numero=int(fields[4]))
 
     async def send_bets(self, source: Source) -> SendReport:
@@ -157,10 +167,11 @@ class AsyncAgency:
                 or five-field rows.
 
         Returns:
-            A `SendReport`; invalid rows are listed in ``rejected`` (and
-            logged), not sent.
+            A `SendReport`; invalid rows (and any bet the server refused as
+            invalid) are listed in ``rejected`` (and logged), not stored.
 
         Raises:
+            ResumeMismatch: the source does not start with the bets already stored.
             ConnectionLost: ``reconnect_attempts`` tries in a row got no batch acknowledged.
             ServerRefused: the server refused a batch.
         """
@@ -201,8 +212,20 @@ class AsyncAgency:
     def _not_ready(self, reply: NotReady) -> None:
         self.waiting_for = missing_text(reply)
 
-    async def run(self, source: Source) -> RoundResult:
-        """Send all bets, say done, and get the winners: the whole round."""
+    async def run(self, source: Source, *, allow_rejected: bool = False) -> RoundResult:
+        """Send all bets, say done, and get the winners: the whole round.
+
+        Args:
+            allow_rejected: say done even if rows were rejected (they are left
+                out of the round). A source that is not UTF-8 is never done.
+
+        Raises:
+            RowsRejected: rows were rejected; the valid bets are stored, DONE
+                was not sent, and the message says how to fix and rerun.
+        """
         report = await self.send_bets(source)
+        refusal = report.done_refusal(allow_rejected)
+        if refusal is not None:
+            raise RowsRejected(f"agency {self.agency_id}: {refusal}")
         await self.notify()
         return RoundResult(report, await self.winners())

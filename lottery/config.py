@@ -151,6 +151,8 @@ class AgencyConfig:
     secret: str = ""
     secret_file: str = ""
     tls_ca: str = ""
+    #: Say DONE even when rows were rejected (they are left out of the round).
+    allow_rejected: bool = False
     log_level: str = "INFO"
     log_format: str = "console"
 
@@ -180,6 +182,20 @@ def seconds(raw: str) -> float:
     if not 0 < value <= MAX_SECONDS:  # also refuses nan and inf
         raise ValueError(f"{value} must be more than 0 and at most {MAX_SECONDS:g} seconds")
     return value
+
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def boolean(raw: str) -> bool:
+    """A yes/no setting; on the command line it is a flag that takes no value."""
+    value = str(raw).strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ValueError(f"{raw!r} is not one of {', '.join(_TRUE + _FALSE)}")
 
 
 def choice(*allowed: str) -> Callable[[str], str]:
@@ -329,6 +345,8 @@ AGENCY_OPTIONS = (
            "file holding this agency's secret (hex)"),
     Option("tls_ca", "CLI_TLS_CA", "server.tlsCa", text,
            "CA certificate to trust for a TLS server (PEM)"),
+    Option("allow_rejected", "CLI_ALLOW_REJECTED", "bets.allowRejected", boolean,
+           "say DONE even if rows were rejected, leaving them out of the round"),
     Option("log_level", "CLI_LOG_LEVEL", "log.level", choice(*LEVELS), _LEVELS_HELP),
     Option("log_format", "CLI_LOG_FORMAT", "log.format", choice(*FORMATS), _FORMATS_HELP),
 )  # fmt: skip

@@ -122,8 +122,8 @@ class Connection:
     def send(self, message: Message) -> None:
         self._write(self.protocol.send(message))
 
-    def send_batch(self, seq: int, data: bytes, count: int) -> None:
-        self._write(self.protocol.send_batch(seq, data, count))
+    def send_batch(self, seq: int, data: bytes, count: int, input_rows: int = 0) -> None:
+        self._write(self.protocol.send_batch(seq, data, count, input_rows))
 
     def _write(self, data: bytes) -> None:
         if self._writer.transport.is_closing():  # uvloop would raise RuntimeError

@@ -17,8 +17,8 @@ from __future__ import annotations
 import csv
 import datetime
 import os
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import IO
 
 from .errors import InvalidBatch, InvalidBet, ProtocolError
@@ -42,6 +42,8 @@ class RejectedRow:
     path: str
     line: int
     reason: str
+    #: The row is not UTF-8: the file has the wrong encoding, and never counts as done.
+    undecodable: bool = field(default=False, compare=False)
 
     def __str__(self) -> str:
         return f"{self.path}:{self.line}: {self.reason}"
@@ -49,10 +51,15 @@ class RejectedRow:
 
 @dataclass(frozen=True, slots=True)
 class RecordBlock:
-    """Validated wire records, each ended by 0x1E, ready to be cut into batches."""
+    """Validated wire records, each ended by 0x1E, ready to be cut into batches.
+
+    ``lines`` holds each record's input row (its line in the file, from 1),
+    in order: where it is, for the resume position and for error messages.
+    """
 
     data: bytes
     count: int
+    lines: Sequence[int] = ()
 
 
 _BOM = b"\xef\xbb\xbf"
@@ -96,7 +103,8 @@ class AgencyFileReader:
     module), and one regular expression validates the lot. Only a
     block holding a bad row is read again line by line, to say which and why.
     Each physical line is one row: no valid field holds a line break, so an
-    unterminated quote spoils its own line and not the lines after it.
+    unterminated quote spoils its own line and not the lines after it. A row's
+    input position is its line number; `rows` is the lines read so far.
     """
 
     def __init__(
@@ -121,7 +129,7 @@ class AgencyFileReader:
         while raw := self._next_lines():
             first_line = self._line + 1
             self._line += raw.count(b"\n") + (not raw.endswith(b"\n"))
-            block = self._convert(raw) or self._convert_line_by_line(raw, first_line)
+            block = self._convert(raw, first_line) or self._convert_line_by_line(raw, first_line)
             if block.count:
                 return block
         return None
@@ -146,7 +154,16 @@ class AgencyFileReader:
                 self._carry = data[cut:]
                 return data[:cut]
 
-    def _convert(self, raw: bytes) -> RecordBlock | None:
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def rows(self) -> int:
+        """Input rows (lines) read so far."""
+        return self._line
+
+    def _convert(self, raw: bytes, first_line: int) -> RecordBlock | None:
         """The fast path: the whole block at once, or None if any row is bad."""
         try:
             text = raw.decode()
@@ -162,11 +179,13 @@ class AgencyFileReader:
         except (InvalidBatch, ProtocolError):
             return None
         self.rows_read += count
-        return RecordBlock(body.encode(), count)
+        # Every line is a record here (a blank line takes the slow path).
+        return RecordBlock(body.encode(), count, range(first_line, first_line + count))
 
     def _convert_line_by_line(self, raw: bytes, first_line: int) -> RecordBlock:
         """The slow path: each line alone, so each bad row is named."""
         records: list[bytes] = []
+        lines_of: list[int] = []
         text = raw.decode(errors="surrogateescape")  # bad UTF-8 fails its own row
         lines = text.split("\n")
         if text.endswith("\n"):
@@ -175,20 +194,23 @@ class AgencyFileReader:
             line = line.removesuffix("\r")
             if not line:  # blank line
                 continue
+            undecodable = _has_undecodable(line)
             try:
                 row = next(csv.reader((line,), strict=True))
             except csv.Error as exc:
-                self._reject(number, f"not valid CSV ({exc})")
+                self._reject(number, f"not valid CSV ({exc})", undecodable)
                 continue
             self.rows_read += 1
             try:
                 records.append(encode_record(row, self.today))
             except InvalidBet as exc:
-                self._reject(number, str(exc))
-        return RecordBlock(b"".join(records), len(records))
+                self._reject(number, str(exc), undecodable)
+            else:
+                lines_of.append(number)
+        return RecordBlock(b"".join(records), len(records), lines_of)
 
-    def _reject(self, line: int, reason: str) -> None:
-        self.rejected.append(RejectedRow(self._name, line, reason))
+    def _reject(self, line: int, reason: str, undecodable: bool = False) -> None:
+        self.rejected.append(RejectedRow(self._name, line, reason, undecodable))
 
     def close(self) -> None:
         self._file.close()
@@ -198,6 +220,11 @@ class AgencyFileReader:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def _has_undecodable(line: str) -> bool:
+    """Whether ``line`` held bytes that are not UTF-8 (decoded with surrogateescape)."""
+    return any("\udc80" <= ch <= "\udcff" for ch in line)
 
 
 #: What makes a spreadsheet read a cell as a formula (OWASP's "CSV injection" list).

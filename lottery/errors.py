@@ -13,7 +13,10 @@ LotteryError
     ├── ServerRefused    the server answered a request with an error frame
     ├── AuthenticationRequired  the server asks for a secret this agency lacks
     ├── ConnectionLost   the server went away and reconnecting did not help
-    └── WinnersUnavailable  the winners query ran out of attempts
+    ├── WinnersUnavailable  the winners query ran out of attempts
+    ├── ResumeMismatch   a restarted agency's input does not start with the
+    │                    bets already stored for it (another or changed file)
+    └── RowsRejected     rows were rejected, so the agency did not say DONE
 
 `ErrorCode` is the code an ERROR frame carries. It lives here, not in the
 protocol module, because the exceptions carry it too: each `ProtocolError`
@@ -37,6 +40,8 @@ __all__ = [
     "LotteryError",
     "OutOfOrder",
     "ProtocolError",
+    "ResumeMismatch",
+    "RowsRejected",
     "ServerRefused",
     "StoreError",
     "WinnersUnavailable",
@@ -147,3 +152,20 @@ class ConnectionLost(AgencyError):
 
 class WinnersUnavailable(AgencyError):
     """The winners query got no answer (not ready, or timed out) in every attempt."""
+
+
+class ResumeMismatch(AgencyError):
+    """The input's first rows are not the bets already stored for this agency.
+
+    A restarted agency skips the input rows its earlier runs stored, and checks
+    them against the agency digest the WELCOME carries; this is a mismatch.
+    Nothing was sent.
+    """
+
+
+class RowsRejected(AgencyError):
+    """Some rows were rejected: their valid neighbours are stored, DONE was not sent.
+
+    The message says which rows and how to fix them and rerun (the agency
+    resumes after the stored bets), or to allow the rejected rows.
+    """

@@ -19,20 +19,26 @@ from __future__ import annotations
 
 import datetime
 import functools
+import hashlib
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from .errors import InvalidBatch, InvalidBet, ProtocolError
 
 __all__ = [
     "DEFAULT_WINNING_NUMBER",
+    "DIGEST_SIZE",
+    "EMPTY_DIGEST",
     "FIELDS",
     "FS",
     "RS",
     "Bet",
     "Record",
     "Records",
+    "RunningDigest",
+    "agency_digest",
     "birthdate_problem",
     "encode_record",
     "field_patterns",
@@ -49,6 +55,37 @@ Record = tuple[str, str, str, str, str]
 
 #: tp0's fixed winning number, the default draw (see lottery.config for the setting).
 DEFAULT_WINNING_NUMBER = 7574
+
+#: Size of an agency digest (SHA-256).
+DIGEST_SIZE = 32
+
+
+class RunningDigest(Protocol):
+    """What `agency_digest` returns: a hashlib hash object, fed as bets are stored."""
+
+    def update(self, data: bytes, /) -> None: ...
+
+    def digest(self) -> bytes: ...
+
+    def copy(self) -> RunningDigest: ...
+
+
+def agency_digest(records: bytes = b"") -> RunningDigest:
+    """The running *agency digest*, started on ``records``; feed it more with ``update``.
+
+    The agency digest of an agency is SHA-256 over the record text of every
+    bet stored for it, in sequence order: each bet's five fields joined by
+    0x1F and ended by 0x1E, UTF-8, exactly the bytes the wire carries, one
+    bet after the other with nothing in between. No bets: ``sha256(b"")``.
+    The store keeps one per agency and the WELCOME carries it, so a
+    restarted agency can check that its file still starts with the bets
+    already stored; the round's receipts use the same definition.
+    """
+    return hashlib.sha256(records)
+
+
+#: The agency digest of no bets at all.
+EMPTY_DIGEST = agency_digest().digest()
 
 #: The agency-file columns, in order (tp0's layout).
 FIELDS = ("first_name", "last_name", "document", "birthdate", "number")

@@ -38,10 +38,21 @@ import hmac
 import re
 import struct
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
+from . import clock
 from .errors import ErrorCode, InvalidBatch, OutOfOrder, ProtocolError
-from .models import FS, RS, Record, Records, encode_record, validate_records
+from .models import (
+    DIGEST_SIZE,
+    EMPTY_DIGEST,
+    FS,
+    RS,
+    Record,
+    Records,
+    encode_record,
+    validate_records,
+)
 
 __all__ = [
     "BATCH_OVERHEAD",
@@ -88,7 +99,9 @@ __all__ = [
     "validate_records",
 ]
 
-PROTOCOL_VERSION = 1
+#: 2: WELCOME says the round's date, the agency's input position and digest;
+#: BATCH and BET carry the input position (docs/PROTOCOL.md section 6).
+PROTOCOL_VERSION = 2
 MAX_FRAME_SIZE = 8192
 
 HEADER = struct.Struct("!IB")  # body length, frame type
@@ -100,9 +113,12 @@ MAC_SIZE = 32  # HMAC-SHA256
 OPERATOR_TOKEN_SIZE = 32  # SHA-256, see operator_proof
 _OPERATOR_CONTEXT = b"lottery-operator-v1"
 _AUTH_CONTEXT = b"lottery-auth-v1"
-_WELCOME = struct.Struct("!IQ")  # last committed sequence, committed bets
-_SEQ = struct.Struct("!I")  # sequence (single bet, ack)
-_BATCH = struct.Struct("!IH")  # sequence, bet count
+# last committed sequence, committed bets, input rows, the round's date, agency digest
+_WELCOME = struct.Struct(f"!IQQ10s{DIGEST_SIZE}s")
+_SEQ = struct.Struct("!I")  # sequence (ack)
+_BET = struct.Struct("!IQ")  # sequence, input rows
+_BATCH = struct.Struct("!IHQ")  # sequence, bet count, input rows
+_DATE_RE = re.compile(rb"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 _ERROR = struct.Struct("!H")  # error code, then a UTF-8 message
 _WINNERS = struct.Struct("!BH")  # last-frame flag, document count
 _NOT_READY = struct.Struct("!IH")  # agencies missing, agencies listed (then each, u32)
@@ -112,6 +128,7 @@ MAX_LISTED_MISSING = 100
 BATCH_OVERHEAD = HEADER.size + _BATCH.size
 MAX_SEQ = 2**32 - 1
 MAX_AGENCY = 2**32 - 1
+MAX_INPUT_ROWS = 2**64 - 1
 
 
 _DOCUMENTS_RE = re.compile(f"(?:[0-9]{{1,10}}(?:{FS}[0-9]{{1,10}})*)?")
@@ -151,28 +168,44 @@ class Hello:
 class Welcome:
     """Server → client, the handshake's answer: how far this agency already got.
 
-    A batch whose sequence is at most ``last_seq`` is already stored; an agency
-    restarted mid-file skips its first ``committed_bets`` bets.
+    A batch whose sequence is at most ``last_seq`` is already stored. An
+    agency restarted mid-file skips the first ``input_rows`` rows of its input
+    and checks that the valid ones among them have the agency digest
+    ``digest`` (`lottery.models.agency_digest`). Every bet is valid or not as
+    of ``today``, the round's date (the default, for tests and fake servers,
+    is the local date).
     """
 
     last_seq: int
     committed_bets: int
+    input_rows: int = 0
+    today: str = field(default_factory=clock.today)
+    digest: bytes = EMPTY_DIGEST
 
 
 @dataclass(frozen=True, slots=True)
 class SingleBet:
-    """Client → server: one bet (tp0 ej5), acknowledged like a batch of one."""
+    """Client → server: one bet (tp0 ej5), acknowledged like a batch of one.
+
+    ``input_rows`` is the agency's input position just after this bet.
+    """
 
     seq: int
     record: Record
+    input_rows: int = 0
 
 
 @dataclass(frozen=True, slots=True)
 class Batch:
-    """Client → server: a numbered batch of bets; ``seq`` counts up per agency."""
+    """Client → server: a numbered batch of bets; ``seq`` counts up per agency.
+
+    ``input_rows`` is the agency's input position just after the batch's last
+    bet: the rows of its input read so far, rejected ones included.
+    """
 
     seq: int
     records: Sequence[Record]
+    input_rows: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -318,14 +351,14 @@ def _frame(ftype: FrameType, body: bytes = b"") -> bytes:
     return HEADER.pack(len(body), ftype) + body
 
 
-def encode_batch(seq: int, records: Sequence[bytes]) -> bytes:
+def encode_batch(seq: int, records: Sequence[bytes], input_rows: int = 0) -> bytes:
     """The BATCH frame for already-encoded records (see `encode_record`)."""
-    return encode_batch_data(seq, b"".join(records), len(records))
+    return encode_batch_data(seq, b"".join(records), len(records), input_rows)
 
 
-def encode_batch_data(seq: int, data: bytes, count: int) -> bytes:
+def encode_batch_data(seq: int, data: bytes, count: int, input_rows: int = 0) -> bytes:
     """The BATCH frame for ``count`` encoded records already joined in ``data``."""
-    return _frame(FrameType.BATCH, _BATCH.pack(seq, count) + data)
+    return _frame(FrameType.BATCH, _BATCH.pack(seq, count, input_rows) + data)
 
 
 _RS_BYTE = RS.encode()
@@ -438,14 +471,18 @@ def encode(message: Message) -> bytes:
     match message:
         case Hello(agency, version):
             return _frame(FrameType.HELLO, _HELLO.pack(version, agency))
-        case Welcome(last_seq, committed):
-            return _frame(FrameType.WELCOME, _WELCOME.pack(last_seq, committed))
-        case SingleBet(seq, record):
-            return _frame(FrameType.BET, _SEQ.pack(seq) + (FS.join(record) + RS).encode())
-        case Batch(seq, records):
+        case Welcome(last_seq, committed, input_rows, today, digest):
+            if not _DATE_RE.fullmatch(today.encode()) or len(digest) != DIGEST_SIZE:
+                raise ValueError(f"WELCOME needs an ISO date and a {DIGEST_SIZE}-byte digest")
+            body = _WELCOME.pack(last_seq, committed, input_rows, today.encode(), digest)
+            return _frame(FrameType.WELCOME, body)
+        case SingleBet(seq, record, input_rows):
+            body = _BET.pack(seq, input_rows) + (FS.join(record) + RS).encode()
+            return _frame(FrameType.BET, body)
+        case Batch(seq, records, input_rows):
             if not isinstance(records, Records):
                 records = Records.from_fields(records)
-            return encode_batch_data(seq, records.text.encode(), len(records))
+            return encode_batch_data(seq, records.text.encode(), len(records), input_rows)
         case Done():
             return _frame(FrameType.DONE)
         case WinnersQuery():
@@ -538,7 +575,7 @@ def _decode_records(data: bytes, today: str) -> Records:
     return Records(text, validate_records(text, today))
 
 
-def _unpack(layout: struct.Struct, body: bytes, name: str) -> tuple[int, ...]:
+def _unpack(layout: struct.Struct, body: bytes, name: str) -> tuple[Any, ...]:
     if len(body) != layout.size:
         raise ProtocolError(f"{name} body must be {layout.size} bytes, got {len(body)}")
     return layout.unpack(body)
@@ -555,27 +592,34 @@ def _check_seq(seq: int) -> None:
         raise ProtocolError("sequence 0 is not valid; an agency's sequences start at 1")
 
 
+def _decode_welcome(body: bytes) -> Welcome:
+    last_seq, committed, input_rows, today, digest = _unpack(_WELCOME, body, "WELCOME")
+    if not _DATE_RE.fullmatch(today):
+        raise ProtocolError(f"WELCOME date {today!r} is not YYYY-MM-DD")
+    return Welcome(last_seq, committed, input_rows, today.decode(), digest)
+
+
 def _decode_bet(body: bytes, today: str) -> SingleBet | RejectedBatch:
-    if len(body) < _SEQ.size:
-        raise ProtocolError("BET body too short for its sequence")
-    (seq,) = _SEQ.unpack_from(body)
+    if len(body) < _BET.size:
+        raise ProtocolError("BET body too short for its sequence and input position")
+    seq, input_rows = _BET.unpack_from(body)
     _check_seq(seq)
-    bets = body.count(_RS_BYTE, _SEQ.size)
+    bets = body.count(_RS_BYTE, _BET.size)
     if bets != 1:  # checked before validating: a BET of two bets is no bet at all
         raise ProtocolError(f"BET must hold exactly one bet, got {bets}")
     try:
-        records = _decode_records(body[_SEQ.size :], today)
+        records = _decode_records(body[_BET.size :], today)
     except InvalidBatch as exc:
         return RejectedBatch(seq, 1, exc.index, str(exc.bet_error))
     if len(records) != 1:
         raise ProtocolError(f"BET must hold exactly one bet, got {len(records)}")
-    return SingleBet(seq, records[0])
+    return SingleBet(seq, records[0], input_rows)
 
 
 def _decode_batch(body: bytes, today: str) -> Batch | RejectedBatch:
     if len(body) < _BATCH.size:
         raise ProtocolError("BATCH body too short for its header")
-    seq, count = _BATCH.unpack_from(body)
+    seq, count, input_rows = _BATCH.unpack_from(body)
     _check_seq(seq)
     if count == 0:
         raise ProtocolError("BATCH holds no bets")
@@ -585,7 +629,7 @@ def _decode_batch(body: bytes, today: str) -> Batch | RejectedBatch:
         return RejectedBatch(seq, count, exc.index, str(exc.bet_error))
     if len(records) != count:
         raise ProtocolError(f"BATCH announces {count} bets but holds {len(records)}")
-    return Batch(seq, records)
+    return Batch(seq, records, input_rows)
 
 
 def _decode_not_ready(body: bytes) -> NotReady:
@@ -887,7 +931,7 @@ class ClientProtocol:
         self._advance(ftype)
         return encode(message)
 
-    def send_batch(self, seq: int, data: bytes, count: int) -> bytes:
+    def send_batch(self, seq: int, data: bytes, count: int, input_rows: int = 0) -> bytes:
         """Like ``send(Batch(...))`` for ``count`` records already encoded in ``data``.
 
         The sender cuts bytes (see `BatchCutter`), so this spares it turning
@@ -897,7 +941,7 @@ class ClientProtocol:
             ClientStateError: a batch is not allowed in this state.
         """
         self._advance(FrameType.BATCH)
-        return encode_batch_data(seq, data, count)
+        return encode_batch_data(seq, data, count, input_rows)
 
     def _advance(self, ftype: FrameType) -> None:
         next_state = _CLIENT_TRANSITIONS[self.state].get(ftype)
@@ -936,7 +980,7 @@ class ClientProtocol:
         if ftype == FrameType.ACK:
             return Ack(*_unpack(_SEQ, body, "ACK"))
         if ftype == FrameType.WELCOME:
-            return Welcome(*_unpack(_WELCOME, body, "WELCOME"))
+            return _decode_welcome(body)
         if ftype == FrameType.WINNERS:
             return _decode_winners(body)
         if ftype == FrameType.NOT_READY:

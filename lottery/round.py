@@ -13,7 +13,9 @@ A `Round` owns:
 - progress as the connections see it (what each agency has stored), kept in
   memory from the store at start plus every batch stored since, so a STATUS
   costs no store round trip;
-- the round's counters (`RoundStats`).
+- the round's counters (`RoundStats`);
+- the round's date (`today`): the one day every bet is validated against, as
+  the store recorded it when the round began (lottery/clock.py).
 
 It writes through the `Committer` (batches) and the `AsyncStore` (done marks,
 the draw); it reads the store only at start and in the handshake, whose
@@ -37,13 +39,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from . import clock
 from .barrier import DrawBarrier
 from .committer import CommitResult, Committer
 from .errors import ErrorCode, StoreError
 from .log import get_logger
 from .models import Record
 from .stats import LatencySample
-from .store import AsyncStore, Outcome, PendingBatch
+from .store import AsyncStore, Outcome, PendingBatch, Progress
 
 __all__ = ["Round", "RoundStats", "Speaker", "Superseded", "WinnersWait"]
 
@@ -87,9 +90,10 @@ class Round:
         agencies: int,
         *,
         done: Sequence[int] = (),
-        progress: dict[int, tuple[int, int]] | None = None,
+        progress: dict[int, Progress] | None = None,
         fault_draw_delay: float = 0.0,
         winning_number: int | None = None,
+        today: str | None = None,
     ) -> None:
         self.agencies = agencies
         #: The round's identity (from the store): in the start line, status and the logs.
@@ -107,6 +111,8 @@ class Round:
         #: Handshakes begun per agency: the newest one is the one admitted.
         self._handshakes: collections.Counter[int] = collections.Counter()
         self._progress = dict(progress or {})
+        #: The round's date (ISO), for the birthdate rule and the WELCOME.
+        self.today = today or clock.today()
         self._fault_draw_delay = fault_draw_delay  # env-only hook for scripts/chaos.py
         self._deadline_task: asyncio.Task[None] | None = None
         self._log = get_logger()
@@ -141,6 +147,7 @@ class Round:
             progress=progress,
             fault_draw_delay=fault_draw_delay,
             winning_number=winning_number,
+            today=await store.round_date(),
         )
         if await store.drawn():
             round_._set_winners(await store.winners())
@@ -227,8 +234,8 @@ class Round:
             return ErrorCode.OUT_OF_ORDER, f"agency {agency} is done"
         return None
 
-    async def admit(self, agency: int, speaker: Speaker) -> tuple[int, int]:
-        """``speaker`` now speaks for ``agency``; returns (last stored seq, stored bets).
+    async def admit(self, agency: int, speaker: Speaker) -> Progress:
+        """``speaker`` now speaks for ``agency``; returns what the store has of it.
 
         An older connection of the same agency (its process died, or the line
         dropped) may still hold batches it read but the store has not
@@ -271,20 +278,29 @@ class Round:
         """Backpressure: wait until the commit queue takes more bets."""
         await self._committer.wait_for_room()
 
-    def submit(self, agency: int, seq: int, records: Sequence[Record]) -> asyncio.Future[Any]:
+    def submit(
+        self, agency: int, seq: int, records: Sequence[Record], input_rows: int = 0
+    ) -> asyncio.Future[Any]:
         """Hand a batch to the next group commit; the future gives its `CommitResult`."""
-        future = self._committer.submit(PendingBatch(agency, seq, records))
+        future = self._committer.submit(PendingBatch(agency, seq, records, input_rows))
         count = len(records)
-        future.add_done_callback(lambda f: self._count(f, agency, seq, count))
+        future.add_done_callback(lambda f: self._count(f, agency, seq, count, input_rows))
         return future
 
     def _count(
-        self, future: asyncio.Future[CommitResult], agency: int, seq: int, count: int
+        self,
+        future: asyncio.Future[CommitResult],
+        agency: int,
+        seq: int,
+        count: int,
+        input_rows: int,
     ) -> None:
         if future.cancelled() or future.result() is not Outcome.STORED:
             return
-        last_seq, stored = self._progress.get(agency, (0, 0))
-        self._progress[agency] = (max(last_seq, seq), stored + count)
+        # The digest here stays as loaded (stale): only the store's counts, and the
+        # WELCOME reads it there. Hashing every batch again here would cost the loop.
+        last_seq, stored, _, digest = self._progress.get(agency, Progress())
+        self._progress[agency] = Progress(max(last_seq, seq), stored + count, input_rows, digest)
         self.stats.batches_stored += 1
         self.stats.bets_stored += count
 
@@ -332,8 +348,8 @@ class Round:
             "agency": [
                 {
                     "id": agency,
-                    "committed_bets": self._progress.get(agency, (0, 0))[1],
-                    "last_seq": self._progress.get(agency, (0, 0))[0],
+                    "committed_bets": self._progress.get(agency, Progress()).committed_bets,
+                    "last_seq": self._progress.get(agency, Progress()).last_seq,
                     "connected": bool(self._speakers.get(agency)),
                     "done": agency in barrier.done,
                 }

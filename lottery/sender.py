@@ -5,14 +5,22 @@ The asyncio version of the seed's goroutines and channels: three tasks in one
 
 - the *reader* parses and validates the source in a worker thread, a block
   of rows at a time, so file I/O never blocks the event loop;
-- the *cutter* cuts records into batches of at most ``batch_max_amount``
-  bets that also fit the 8 KiB frame limit, and numbers them (``seq``);
+- the *cutter* skips what an earlier run stored (by input position, checked
+  by digest: lottery/resume.py), then cuts records into batches of at most
+  ``batch_max_amount`` bets that also fit the 8 KiB frame limit, each with
+  the input position of its last bet;
 - the *sender* keeps up to ``max_in_flight`` batches on the wire, while a
   helper task reads their acks. A batch stays in the window until its ack
   arrives (the window is lottery/window.py); if the line is lost, the
   session reconnects with back-off, the WELCOME says which batches the
   server already stored, and the rest are sent again. The server drops a
-  resent batch it already has, so every bet is stored exactly once.
+  resent batch it already has, so every bet is stored exactly once. A batch
+  is numbered (``seq``) when it first goes out.
+
+A bet the server refuses as invalid (ERROR ``INVALID_BET``, which should not
+happen: both sides validate as of the round's date) is reported with its file
+and line, like a row the reader rejected, and left out: the batches from it
+on were not stored, so they are renumbered and sent again without it.
 
 The reader works on any `readers.BlockReader`: a CSV file or an iterable.
 `SendReport`, what a send did, is in lottery/reports.py.
@@ -22,12 +30,15 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import re
+from collections.abc import Sequence
 from typing import Any
 
 from .connection import Connection, raise_for, run_together
-from .csvfiles import RecordBlock
+from .csvfiles import RecordBlock, RejectedRow
+from .errors import ErrorCode, ProtocolError
 from .log import get_logger
-from .protocol import Ack, BatchCutter, skip_records
+from .protocol import Ack, BatchCutter, Error
 from .readers import BlockReader, Source, open_reader
 from .reports import SendReport
 from .session import Session
@@ -37,6 +48,33 @@ __all__ = ["BLOCK_QUEUE_SIZE", "BatchSender", "SendReport"]
 
 #: Blocks of validated records waiting for the cutter.
 BLOCK_QUEUE_SIZE = 4
+_REFUSAL = re.compile(r"bet (\d+): (.*)", re.S)  # RejectedBatch.error()'s message
+
+
+class _RefusedBet(Exception):
+    """Internal: the server refused bet ``index`` of the oldest batch in flight."""
+
+    def __init__(self, index: int, reason: str) -> None:
+        super().__init__(f"bet {index}: {reason}")
+        self.index = index
+        self.reason = reason
+
+
+def _lines_of(blocks: collections.deque[Sequence[int]], count: int) -> Sequence[int]:
+    """The input positions of the next ``count`` records, taken from ``blocks``."""
+    parts: list[Sequence[int]] = []
+    while count:
+        head = blocks[0]
+        take = min(count, len(head))
+        parts.append(head[:take])
+        count -= take
+        if take == len(head):
+            blocks.popleft()
+        else:
+            blocks[0] = head[take:]
+    if len(parts) == 1:
+        return parts[0]  # a range, mostly: no list of a million positions
+    return [line for part in parts for line in part]
 
 
 class BatchSender:
@@ -50,9 +88,13 @@ class BatchSender:
         self.bets_read = 0  # valid bets read from the source
         self.bets_sent = 0  # resends not counted again
         self.bets_acknowledged = 0
+        #: Input position after the last bet stored (by an earlier run or this one).
+        self.input_rows_stored = 0
         #: Seconds from sending each batch to its ack (the latest 100,000).
         self.ack_latencies: collections.deque[float] = collections.deque(maxlen=100_000)
         self._window: Window | None = None  # while send() runs
+        self._reader: BlockReader | None = None  # the same
+        self._base = 0  # input rows of the sources sent before this one
         self._log = get_logger(agencia=session.agency_id)
 
     def __repr__(self) -> str:
@@ -64,17 +106,24 @@ class BatchSender:
 
     async def send_source(self, source: Source) -> SendReport:
         """Open a reader for ``source`` (a path or an iterable of bets) and `send` it."""
-        # The first handshake says how many bets to skip: before reading any.
+        # The first handshake says the round's date, and where to resume: before reading.
         await self.session.ensure_open()
-        reader = await open_reader(source)
+        reader = await open_reader(source, self.session.today)
         try:
             return await self.send(reader)
         finally:
             reader.close()
 
     async def send(self, reader: BlockReader) -> SendReport:
-        """Send every record ``reader`` gives; returns once all are acknowledged."""
+        """Send every record ``reader`` gives; returns once all are acknowledged.
+
+        Raises:
+            ResumeMismatch: the input does not start with the bets already stored.
+        """
         report = SendReport()
+        self._reader = reader
+        self._base = self.session.position
+        self.input_rows_stored = max(self.input_rows_stored, self.session.resume.input_rows)
         blocks: asyncio.Queue[RecordBlock | None] = asyncio.Queue(BLOCK_QUEUE_SIZE)
         batches: asyncio.Queue[Outgoing | None] = asyncio.Queue(self.max_in_flight)
         try:
@@ -91,7 +140,9 @@ class BatchSender:
             raise
         finally:
             self._window = None
-        report.rejected = list(reader.rejected)
+            self.session.position = self._base + reader.rows
+        report.rejected = sorted(reader.rejected + report.rejected, key=lambda r: r.line)
+        report.input_rows = self.input_rows_stored
         return report
 
     async def _read_blocks(self, reader: BlockReader, out: asyncio.Queue[Any]) -> None:
@@ -115,23 +166,34 @@ class BatchSender:
         self, inp: asyncio.Queue[RecordBlock | None], out: asyncio.Queue[Any], report: SendReport
     ) -> None:
         cutter = BatchCutter(self.batch_max_amount)
-        session = self.session
+        resume = self.session.resume
+        base = self._base
+        lines: collections.deque[Sequence[int]] = collections.deque()  # of records in the cutter
         while (block := await inp.get()) is not None:
-            data = block.data
-            if session.skip:  # stored by an earlier run of this agency
-                data, skipped = skip_records(data, session.skip)
-                session.skip -= skipped
-                report.skipped += skipped
+            # Positions count from the start of everything this process sent.
+            at = block.lines
+            at = (
+                range(at.start + base, at.stop + base)
+                if isinstance(at, range)
+                else [base + n for n in at]
+            )
+            # What an earlier run of this agency stored: skipped, and checked.
+            data, at, skipped = resume.take(block.data, at)
+            report.skipped += skipped
+            if at:
+                lines.append(at)
             for records, count in cutter.feed(data):
-                await out.put(self._number(records, count))
+                await out.put(Outgoing(0, records, count, lines=_lines_of(lines, count)))
+        resume.check()  # the input may end inside the stored prefix: check it all the same
         last = cutter.flush()
         if last is not None:  # the last, short batch: never drop it
-            await out.put(self._number(*last))
+            records, count = last
+            await out.put(Outgoing(0, records, count, lines=_lines_of(lines, count)))
         await out.put(None)
 
-    def _number(self, records: bytes, count: int) -> Outgoing:
-        seq, self.session.next_seq = self.session.next_seq, self.session.next_seq + 1
-        return Outgoing(seq, records, count)
+    def _number(self, item: Outgoing) -> Outgoing:
+        item.seq, self.session.next_seq = self.session.next_seq, self.session.next_seq + 1
+        return item
 
     async def _send_batches(self, batches: asyncio.Queue[Any], report: SendReport) -> None:
         window = self._window = Window(self.max_in_flight)
@@ -145,19 +207,55 @@ class BatchSender:
                 now = asyncio.get_running_loop().time()
                 for item in window.unacked.values():  # resend, in order, after a reconnect
                     item.sent = now
-                    conn.send_batch(item.seq, item.records, item.count)
+                    conn.send_batch(item.seq, item.records, item.count, item.input_rows)
                 await run_together(
                     self._write_batches(conn, batches, window),
                     self._receive_acks(conn, window, report),
                 )
                 return
+            except _RefusedBet as exc:
+                # Not a failure of the line: the bet is left out and the rest sent again.
+                await self.session.drop()
+                self._leave_out(window, exc, report)
             except Exception as exc:
                 if report.acknowledged > acknowledged:  # progress: a new run of tries
                     retry.reset()
                 await self.session.retry_or_raise(retry, exc, "sending batches")
 
+    def _leave_out(self, window: Window, refused: _RefusedBet, report: SendReport) -> None:
+        """Drop the refused bet from the oldest batch in flight; renumber the batches.
+
+        The server stored none of the batches from the refused one on (each
+        later one skipped ahead of it), so they take its sequence onwards.
+        """
+        items = [window.unacked[seq] for seq in sorted(window.unacked)]
+        if not items or not 0 <= refused.index < items[0].count:
+            raise ProtocolError(f"the server refused a bet no batch in flight holds: {refused}")
+        first = items[0]
+        line = first.lines[refused.index]
+        name = self._reader.name if self._reader else "<bets>"
+        row = RejectedRow(name, line - self._base, f"refused by the server: {refused.reason}")
+        report.rejected.append(row)
+        self._log.warning(
+            "apuesta_rechazada", result="fail", archivo=row.path, linea=row.line, motivo=row.reason
+        )
+        records = first.records.split(b"\x1e")[:-1]
+        del records[refused.index]
+        first.records = b"".join(r + b"\x1e" for r in records)
+        first.lines = [n for i, n in enumerate(first.lines) if i != refused.index]
+        first.count -= 1
+        if not first.count:
+            items.pop(0)
+        window.unacked.clear()
+        seq = first.seq
+        for item in items:
+            item.seq, seq = seq, seq + 1
+            window.unacked[item.seq] = item
+        self.session.next_seq = seq
+
     def _acknowledged(self, items: list[Outgoing], report: SendReport, now: float = 0.0) -> None:
         for item in items:
+            self.input_rows_stored = max(self.input_rows_stored, item.input_rows)
             report.acknowledged += item.count
             self.bets_acknowledged += item.count
             if now:
@@ -172,9 +270,9 @@ class BatchSender:
             if item is None:
                 await window.update(input_done=True)
                 return
-            await window.update(item)  # before sending: a lost line resends it
+            await window.update(self._number(item))  # before sending: a lost line resends it
             item.sent = asyncio.get_running_loop().time()
-            conn.send_batch(item.seq, item.records, item.count)
+            conn.send_batch(item.seq, item.records, item.count, item.input_rows)
             self.batches_sent += 1
             self.bets_sent += item.count
             await conn.drain(self.session.timeout)
@@ -185,6 +283,11 @@ class BatchSender:
             if window.input_done and not window.unacked:
                 return
             reply = await conn.receive(self.session.timeout)
+            if isinstance(reply, Error) and reply.code == ErrorCode.INVALID_BET:
+                match = _REFUSAL.fullmatch(reply.message)
+                if match is None:
+                    raise_for(reply)
+                raise _RefusedBet(int(match[1]), match[2])
             if not isinstance(reply, Ack):
                 raise_for(reply)
             now = asyncio.get_running_loop().time()

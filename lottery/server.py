@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
 import functools
 import hmac
 import resource
@@ -627,7 +626,7 @@ class Handler:
 
     async def _handle_requests(self) -> bool:
         """Queue every request buffered so far; False once the connection is to close."""
-        today = datetime.date.today().isoformat()
+        today = self._round.today
         while (request := self._protocol.next_event(today)) is not None:
             if isinstance(request, Batch | SingleBet):
                 assert self.agency is not None  # the protocol allows bets only after WELCOME
@@ -678,7 +677,7 @@ class Handler:
         await self._round.wait_for_room()
         self._unanswered += 1
         records = request.records if isinstance(request, Batch) else (request.record,)
-        future = self._round.submit(self.agency, request.seq, records)
+        future = self._round.submit(self.agency, request.seq, records, request.input_rows)
         received = asyncio.get_running_loop().time()
         self._replies.put_nowait(_Submitted(request, future, received))
 
@@ -769,9 +768,10 @@ class Handler:
     async def _answer_hello(self, hello: Hello) -> Message:
         agencies = self._config.agencies
         if hello.version != PROTOCOL_VERSION:
-            return self._refuse(
-                Error(ErrorCode.BAD_VERSION, f"protocol version {hello.version} unknown")
-            )
+            why = f"protocol version {hello.version} is not spoken here; upgrade the agency"
+            if hello.version > PROTOCOL_VERSION:
+                why = f"protocol version {hello.version} is not spoken here; upgrade the server"
+            return self._refuse(Error(ErrorCode.BAD_VERSION, why))
         if not 1 <= hello.agency <= agencies:
             return self._refuse(
                 Error(ErrorCode.UNKNOWN_AGENCY, f"agency {hello.agency} is not in 1..{agencies}")
@@ -794,7 +794,7 @@ class Handler:
 
     async def _admit(self, agency: int) -> Welcome | Error:
         try:
-            last_seq, committed = await self._round.admit(agency, self)
+            progress = await self._round.admit(agency, self)
         except Superseded as exc:
             return self._refuse(Error(ErrorCode.OUT_OF_ORDER, str(exc)))
         self.agency = agency
@@ -803,8 +803,17 @@ class Handler:
         if self._handshake_timer is not None:
             self._handshake_timer.reschedule(None)
         self._log = self._log.bind(agencia=agency)
-        self._log.info("handshake", result="success", last_seq=last_seq, bets=committed)
-        return Welcome(last_seq, committed)
+        self._log.info(
+            "handshake", result="success", last_seq=progress.last_seq,
+            bets=progress.committed_bets, filas=progress.input_rows,
+        )  # fmt: skip
+        return Welcome(
+            progress.last_seq,
+            progress.committed_bets,
+            progress.input_rows,
+            self._round.today,
+            progress.digest,
+        )
 
     def _refuse(self, refusal: Error) -> Error:
         self._log.warning("handshake", result="fail", motivo=refusal.message)

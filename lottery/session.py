@@ -1,9 +1,10 @@
 """The agency's session with the server: connecting, the handshake, reconnecting.
 
 `Session` owns the one live `Connection` (a socket and its `ClientProtocol`)
-and what the handshake's WELCOME says: the last batch the server stored and,
-on the first connection of a process, how many bets an earlier run stored,
-which `send_bets` and `send_bet` skip. `AsyncAgency` and the batch sender
+and what the handshake's WELCOME says: the last batch the server stored, the
+round's date (every bet is validated as of that day) and, on the first
+connection of a process, where in its input an earlier run stopped, which
+`send_bets` and `send_bet` skip and check (`resume.ResumeCheck`). `AsyncAgency` and the batch sender
 reach the server only through it; `Session.retry_or_raise` is the shared step
 of their retry loops (drop the line, count the try, wait).
 """
@@ -13,11 +14,13 @@ from __future__ import annotations
 import ssl
 from collections.abc import Callable
 
+from . import clock
 from .backoff import Retry
 from .connection import Connection, closed_hint, raise_for, retryable, shielded
 from .errors import AuthenticationRequired, ConnectionLost, ProtocolError, ServerRefused
 from .log import get_logger
 from .protocol import Ack, Auth, Challenge, Error, Hello, Message, SingleBet, Welcome, auth_mac
+from .resume import ResumeCheck
 
 __all__ = ["Session"]
 
@@ -44,7 +47,12 @@ class Session:
         self.connected_once = False
         self.last_seq = 0  # the last batch the server has stored, as of the handshake
         self.next_seq = 1
-        self.skip = 0  # bets already stored before this process started
+        #: The round's date, as the last WELCOME said (the local date until then).
+        self.today = clock.today()
+        #: What earlier runs stored: skipped and checked (set by the first WELCOME).
+        self.resume = ResumeCheck(agency_id)
+        #: Input rows this process has gone through (sources before the current one).
+        self.position = 0
         self.resync = False  # numbered requests were abandoned: take next_seq from WELCOME
         self.handshakes = 0
         self.reconnects = 0
@@ -116,12 +124,20 @@ class Session:
             raise
         self.conn = conn
         self.last_seq = reply.last_seq
+        self.today = reply.today
         if not self.connected_once or self.resync:
             # A fresh process resumes after what an earlier run stored; after
             # abandoned requests, the server's count is the only sure one.
             self.next_seq = reply.last_seq + 1
             if not self.connected_once:
-                self.skip = reply.committed_bets
+                self.resume = ResumeCheck(
+                    self.agency_id, reply.input_rows, reply.committed_bets, reply.digest
+                )
+                if reply.input_rows:  # an earlier run stored bets: say where this one picks up
+                    self._log.info(
+                        "reanudar", result="in_progress", filas=reply.input_rows,
+                        apuestas=reply.committed_bets, fecha=reply.today,
+                    )  # fmt: skip
             self.connected_once, self.resync = True, False
         self._log.debug("handshake", result="success", last_seq=reply.last_seq)
 
@@ -181,13 +197,21 @@ class Session:
                 await self.drop()
                 raise
 
-    async def send_bet(self, record: tuple[str, ...]) -> None:
-        """Send one validated bet on its own, unless an earlier run already stored it."""
-        # The first handshake says where an earlier run of this agency stopped.
+    async def send_bet(self, record: tuple[str, ...], encoded: bytes) -> None:
+        """Send one validated bet on its own, unless an earlier run already stored it.
+
+        Each call is one input row. ``encoded`` is its record (`encode_record`).
+
+        Raises:
+            ResumeMismatch: the bets before it are not the ones stored.
+        """
         await self.ensure_open()
-        if self.skip:  # stored by an earlier run of this agency
-            self.skip -= 1
+        self.position += 1
+        _, _, stored = self.resume.take(encoded, (self.position,))
+        if stored:  # stored by an earlier run of this agency
+            if self.position >= self.resume.input_rows:
+                self.resume.check()
             return
         seq, self.next_seq = self.next_seq, self.next_seq + 1
-        single = SingleBet(seq, record)  # type: ignore[arg-type]
+        single = SingleBet(seq, record, self.position)  # type: ignore[arg-type]
         await self.round_trip(single, lambda reply: reply == Ack(seq))

@@ -10,6 +10,7 @@ The writer waits for room, the ack reader for something to wait on; one
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 __all__ = ["Outgoing", "Window"]
@@ -17,12 +18,18 @@ __all__ = ["Outgoing", "Window"]
 
 @dataclass(slots=True)
 class Outgoing:
-    """One numbered batch of encoded records."""
+    """One batch of encoded records; numbered (``seq``) when it first goes out."""
 
     seq: int
     records: bytes
     count: int
     sent: float = 0.0  # loop time of the last send, for the ack latency
+    #: Each record's input position, in order; the last one is the batch's ``input_rows``.
+    lines: Sequence[int] = ()
+
+    @property
+    def input_rows(self) -> int:
+        return self.lines[-1] if self.lines else 0
 
 
 class Window:

@@ -394,13 +394,18 @@ def run_baseline(data: Dataset, args: argparse.Namespace, fsync: bool = False) -
 
 
 def preencode(data: Dataset, batch_max_amount: int) -> list[list[bytes]]:
-    """Each agency's BATCH frames, cut as the agency cuts them, sequences from 1."""
+    """Each agency's BATCH frames, cut as the agency cuts them, sequences from 1.
+
+    Each frame carries its input position (protocol version 2): the rows read
+    so far, as the agency counts them.
+    """
     today = datetime.date.today().isoformat()
     frames_per_agency: list[list[bytes]] = []
     for path in data.files:
         frames: list[bytes] = []
         batch: list[bytes] = []
         size = BATCH_OVERHEAD
+        position = 0  # input rows read
         with path.open(newline="", encoding="utf-8-sig") as f:
             for row in csv.reader(f):
                 if not row:
@@ -409,12 +414,13 @@ def preencode(data: Dataset, batch_max_amount: int) -> list[list[bytes]]:
                 if batch and (
                     len(batch) >= batch_max_amount or size + len(record) > MAX_FRAME_SIZE
                 ):
-                    frames.append(encode_batch(len(frames) + 1, batch))
+                    frames.append(encode_batch(len(frames) + 1, batch, position))
                     batch, size = [], BATCH_OVERHEAD
                 batch.append(record)
                 size += len(record)
+                position += 1
         if batch:
-            frames.append(encode_batch(len(frames) + 1, batch))
+            frames.append(encode_batch(len(frames) + 1, batch, position))
         frames_per_agency.append(frames)
     return frames_per_agency
 

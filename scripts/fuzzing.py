@@ -37,6 +37,7 @@ from typing import ClassVar
 from lottery.errors import OutOfOrder, ProtocolError
 from lottery.models import DEFAULT_WINNING_NUMBER
 from lottery.protocol import (
+    BATCH_OVERHEAD,
     MAX_FRAME_SIZE,
     NONCE_SIZE,
     PROTOCOL_VERSION,
@@ -180,12 +181,12 @@ def hello(agency: int, version: int = PROTOCOL_VERSION) -> bytes:
 
 
 def batch(seq: int, rows: Sequence[Row], count: int | None = None) -> bytes:
-    body = struct.pack("!IH", seq, len(rows) if count is None else count) + records(rows)
+    body = struct.pack("!IHQ", seq, len(rows) if count is None else count, 0) + records(rows)
     return frame(FrameType.BATCH, body[:MAX_BODY])
 
 
 def bet(seq: int, row: Row) -> bytes:
-    return frame(FrameType.BET, (struct.pack("!I", seq) + records([row]))[:MAX_BODY])
+    return frame(FrameType.BET, (struct.pack("!IQ", seq, 0) + records([row]))[:MAX_BODY])
 
 
 def empty(ftype: int) -> bytes:
@@ -195,7 +196,7 @@ def empty(ftype: int) -> bytes:
 def fitting_rows(rng: random.Random, make: Callable[[], Row], most: int) -> list[Row]:
     """Up to ``most`` rows from ``make`` that still fit one BATCH frame."""
     rows: list[Row] = []
-    size = HEADER.size + 6
+    size = BATCH_OVERHEAD
     for _ in range(most):
         row = make()
         size += len(records([row]))
@@ -207,7 +208,7 @@ def fitting_rows(rng: random.Random, make: Callable[[], Row], most: int) -> list
 
 def exact_batch(seq: int, size: int) -> bytes:
     """A valid BATCH frame of exactly ``size`` bytes (50 ≤ size ≤ 8192)."""
-    room = size - HEADER.size - 6
+    room = size - BATCH_OVERHEAD
     count = -(-room // 200)
     sizes = [room // count + (i < room % count) for i in range(count)]
     rows = []
@@ -384,7 +385,7 @@ def predict(
                 proto.send(Challenge(bytes(NONCE_SIZE)))
                 owe("CHALLENGE")
                 continue
-            proto.send(Welcome(dup_limit, 0))
+            proto.send(Welcome(dup_limit, 0, 0, today))
             agency = message.agency
             admitted.add(agency)
             owe("WELCOME")
@@ -635,7 +636,7 @@ class ScriptMaker:
         if pick == 0:
             script.frames.append(hello(self._outsider(rng)))
         elif pick == 1:
-            version = rng.choice([0, 2, 3, 0x7F, 0xFF])
+            version = rng.choice([0, 1, 3, 0x7F, 0xFF])
             script.frames.append(hello(rng.choice([self._real(rng), self._outsider(rng)]), version))
         elif pick == 2:
             script.frames.append(hello(self._real(rng)))
@@ -666,13 +667,13 @@ class ScriptMaker:
             exact_batch(gap, MAX_FRAME_SIZE),  # exactly 8 KiB: a well-formed frame
             exact_batch(gap, rng.randint(60, MAX_FRAME_SIZE)),
             frame(FrameType.BATCH, length=MAX_BODY + 1),  # 8193 bytes announced
-            frame(FrameType.BATCH, struct.pack("!IH", gap, 0)),  # a count of 0
-            frame(FrameType.BATCH, struct.pack("!IH", gap, 2) + row),  # count ≠ records
-            frame(FrameType.BATCH, struct.pack("!IH", gap, 1) + row[:-1]),  # no final 0x1E
-            frame(FrameType.BATCH, struct.pack("!IH", gap, 1) + b"\xff" + row),  # not UTF-8
-            frame(FrameType.BATCH, struct.pack("!I", gap)),  # too short for its header
-            frame(FrameType.BET, struct.pack("!I", gap) + row + row),  # BET with two bets
-            frame(FrameType.BET, struct.pack("!I", gap)),  # BET with none
+            frame(FrameType.BATCH, struct.pack("!IHQ", gap, 0, 0)),  # a count of 0
+            frame(FrameType.BATCH, struct.pack("!IHQ", gap, 2, 0) + row),  # count ≠ records
+            frame(FrameType.BATCH, struct.pack("!IHQ", gap, 1, 0) + row[:-1]),  # no final 0x1E
+            frame(FrameType.BATCH, struct.pack("!IHQ", gap, 1, 0) + b"\xff" + row),  # not UTF-8
+            frame(FrameType.BATCH, struct.pack("!IH", gap, 1)),  # too short for its header
+            frame(FrameType.BET, struct.pack("!IQ", gap, 0) + row + row),  # BET with two bets
+            frame(FrameType.BET, struct.pack("!IQ", gap, 0)),  # BET with none
             frame(FrameType.DONE, b"\x00"),
             frame(FrameType.WINNERS_QUERY, b"x"),
             frame(FrameType.STATUS_QUERY, b"status?"),

@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Iterator, Sequence
 from typing import TypeVar
 
 from lottery.protocol import Record
-from lottery.store import Outcome, PendingBatch
+from lottery.store import Outcome, PendingBatch, Progress
 
 #: Longest a gate may stay closed before the fake store gives up (a test bug).
 GATE_TIMEOUT = 10.0
@@ -69,13 +69,16 @@ class FakeStore:
         self._enter("open")
         return self
 
-    def progress(self, agency: int) -> tuple[int, int]:
+    def progress(self, agency: int) -> Progress:
         self._enter("progress")
-        return (0, 0)
+        return Progress()
 
-    def all_progress(self) -> dict[int, tuple[int, int]]:
+    def all_progress(self) -> dict[int, Progress]:
         self._enter("all_progress")
         return {}
+
+    def round_date(self) -> str:
+        return "2024-06-01"
 
     def commit(self, batches: Sequence[PendingBatch]) -> list[Outcome]:
         self._enter("commit")

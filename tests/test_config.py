@@ -24,6 +24,7 @@ from lottery.config import (
     AgencyConfig,
     Option,
     ServerConfig,
+    boolean,
     load_agency_config,
     load_server_config,
 )
@@ -283,8 +284,12 @@ def test_every_setting_has_its_flag_env_name_and_file_key(
             assert not opt.command_line
             assert f"{opt.flag_name} " not in help_text
             continue
-        assert getattr(parser.parse_args([command, opt.flag_name, "x"]), opt.field) == "x"
-        entry = f"{opt.flag_name} {opt.field.upper()} {opt.help} ("
+        if opt.parse is boolean:  # a flag with no value
+            assert getattr(parser.parse_args([command, opt.flag_name]), opt.field) == "true"
+            entry = f"{opt.flag_name} {opt.help} ("
+        else:
+            assert getattr(parser.parse_args([command, opt.flag_name, "x"]), opt.field) == "x"
+            entry = f"{opt.flag_name} {opt.field.upper()} {opt.help} ("
         assert entry in help_text, opt.flag_name
         where = help_text[help_text.index(entry) + len(entry) :].split(")")[0]
         assert f"env {opt.env}" in where

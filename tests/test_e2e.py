@@ -145,7 +145,7 @@ def test_birthdates_do_not_move_with_the_time_zone(tmp_path: Path) -> None:
 
 
 def test_quoted_commas_and_bad_rows(tmp_path: Path) -> None:
-    """A quoted comma is one field; a bad row is reported and skipped, and the agency exits 1."""
+    """A quoted comma is one field; a bad row is reported and skipped (allowed), and exit is 1."""
     path = tmp_path / "agency-1.csv"
     path.write_text(
         '"Pérez, Juan ""el"" Jr",O\'Hara,10,1980-01-01,7574\n'
@@ -154,7 +154,7 @@ def test_quoted_commas_and_bad_rows(tmp_path: Path) -> None:
         "Last,Bet,12,1970-05-05,3\n",
         encoding="utf-8",
     )
-    _, agencies, status = _run_round(tmp_path, [path])
+    _, agencies, status = _run_round(tmp_path, [path], agency_args=("--allow-rejected",))
     (agency,) = agencies
     assert agency.returncode == 1
     assert "linea: 2" in agency.output and "linea: 3" in agency.output

@@ -193,15 +193,19 @@ def _decode_body(ftype: int, body: bytes) -> Outcome:
         return (
             Outcome("event", size, (FrameType(ftype).name,)) if not body else Outcome("error", size)
         )
-    head = 6 if ftype == FrameType.BATCH else 4
+    # docs/PROTOCOL.md §4: BATCH is seq u32, count u16, input_rows u64; BET seq u32, input_rows u64.
+    head = 14 if ftype == FrameType.BATCH else 12
     if len(body) < head:
         return Outcome("error", size)
     seq = struct.unpack_from("!I", body)[0]
     if seq == 0:
         return Outcome("error", size)
     count = struct.unpack_from("!H", body, 4)[0] if ftype == FrameType.BATCH else 1
+    input_rows = struct.unpack_from("!Q", body, head - 8)[0]
     if count == 0:
         return Outcome("error", size)
+    if ftype == FrameType.BET and body.count(RS.encode(), head) != 1:
+        return Outcome("error", size)  # a BET of two bets (or none) is no bet at all
     rows, bad, reason = _records(body[head:])
     if rows is None:
         if bad < 0:
@@ -209,7 +213,7 @@ def _decode_body(ftype: int, body: bytes) -> Outcome:
         return Outcome("invalid", size, (seq, count, reason), index=bad)
     if len(rows) != count:
         return Outcome("error", size)
-    return Outcome("event", size, (FrameType(ftype).name, seq, rows))
+    return Outcome("event", size, (FrameType(ftype).name, seq, rows, input_rows))
 
 
 def model_next(pending: bytes, state: str) -> Outcome:
@@ -234,9 +238,9 @@ def _fields(message: Message) -> object:
     if isinstance(message, Auth):
         return ("auth", message.mac)
     if isinstance(message, Batch):
-        return ("BATCH", message.seq, [tuple(r) for r in message.records])
+        return ("BATCH", message.seq, [tuple(r) for r in message.records], message.input_rows)
     if isinstance(message, SingleBet):
-        return ("BET", message.seq, [tuple(message.record)])
+        return ("BET", message.seq, [tuple(message.record)], message.input_rows)
     names = {Done: "DONE", WinnersQuery: "WINNERS_QUERY", StatusQuery: "STATUS_QUERY"}
     return (names[type(message)],)
 
@@ -308,11 +312,11 @@ def frame(ftype: int, body: bytes) -> bytes:
 def batch_frame(seq: int, rows: list[tuple[str, ...]], count: int | None = None) -> bytes:
     text = "".join(FS.join(r) + RS for r in rows).encode()
     announced = len(rows) if count is None else count
-    return frame(FrameType.BATCH, struct.pack("!IH", seq, announced) + text)
+    return frame(FrameType.BATCH, struct.pack("!IHQ", seq, announced, seq * 7) + text)
 
 
 def bet_frame(seq: int, row: tuple[str, ...]) -> bytes:
-    return frame(FrameType.BET, struct.pack("!I", seq) + (FS.join(row) + RS).encode())
+    return frame(FrameType.BET, struct.pack("!IQ", seq, seq * 7) + (FS.join(row) + RS).encode())
 
 
 client_frames = st.one_of(
@@ -541,7 +545,7 @@ class ServerProtocolMachine(RuleBasedStateMachine):
     ) -> None:
         self.feed(batch_frame(seq, rows), cuts)
         # A whole, valid batch where batches are allowed: exactly these records.
-        assert _fields(self.events[-1]) == ("BATCH", seq, [tuple(r) for r in rows])
+        assert _fields(self.events[-1]) == ("BATCH", seq, [tuple(r) for r in rows], seq * 7)
         assert self.state == "open" and not self.pending
 
     @precondition(lambda self: self.state == "open" and not self.pending)

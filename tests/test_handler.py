@@ -29,7 +29,7 @@ from lottery.protocol import (
 )
 from lottery.round import RoundStats, Speaker, WinnersWait
 from lottery.server import Handler
-from lottery.store import Outcome
+from lottery.store import Outcome, Progress
 
 from .helpers import LOOPBACK, REPLY_TIMEOUT, make_rows
 
@@ -57,9 +57,9 @@ class FakeRound:
     def refuse_bets(self, agency: int) -> tuple[ErrorCode, str] | None:
         return self.refusal
 
-    async def admit(self, agency: int, speaker: Speaker) -> tuple[int, int]:
+    async def admit(self, agency: int, speaker: Speaker) -> Progress:
         self.admitted.append(agency)
-        return (4, 40)
+        return Progress(4, 40)
 
     def leave(self, agency: int, speaker: Speaker) -> None:
         self.left.append(agency)
@@ -67,7 +67,11 @@ class FakeRound:
     async def wait_for_room(self) -> None:
         return None
 
-    def submit(self, agency: int, seq: int, records: Any) -> asyncio.Future[Any]:
+    today = "2024-06-01"
+
+    def submit(
+        self, agency: int, seq: int, records: Any, input_rows: int = 0
+    ) -> asyncio.Future[Any]:
         self.submitted.append((agency, seq, len(records)))
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         future.set_result(self.outcome)
@@ -128,7 +132,7 @@ async def test_a_handshake_then_a_batch_goes_through_the_round() -> None:
     fake = FakeRound()
     async with handler_for(fake) as peer:
         peer.send(Hello(1))
-        assert await peer.receive() == Welcome(4, 40)
+        assert await peer.receive() == Welcome(4, 40, today="2024-06-01")
         peer.send(Batch(5, make_rows(3)))  # type: ignore[arg-type]
         assert await peer.receive() == Ack(5)
     assert fake.admitted == [1]
@@ -141,7 +145,7 @@ async def test_replies_come_in_request_order() -> None:
     fake = FakeRound()
     async with handler_for(fake) as peer:
         peer.send(Hello(1))
-        assert await peer.receive() == Welcome(4, 40)
+        assert await peer.receive() == Welcome(4, 40, today="2024-06-01")
         peer.send(StatusQuery(), Batch(1, make_rows(1)), Done(), WinnersQuery())  # type: ignore[arg-type]
         assert await peer.receive() == Status('{"agencies": 2}')
         assert await peer.receive() == Ack(1)
@@ -156,7 +160,7 @@ async def test_a_bet_the_round_refuses_closes_the_connection() -> None:
     fake.refusal = (ErrorCode.DRAW_MADE, "the draw is made")
     async with handler_for(fake) as peer:
         peer.send(Hello(1))
-        assert await peer.receive() == Welcome(4, 40)
+        assert await peer.receive() == Welcome(4, 40, today="2024-06-01")
         peer.send(Batch(1, make_rows(1)))  # type: ignore[arg-type]
         reply = await peer.receive()
         assert isinstance(reply, Error) and reply.code == ErrorCode.DRAW_MADE
@@ -171,7 +175,7 @@ async def test_a_gap_is_refused_and_the_connection_goes_on() -> None:
     fake.winners_answer = WinnersWait.NOT_READY
     async with handler_for(fake) as peer:
         peer.send(Hello(1))
-        assert await peer.receive() == Welcome(4, 40)
+        assert await peer.receive() == Welcome(4, 40, today="2024-06-01")
         peer.send(Batch(9, make_rows(1)), WinnersQuery())  # type: ignore[arg-type]
         reply = await peer.receive()
         assert isinstance(reply, Error) and reply.code == ErrorCode.BAD_SEQUENCE

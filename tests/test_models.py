@@ -390,7 +390,7 @@ def test_the_server_decoder_accepts_exactly_what_validate_fields_accepts(
     proto.receive_data(encode(Hello(1)))
     assert proto.next_event(TODAY) == Hello(1)
     proto.send(Welcome(0, 0))
-    body = struct.pack("!I", 9) + raw
+    body = struct.pack("!IQ", 9, 0) + raw
     proto.receive_data(struct.pack("!IB", len(body), FrameType.BET) + body)
     slow = slow_verdict(fields)
     if slow is None:

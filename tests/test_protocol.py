@@ -84,7 +84,7 @@ def frame(ftype: int, body: bytes = b"") -> bytes:
 
 def batch_frame(seq: int, count: int, records: bytes) -> bytes:
     """A BATCH frame with an arbitrary announced count and record bytes."""
-    return frame(FrameType.BATCH, struct.pack("!IH", seq, count) + records)
+    return frame(FrameType.BATCH, struct.pack("!IHQ", seq, count, 0) + records)
 
 
 def opened() -> ServerProtocol:
@@ -633,10 +633,10 @@ def test_a_rejected_batch_leaves_the_connection_open() -> None:
         (frame(FrameType.DONE, b"x"), "DONE takes no body"),
         (frame(FrameType.WINNERS_QUERY, b"\x00"), "WINNERS_QUERY takes no body"),
         (frame(FrameType.BET, b"\x00\x00"), "too short"),
-        (frame(FrameType.BATCH, b"\x00\x00\x00\x01\x00"), "too short"),
+        (frame(FrameType.BATCH, b"\x00\x00\x00\x01\x00\x01\x00"), "too short"),
         (batch_frame(1, 0, b""), "no bets"),
         (batch_frame(0, 1, raw_record(rec())), "sequence 0"),
-        (frame(FrameType.BET, struct.pack("!I", 0) + raw_record(rec())), "sequence 0"),
+        (frame(FrameType.BET, struct.pack("!IQ", 0, 0) + raw_record(rec())), "sequence 0"),
         (batch_frame(1, 1, b""), "0x1E"),
         (batch_frame(1, 3, raw_record(rec()) * 2), "announces 3 bets but holds 2"),
         (batch_frame(1, 1, raw_record(rec()) * 2), "announces 1 bets but holds 2"),
@@ -650,7 +650,7 @@ def test_a_rejected_batch_leaves_the_connection_open() -> None:
             "not valid UTF-8",
         ),
         (
-            frame(FrameType.BET, struct.pack("!I", 1) + raw_record(rec()) * 2),
+            frame(FrameType.BET, struct.pack("!IQ", 1, 0) + raw_record(rec()) * 2),
             "exactly one bet, got 2",
         ),
     ],
@@ -684,7 +684,8 @@ def test_a_hello_of_the_wrong_size_is_refused(data: bytes, reason: str) -> None:
     ("data", "reason"),
     [
         (frame(FrameType.ACK, b"\x00\x00\x01"), "ACK body must be 4 bytes"),
-        (frame(FrameType.WELCOME, b"\x00" * 11), "WELCOME body must be 12 bytes"),
+        (frame(FrameType.WELCOME, b"\x00" * 11), "WELCOME body must be 62 bytes"),
+        (frame(FrameType.WELCOME, b"\x00" * 62), "WELCOME date .* is not YYYY-MM-DD"),
         (frame(FrameType.NOT_READY, b"\x00"), "NOT_READY body too short"),
         (
             frame(FrameType.NOT_READY, b"\x00\x00\x00\x02\x00\x02\x00\x00\x00\x03"),
@@ -752,7 +753,7 @@ def test_invalid_batch_count_is_the_announced_one() -> None:
 def test_an_invalid_single_bet_counts_one() -> None:
     """A BET frame holding an invalid bet yields a RejectedBatch with index 0 and count 1."""
     proto = opened()
-    body = struct.pack("!I", 5) + raw_record(rec(number="12345"))
+    body = struct.pack("!IQ", 5, 0) + raw_record(rec(number="12345"))
     proto.receive_data(frame(FrameType.BET, body) + encode(Done()))
     event = rejected(proto)
     assert (event.seq, event.index, event.count) == (5, 0, 1)
@@ -901,7 +902,11 @@ def random_frames(draw: st.DrawFn) -> bytes:
     for ftype, body in draw(st.lists(st.tuples(any_frame_type, bodies), max_size=6)):
         if ftype in (FrameType.BATCH, FrameType.BET) and draw(st.booleans()):
             count = draw(st.integers(0, 3))
-            head = struct.pack("!IH", 1, count) if ftype == FrameType.BATCH else b"\0\0\0\1"
+            head = (
+                struct.pack("!IHQ", 1, count, 0)
+                if ftype == FrameType.BATCH
+                else struct.pack("!IQ", 1, 0)
+            )
             body = head + body
         out.append(frame(ftype, body))
     return b"".join(out)

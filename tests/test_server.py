@@ -78,7 +78,9 @@ async def test_batch_is_acked_with_its_seq_and_stored(
         async with raw_connection(server.port, agency=1) as conn:
             await send_round(conn, 1, rows)
         async with raw_connection(server.port) as conn:
-            assert await conn.hello(1) == Welcome(1, 3)
+            welcome = await conn.hello(1)
+            assert isinstance(welcome, Welcome)
+            assert (welcome.last_seq, welcome.committed_bets) == (1, 3)
     assert stored_bets(data_dir_of(tmp_path)) == [(1, *r[:4], int(r[4])) for r in rows]
     assert log_events(log_stream, "apuesta_recibida", result="success", cantidad=3, agencia=1)
 

@@ -8,7 +8,7 @@ store on a thread of its own, `ThreadedStore`.
 
 from __future__ import annotations
 
-from .base import AsyncStore, Outcome, PendingBatch, Store
+from .base import AsyncStore, Outcome, PendingBatch, Progress, Store
 from .sqlite import DB_FILENAME, SYNC_MODES, SQLiteStore
 from .threaded import ThreadedStore
 
@@ -18,6 +18,7 @@ __all__ = [
     "AsyncStore",
     "Outcome",
     "PendingBatch",
+    "Progress",
     "SQLiteStore",
     "Store",
     "ThreadedStore",

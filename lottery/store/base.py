@@ -21,7 +21,14 @@ backend (a shared PostgreSQL, say) is a new class, not a change to the server:
 4. **Winners fixed by the stored bets.** `winners` lists each agency's
    winning documents among the bets stored before the draw, in store order.
 5. **Progress reads.** `progress` and `all_progress` report what is durably
-   stored: a restarted agency resumes from them.
+   stored, per agency, as a `Progress`: the last stored sequence, the bets
+   stored, the agency's input position after its last stored bet (the
+   ``input_rows`` of its last stored batch) and its agency digest
+   (`lottery.models.agency_digest` over every stored bet's record, in
+   sequence order). All four are kept *in the same transaction* as the bets,
+   and a restarted agency resumes from them: it skips ``input_rows`` rows of
+   its input and checks the digest. `round_date` is the day every bet of the
+   round is validated against, recorded when the store is created.
 
 Two shapes of the same contract:
 
@@ -36,11 +43,20 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
-from ..models import Record
+from ..models import EMPTY_DIGEST, Record
 
-__all__ = ["AsyncStore", "Outcome", "PendingBatch", "Store"]
+__all__ = ["AsyncStore", "Outcome", "PendingBatch", "Progress", "Store"]
+
+
+class Progress(NamedTuple):
+    """How far an agency got, as stored (guarantee 5); what a WELCOME says."""
+
+    last_seq: int = 0
+    committed_bets: int = 0
+    input_rows: int = 0  # the agency's input position after its last stored bet
+    digest: bytes = EMPTY_DIGEST  # the agency digest of every stored bet
 
 
 class Outcome(enum.Enum):
@@ -54,11 +70,12 @@ class Outcome(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class PendingBatch:
-    """One batch waiting for a commit: whose, which sequence, which bets."""
+    """One batch waiting for a commit: whose, which sequence, which bets, where in the input."""
 
     agency: int
     seq: int
     records: Sequence[Record]  # a `Records` from the server; any rows will do
+    input_rows: int = 0  # the agency's input position after the batch's last bet
 
 
 class Store(Protocol):
@@ -67,12 +84,16 @@ class Store(Protocol):
     #: The round's identity, made when the store was created and never changed.
     round_id: str
 
-    def progress(self, agency: int) -> tuple[int, int]:
-        """(last committed sequence, committed bets) of ``agency``."""
+    def progress(self, agency: int) -> Progress:
+        """How far ``agency`` got (guarantee 5); ``Progress()`` if it stored nothing."""
         ...
 
-    def all_progress(self) -> dict[int, tuple[int, int]]:
+    def all_progress(self) -> dict[int, Progress]:
         """`progress` of every agency that stored something."""
+        ...
+
+    def round_date(self) -> str:
+        """The round's date (ISO): every bet is valid or not as of this day."""
         ...
 
     def commit(self, batches: Sequence[PendingBatch]) -> list[Outcome]:
@@ -111,9 +132,11 @@ class AsyncStore(Protocol):
 
     round_id: str
 
-    async def progress(self, agency: int) -> tuple[int, int]: ...
+    async def progress(self, agency: int) -> Progress: ...
 
-    async def all_progress(self) -> dict[int, tuple[int, int]]: ...
+    async def all_progress(self) -> dict[int, Progress]: ...
+
+    async def round_date(self) -> str: ...
 
     async def commit(self, batches: Sequence[PendingBatch]) -> list[Outcome]: ...
 

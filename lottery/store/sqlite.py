@@ -8,6 +8,14 @@ for the export. The winning bets are picked out as each batch is stored (a
 substring test, in C), so the draw reads a short `winners` table instead of
 every bet.
 
+Each agency's progress row also holds its input position and its agency
+digest (`lottery.models.agency_digest`). The store keeps one running SHA-256
+per agency in memory, rebuilt when the store opens by hashing that agency's
+stored batches in sequence order (and checked against the stored digest),
+then fed each batch it stores. A data directory made before these columns
+existed gets them on open (``ALTER TABLE``), its input position taken to be
+its bet count: the agency's digest check then says whether that holds.
+
 An `SQLiteStore` must be used from one thread only (SQLite connections belong
 to the thread that opened them): the server runs it through `ThreadedStore`.
 """
@@ -22,9 +30,10 @@ import sqlite3
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from .. import clock
 from ..errors import ConfigError, StoreError
-from ..models import DEFAULT_WINNING_NUMBER, FS, RS, Records
-from .base import Outcome, PendingBatch
+from ..models import DEFAULT_WINNING_NUMBER, FS, RS, Records, RunningDigest, agency_digest
+from .base import Outcome, PendingBatch, Progress
 from .lock import DataDirLock
 
 __all__ = ["DB_FILENAME", "SYNC_MODES", "SQLiteStore", "new_round_id"]
@@ -56,7 +65,9 @@ CREATE TABLE IF NOT EXISTS agencies (
     agency INTEGER PRIMARY KEY,
     last_seq INTEGER NOT NULL DEFAULT 0,
     committed_bets INTEGER NOT NULL DEFAULT 0,
-    done INTEGER NOT NULL DEFAULT 0
+    done INTEGER NOT NULL DEFAULT 0,
+    input_rows INTEGER NOT NULL DEFAULT 0,
+    digest BLOB
 );
 CREATE TABLE IF NOT EXISTS settings (
     name TEXT PRIMARY KEY,
@@ -64,6 +75,14 @@ CREATE TABLE IF NOT EXISTS settings (
 );
 """
 
+
+# Columns added to `agencies` after the first release, with how to fill them in
+# an older data directory (see the module docstring).
+_ADDED_COLUMNS = {
+    "input_rows": "ALTER TABLE agencies ADD COLUMN input_rows INTEGER NOT NULL DEFAULT 0;"
+    "UPDATE agencies SET input_rows = committed_bets",
+    "digest": "ALTER TABLE agencies ADD COLUMN digest BLOB",
+}
 
 # Bound parameters per statement: 999 is the lowest limit any SQLite has had.
 _MAX_PARAMETERS = 999
@@ -112,6 +131,8 @@ class SQLiteStore:
             acknowledged batch survives power loss), NORMAL or OFF.
         exclusive: hold the data directory's lock (`DataDirLock`) while open,
             as a server does; readers leave it False.
+        today: the round's date for a new store (default: `lottery.clock.today`);
+            a store keeps the date it was created on.
     """
 
     def __init__(
@@ -122,6 +143,7 @@ class SQLiteStore:
         synchronous: str = "FULL",
         *,
         exclusive: bool = False,
+        today: str | None = None,
     ) -> None:
         if synchronous.upper() not in SYNC_MODES:
             raise ConfigError(f"synchronous must be one of {', '.join(SYNC_MODES)}")
@@ -138,20 +160,18 @@ class SQLiteStore:
                 self._db.execute("PRAGMA journal_mode=WAL")
                 self._db.execute(f"PRAGMA synchronous={synchronous.upper()}")
                 self._db.executescript(_SCHEMA)
+                self._add_columns()
                 self.winning_number = self._setting("winning_number", winning_number)
                 self.round_id = self._round_id()
+                self._round_date = self._date_setting(today)
                 if agencies is not None:
                     self._setting("agencies", agencies)
                 self._drawn = (
                     self._db.execute("SELECT 1 FROM settings WHERE name = 'drawn'").fetchone()
                     is not None
                 )
-                self._progress = {
-                    agency: (last_seq, count)
-                    for agency, last_seq, count in self._db.execute(
-                        "SELECT agency, last_seq, committed_bets FROM agencies"
-                    )
-                }
+                self._digests: dict[int, RunningDigest] = {}
+                self._progress = self._load_progress()
             except BaseException:
                 # A store that fails to open (corrupt file, other agency count)
                 # must not leak its connection and the file handles behind it.
@@ -195,17 +215,59 @@ class SQLiteStore:
             )
         return value
 
+    def _add_columns(self) -> None:
+        """Give a data directory from before protocol version 2 its new columns."""
+        have = {row[1] for row in self._db.execute("PRAGMA table_info(agencies)")}
+        for column, sql in _ADDED_COLUMNS.items():
+            if column not in have:
+                self._db.executescript(f"BEGIN; {sql}; COMMIT;")
+
+    def _date_setting(self, today: str | None) -> str:
+        """The round's date: recorded when the store is made, then kept."""
+        row = self._db.execute("SELECT value FROM settings WHERE name = 'today'").fetchone()
+        if row is not None:
+            return str(row[0])
+        value = today or clock.today()
+        self._db.execute("INSERT INTO settings VALUES ('today', ?)", (value,))
+        return value
+
+    def _load_progress(self) -> dict[int, Progress]:
+        """Every agency's progress, and its running digest rebuilt from its batches."""
+        rows = self._db.execute(
+            "SELECT agency, last_seq, committed_bets, input_rows, digest FROM agencies"
+        ).fetchall()
+        for agency, text in self._db.execute(
+            "SELECT agency, records FROM batches ORDER BY agency, seq"
+        ):
+            running = self._digests.get(agency)
+            if running is None:
+                running = self._digests[agency] = agency_digest()
+            running.update(text.encode())
+        progress = {}
+        for agency, last_seq, count, input_rows, stored in rows:
+            digest = self._digests.setdefault(agency, agency_digest()).digest()
+            if stored is not None and stored != digest:
+                raise StoreError(
+                    f"{self.path}: the stored bets of agency {agency} do not match its "
+                    "recorded digest; the data directory is damaged"
+                )
+            progress[agency] = Progress(last_seq, count, input_rows, digest)
+        return progress
+
     def _winner_marks(self) -> tuple[str, ...]:
         # The number field, with each zero padding that still reads as the
         # winning number, between the separators around it: FS + "7574" + RS.
         digits = str(self.winning_number)
         return tuple(f"{FS}{'0' * pad}{digits}{RS}" for pad in range(5 - len(digits)))
 
-    def progress(self, agency: int) -> tuple[int, int]:
-        return self._progress.get(agency, (0, 0))
+    def progress(self, agency: int) -> Progress:
+        return self._progress.get(agency, Progress())
 
-    def all_progress(self) -> dict[int, tuple[int, int]]:
+    def all_progress(self) -> dict[int, Progress]:
         return dict(self._progress)
+
+    def round_date(self) -> str:
+        return self._round_date
 
     def commit(self, batches: Sequence[PendingBatch]) -> list[Outcome]:
         if self._drawn:  # the winners are known: a bet now cannot take part
@@ -217,11 +279,12 @@ class SQLiteStore:
         # fifty batches wait a quarter of a second for the GIL alone.
         outcomes: list[Outcome] = []
         progress = dict(self._progress)  # published only once the commit succeeds
+        digests: dict[int, RunningDigest] = {}  # copies, published with progress
         stored: list[tuple[int, int, int, str]] = []
         winners: list[tuple[int, str]] = []
         marks = self._winner_marks()
         for batch in batches:
-            last_seq, count = progress.get(batch.agency, (0, 0))
+            last_seq, count, _, _ = progress.get(batch.agency, Progress())
             if batch.seq <= last_seq:
                 outcomes.append(Outcome.DUPLICATE)
                 continue
@@ -235,7 +298,14 @@ class SQLiteStore:
             if any(mark in records.text for mark in marks):
                 number = self.winning_number
                 winners += [(batch.agency, r[2]) for r in records if int(r[4]) == number]
-            progress[batch.agency] = (batch.seq, count + len(records))
+            running = digests.get(batch.agency)
+            if running is None:
+                base = self._digests.get(batch.agency)
+                running = digests[batch.agency] = base.copy() if base else agency_digest()
+            running.update(records.text.encode())
+            progress[batch.agency] = Progress(
+                batch.seq, count + len(records), batch.input_rows, running.digest()
+            )
             outcomes.append(Outcome.STORED)
         changed = [
             (agency, *progress[agency])
@@ -250,9 +320,10 @@ class SQLiteStore:
                 _insert(db, "INSERT INTO winners VALUES {}", winners)
                 _insert(
                     db,
-                    "INSERT INTO agencies (agency, last_seq, committed_bets) VALUES {} "
-                    "ON CONFLICT(agency) DO UPDATE SET "
-                    "last_seq = excluded.last_seq, committed_bets = excluded.committed_bets",
+                    "INSERT INTO agencies (agency, last_seq, committed_bets, input_rows, digest) "
+                    "VALUES {} ON CONFLICT(agency) DO UPDATE SET "
+                    "last_seq = excluded.last_seq, committed_bets = excluded.committed_bets, "
+                    "input_rows = excluded.input_rows, digest = excluded.digest",
                     changed,
                 )
                 db.execute("COMMIT")
@@ -263,6 +334,7 @@ class SQLiteStore:
         except sqlite3.Error as exc:
             raise StoreError(f"commit of {len(batches)} batches failed: {exc}") from exc
         self._progress = progress
+        self._digests.update(digests)
         return outcomes
 
     def mark_done(self, agency: int) -> None:

@@ -15,7 +15,7 @@ import functools
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
-from .base import Outcome, PendingBatch, Store
+from .base import Outcome, PendingBatch, Progress, Store
 
 __all__ = ["ThreadedStore"]
 
@@ -50,11 +50,14 @@ class ThreadedStore:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, functools.partial(fn, store))
 
-    async def progress(self, agency: int) -> tuple[int, int]:
+    async def progress(self, agency: int) -> Progress:
         return await self.call(lambda s: s.progress(agency))
 
-    async def all_progress(self) -> dict[int, tuple[int, int]]:
+    async def all_progress(self) -> dict[int, Progress]:
         return await self.call(lambda s: s.all_progress())
+
+    async def round_date(self) -> str:
+        return await self.call(lambda s: s.round_date())
 
     async def commit(self, batches: Sequence[PendingBatch]) -> list[Outcome]:
         return await self.call(lambda s: s.commit(batches))
