@@ -267,6 +267,22 @@ async def test_status_at_the_connection_limit_gives_the_servers_message() -> Non
     assert "TOO_MANY_CONNECTIONS" in str(error.value)
 
 
+@pytest.mark.e2e
+async def test_lottery_status_prints_the_servers_refusal() -> None:
+    """`lottery status` at the connection limit prints the server's message on one line, exit 1."""
+    async with fake_server(_at_its_limit) as port:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "lottery", "status", "--server", f"127.0.0.1:{port}",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        async with asyncio.timeout(30 * UNIT):
+            _, err = await proc.communicate()
+    assert proc.returncode == 1
+    assert err.decode().strip() == (
+        "lottery status: server refused (TOO_MANY_CONNECTIONS): at the limit of 1026 connections"
+    )
+
+
 async def test_the_agency_gives_its_tls_hint_at_the_first_close(log_stream: io.StringIO) -> None:
     """The first connection closed before any reply logs the --tls-ca hint, not the last."""
     async with fake_server(_closes_at_once) as port:
