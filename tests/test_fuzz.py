@@ -189,7 +189,10 @@ def _decode_body(ftype: int, body: bytes) -> Outcome:
         return Outcome("event", size, ("hello", agency, version))
     if ftype == FrameType.AUTH:
         return Outcome("event", size, ("auth", body)) if len(body) == 32 else Outcome("error", size)
-    if ftype in (FrameType.DONE, FrameType.WINNERS_QUERY, FrameType.STATUS_QUERY):
+    if ftype == FrameType.STATUS_QUERY:  # empty, or an operator's 32-byte proof (§ STATUS_QUERY)
+        ok = len(body) in (0, 32)
+        return Outcome("event", size, ("STATUS_QUERY",)) if ok else Outcome("error", size)
+    if ftype in (FrameType.DONE, FrameType.WINNERS_QUERY):
         return (
             Outcome("event", size, (FrameType(ftype).name,)) if not body else Outcome("error", size)
         )
