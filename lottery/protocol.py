@@ -114,7 +114,10 @@ OPERATOR_TOKEN_SIZE = 32  # SHA-256, see operator_proof
 _OPERATOR_CONTEXT = b"lottery-operator-v1"
 _AUTH_CONTEXT = b"lottery-auth-v1"
 # last committed sequence, committed bets, input rows, the round's date, agency digest
-_WELCOME = struct.Struct(f"!IQQ10s{DIGEST_SIZE}s")
+_WELCOME = struct.Struct(f"!IQQ10s{DIGEST_SIZE}s")  # then the round id: u8 length, ASCII
+#: The longest round id a WELCOME carries.
+MAX_ROUND_ID = 64
+_ROUND_ID_RE = re.compile(rb"[\x21-\x7e]*")
 _SEQ = struct.Struct("!I")  # sequence (ack)
 _BET = struct.Struct("!IQ")  # sequence, input rows
 _BATCH = struct.Struct("!IHQ")  # sequence, bet count, input rows
@@ -181,6 +184,9 @@ class Welcome:
     input_rows: int = 0
     today: str = field(default_factory=clock.today)
     digest: bytes = EMPTY_DIGEST
+    #: The round's id, for the agency's log: a rerun against a leftover round shows it.
+    #: Not compared: it says which round, not how far the agency got.
+    round_id: str = field(default="", compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -471,11 +477,12 @@ def encode(message: Message) -> bytes:
     match message:
         case Hello(agency, version):
             return _frame(FrameType.HELLO, _HELLO.pack(version, agency))
-        case Welcome(last_seq, committed, input_rows, today, digest):
+        case Welcome(last_seq, committed, input_rows, today, digest, round_id):
             if not _DATE_RE.fullmatch(today.encode()) or len(digest) != DIGEST_SIZE:
                 raise ValueError(f"WELCOME needs an ISO date and a {DIGEST_SIZE}-byte digest")
+            name = round_id.encode("ascii")[:MAX_ROUND_ID]
             body = _WELCOME.pack(last_seq, committed, input_rows, today.encode(), digest)
-            return _frame(FrameType.WELCOME, body)
+            return _frame(FrameType.WELCOME, body + bytes([len(name)]) + name)
         case SingleBet(seq, record, input_rows):
             body = _BET.pack(seq, input_rows) + (FS.join(record) + RS).encode()
             return _frame(FrameType.BET, body)
@@ -593,10 +600,18 @@ def _check_seq(seq: int) -> None:
 
 
 def _decode_welcome(body: bytes) -> Welcome:
-    last_seq, committed, input_rows, today, digest = _unpack(_WELCOME, body, "WELCOME")
+    fixed, name = body[: _WELCOME.size + 1], body[_WELCOME.size + 1 :]
+    if len(fixed) != _WELCOME.size + 1 or fixed[-1] != len(name):
+        raise ProtocolError(
+            f"WELCOME body must be {_WELCOME.size + 1} bytes and the round id it announces, "
+            f"got {len(body)}"
+        )
+    last_seq, committed, input_rows, today, digest = _WELCOME.unpack(fixed[:-1])
     if not _DATE_RE.fullmatch(today):
         raise ProtocolError(f"WELCOME date {today!r} is not YYYY-MM-DD")
-    return Welcome(last_seq, committed, input_rows, today.decode(), digest)
+    if not _ROUND_ID_RE.fullmatch(name):
+        raise ProtocolError(f"WELCOME round id {name!r} is not printable ASCII")
+    return Welcome(last_seq, committed, input_rows, today.decode(), digest, name.decode())
 
 
 def _decode_bet(body: bytes, today: str) -> SingleBet | RejectedBatch:

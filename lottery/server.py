@@ -813,6 +813,7 @@ class Handler:
             progress.input_rows,
             self._round.today,
             progress.digest,
+            self._round.round_id,
         )
 
     def _refuse(self, refusal: Error) -> Error:

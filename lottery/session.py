@@ -101,6 +101,7 @@ class Session:
     async def handshake(self) -> None:
         """One try at connecting: HELLO, the CHALLENGE if any, the WELCOME."""
         self.handshakes += 1
+        await self.drop()  # a second connect() replaces the line, never leaks it
         try:
             conn = await Connection.open(self.host, self.port, self.timeout, self._tls)
         except ssl.SSLError as exc:  # a certificate problem does not heal by retrying
@@ -130,6 +131,7 @@ class Session:
             # abandoned requests, the server's count is the only sure one.
             self.next_seq = reply.last_seq + 1
             if not self.connected_once:
+                self._log.info("ronda", result="in_progress", ronda=reply.round_id)
                 self.resume = ResumeCheck(
                     self.agency_id, reply.input_rows, reply.committed_bets, reply.digest
                 )

@@ -32,6 +32,7 @@ from lottery.protocol import (
     WinnersQuery,
     encode,
 )
+from lottery.store.sqlite import new_round_id
 
 from .conftest import UNIT
 from .helpers import (
@@ -209,7 +210,7 @@ async def test_in_flight_window_is_never_exceeded(tmp_path: Path) -> None:
 # -- reconnecting ----------------------------------------------------------------------------
 
 TODAY = datetime.date.today().isoformat()
-WELCOME_SIZE = len(encode(Welcome(0, 0)))
+WELCOME_SIZE = len(encode(Welcome(0, 0, round_id=new_round_id())))  # ids have one length
 ACK_SIZE = len(encode(Ack(1)))
 
 

@@ -41,6 +41,7 @@ class FakeRound:
 
     def __init__(self) -> None:
         self.stats = RoundStats()
+        self.round_id = "r-test"
         self.submitted: list[tuple[int, int, int]] = []
         self.outcome: Outcome = Outcome.STORED
         self.refusal: tuple[ErrorCode, str] | None = None

@@ -118,7 +118,9 @@ def test_ping_and_status_against_a_real_tls_server_hint_at_tls_ca(tmp_path: Path
     )
     try:
         address = f"127.0.0.1:{server.port}"
-        for args in (["ping", address], ["status", "--server", address]):
+        # A generous --timeout: on a loaded machine a slow answer must not read as "no lottery".
+        timeout = ["--timeout", str(30 * UNIT)]
+        for args in (["ping", address, *timeout], ["status", "--server", address, *timeout]):
             done = run_lottery(*args)
             assert done.returncode == 1
             assert "if the server uses TLS, pass --tls-ca" in done.stdout + done.stderr, args

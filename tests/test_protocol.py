@@ -684,8 +684,9 @@ def test_a_hello_of_the_wrong_size_is_refused(data: bytes, reason: str) -> None:
     ("data", "reason"),
     [
         (frame(FrameType.ACK, b"\x00\x00\x01"), "ACK body must be 4 bytes"),
-        (frame(FrameType.WELCOME, b"\x00" * 11), "WELCOME body must be 62 bytes"),
-        (frame(FrameType.WELCOME, b"\x00" * 62), "WELCOME date .* is not YYYY-MM-DD"),
+        (frame(FrameType.WELCOME, b"\x00" * 11), "WELCOME body must be 63 bytes"),
+        (frame(FrameType.WELCOME, b"\x00" * 62 + b"\x02r"), "WELCOME body must be 63 bytes"),
+        (frame(FrameType.WELCOME, b"\x00" * 63), "WELCOME date .* is not YYYY-MM-DD"),
         (frame(FrameType.NOT_READY, b"\x00"), "NOT_READY body too short"),
         (
             frame(FrameType.NOT_READY, b"\x00\x00\x00\x02\x00\x02\x00\x00\x00\x03"),

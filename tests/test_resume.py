@@ -55,10 +55,10 @@ def _text(rows: list[tuple[str, ...]]) -> bytes:
 
 
 def test_welcome_carries_position_date_and_digest() -> None:
-    """A version-2 WELCOME round-trips last_seq, committed_bets, input_rows, today and digest."""
-    welcome = Welcome(7, 300, 312, DAY, hashlib.sha256(b"x").digest())
+    """A version-2 WELCOME round-trips position, count, date, digest and the round id."""
+    welcome = Welcome(7, 300, 312, DAY, hashlib.sha256(b"x").digest(), "20261201-000000-abcdef")
     data = encode(welcome)
-    assert len(data) == 5 + 4 + 8 + 8 + 10 + 32
+    assert len(data) == 5 + 4 + 8 + 8 + 10 + 32 + 1 + 22
     client = ClientProtocol()
     client.receive_data(data)
     assert client.next_event() == welcome

@@ -8,13 +8,14 @@ from pathlib import Path
 
 import pytest
 
+from lottery.client import AsyncAgency
 from lottery.store import SQLiteStore
 from lottery.store.archive import archive_round
 from roundrunner import log_events as process_log_events
 from roundrunner import lottery_command, start_server, stop_server
 
 from .conftest import UNIT
-from .helpers import data_dir_of, log_events, running_server
+from .helpers import LOOPBACK, data_dir_of, log_events, running_server
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -99,3 +100,14 @@ def test_lottery_server_new_round_archives_the_finished_round(tmp_path: Path) ->
         timeout=30 * UNIT,
     )
     assert exported.returncode == 0, exported.stderr
+
+
+async def test_every_agency_logs_the_round_it_joined(
+    tmp_path: Path, log_stream: io.StringIO
+) -> None:
+    """WELCOME carries the round's id and the agency logs it, so a leftover round shows."""
+    async with running_server(tmp_path) as server:
+        async with AsyncAgency(1, LOOPBACK, server.port) as agency:
+            await agency.connect()
+        round_id = server.round.round_id
+    assert log_events(log_stream, "ronda", result="in_progress", ronda=round_id, agencia="1")
