@@ -30,6 +30,7 @@ from .backoff import MAX_BACKOFF
 from .connection import query_status, tls_context
 from .log import get_logger
 from .models import Bet
+from .participant import DrawParticipant, ReceiptCheck
 from .protocol import Ack, Done, encode_record
 from .readers import Source
 from .reports import RoundResult, SendReport
@@ -59,6 +60,10 @@ class AsyncAgency:
             (see `lottery.auth`); it never crosses the wire.
         tls: an `ssl.SSLContext` (see `tls_context`) for a server started
             with ``--tls-cert``; None for plain TCP.
+        draw: this agency's part in a random draw (docs/DRAW.md): it asks how
+            the round is drawn, commits to a nonce, reveals it, and checks the
+            server's receipt. None: a protocol-1 agency, which a random-draw
+            server refuses at its first bet.
     """
 
     def __init__(
@@ -77,6 +82,7 @@ class AsyncAgency:
         reconnect_base_delay: float = 0.05,
         secret: bytes | None = None,
         tls: ssl.SSLContext | None = None,
+        draw: DrawParticipant | None = None,
     ) -> None:
         if batch_max_amount < 1 or max_in_flight < 1 or winners_attempts < 1:
             raise ValueError("batch_max_amount, max_in_flight and winners_attempts must be ≥ 1")
@@ -90,7 +96,7 @@ class AsyncAgency:
         self.reconnect_base_delay = reconnect_base_delay
         self._session = Session(
             agency_id, host, port, timeout=timeout, attempts=reconnect_attempts,
-            base_delay=reconnect_base_delay, secret=secret, tls=tls,
+            base_delay=reconnect_base_delay, secret=secret, tls=tls, draw=draw,
         )  # fmt: skip
         self._sender = BatchSender(self._session, batch_max_amount, max_in_flight)
         self._log = get_logger(agencia=agency_id)
@@ -179,6 +185,9 @@ class AsyncAgency:
         ``winners_attempts`` answers; a try with no answer (a lost line, a
         time-out) counts against ``reconnect_attempts``, as in every loop.
 
+        In a random draw it first reveals this agency's nonce when the server
+        asks, and then checks the server's receipt: see `receipt`.
+
         Raises:
             WinnersUnavailable: ``winners_attempts`` answers were "not ready".
             ConnectionLost: ``reconnect_attempts`` tries in a row got no answer.
@@ -189,6 +198,12 @@ class AsyncAgency:
             base_delay=self.winners_base_delay,
             timeout=self.winners_timeout,
         )
+
+    @property
+    def receipt(self) -> ReceiptCheck | None:
+        """After `winners` in a random draw: the server's receipt, checked against ours."""
+        draw = self._session.draw
+        return draw.receipt if draw is not None else None
 
     async def run(self, source: Source) -> RoundResult:
         """Send all bets, say done, and get the winners: the whole round."""

@@ -64,6 +64,10 @@ class ServerConfig:
     tls_key: str = ""
     #: Seconds after start when the draw is made without the missing agencies (0: never).
     draw_deadline: float = 0.0
+    #: How the number is drawn: "fixed" (winning_number, tp0) or "random" (docs/DRAW.md).
+    draw: str = "fixed"
+    #: Random draw: seconds after betting closes to wait for the agencies' reveals.
+    reveal_deadline: float = 30.0
     #: Fault injection for scripts/chaos.py: seconds between the barrier opening
     #: and the draw (environment LOTTERY_FAULT_DRAW_DELAY only; no flag).
     fault_draw_delay: float = 0.0
@@ -106,6 +110,8 @@ class AgencyConfig:
     secret: str = ""
     secret_file: str = ""
     tls_ca: str = ""
+    #: Where the agency keeps its draw nonce across restarts (empty: beside the bets file).
+    state_dir: str = ""
     log_level: str = "INFO"
     log_format: str = "console"
 
@@ -229,6 +235,10 @@ SERVER_OPTIONS = (
     Option("tls_key", "SERVER_TLS_KEY", "SERVER_TLS_KEY", text, "TLS private key (PEM)"),
     Option("draw_deadline", "SERVER_DRAW_DEADLINE", "SERVER_DRAW_DEADLINE", seconds,
            "seconds after start to draw without the missing agencies; unset: never"),
+    Option("draw", "DRAW", "DRAW", choice("fixed", "random"),
+           "how the number is drawn: fixed (--winning-number) or random (docs/DRAW.md)"),
+    Option("reveal_deadline", "REVEAL_DEADLINE", "REVEAL_DEADLINE", seconds,
+           "random draw: seconds after betting closes to wait for the agencies' nonces"),
     # Fault injection for scripts/chaos.py: not a setting to offer operators.
     Option("fault_draw_delay", "LOTTERY_FAULT_DRAW_DELAY", "", seconds,
            "seconds between the barrier opening and the draw (chaos tests)", command_line=False),
@@ -263,6 +273,8 @@ AGENCY_OPTIONS = (
            "file holding this agency's secret (hex)"),
     Option("tls_ca", "CLI_TLS_CA", "server.tlsCa", text,
            "CA certificate to trust for a TLS server (PEM)"),
+    Option("state_dir", "CLI_STATE_DIR", "state.dir", text,
+           "where the draw nonce is kept across restarts; unset: beside the bets file"),
     Option("log_level", "CLI_LOG_LEVEL", "log.level", choice(*LEVELS), _LEVELS_HELP),
     Option("log_format", "CLI_LOG_FORMAT", "log.format", choice(*FORMATS), _FORMATS_HELP),
 )  # fmt: skip

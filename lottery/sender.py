@@ -119,7 +119,10 @@ class BatchSender:
         while (block := await inp.get()) is not None:
             data = block.data
             if session.skip:  # stored by an earlier run of this agency
-                data, skipped = skip_records(data, session.skip)
+                rest, skipped = skip_records(data, session.skip)
+                if session.draw is not None:  # acknowledged by the WELCOME: in the receipt
+                    session.draw.digest.update(data[: len(data) - len(rest)], skipped)
+                data = rest
                 session.skip -= skipped
                 report.skipped += skipped
             for records, count in cutter.feed(data):
@@ -157,7 +160,10 @@ class BatchSender:
                 await self.session.retry_or_raise(retry, exc, "sending batches")
 
     def _acknowledged(self, items: list[Outgoing], report: SendReport, now: float = 0.0) -> None:
-        for item in items:
+        draw = self.session.draw
+        for item in items:  # in sequence order: the order the receipt digests them
+            if draw is not None:
+                draw.digest.update(item.records, item.count)
             report.acknowledged += item.count
             self.bets_acknowledged += item.count
             if now:

@@ -10,6 +10,7 @@ of their retry loops (drop the line, count the try, wait).
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from collections.abc import Callable
 
@@ -17,7 +18,24 @@ from .backoff import Retry
 from .connection import Connection, raise_for, retryable, shielded
 from .errors import AuthenticationRequired, ConnectionLost, ProtocolError, ServerRefused
 from .log import get_logger
-from .protocol import Ack, Auth, Challenge, Error, Hello, Message, SingleBet, Welcome, auth_mac
+from .models import FS, RS
+from .participant import DrawParticipant
+from .protocol import (
+    Ack,
+    Auth,
+    Challenge,
+    Commit,
+    DrawInfo,
+    DrawQuery,
+    Error,
+    ErrorCode,
+    Hello,
+    Message,
+    Reveal,
+    SingleBet,
+    Welcome,
+    auth_mac,
+)
 
 __all__ = ["Session"]
 
@@ -36,8 +54,11 @@ class Session:
         base_delay: float,
         secret: bytes | None = None,
         tls: ssl.SSLContext | None = None,
+        draw: DrawParticipant | None = None,
     ) -> None:
         self.agency_id, self.host, self.port = agency_id, host, port
+        #: This agency's part in a random draw; None: it speaks protocol 1 only.
+        self.draw = draw
         self.timeout, self.attempts, self.base_delay = timeout, attempts, base_delay
         self._secret, self._tls = secret, tls
         self.conn: Connection | None = None
@@ -109,6 +130,8 @@ class Session:
                 raise ServerRefused(reply.code, reply.message)
             if not isinstance(reply, Welcome):
                 raise ProtocolError(f"expected WELCOME, got {type(reply).__name__}")
+            if self.draw is not None:
+                await self._join_draw(conn, self.draw)
         except BaseException:
             await shielded(conn.close())
             raise
@@ -122,6 +145,57 @@ class Session:
                 self.skip = reply.committed_bets
             self.connected_once, self.resync = True, False
         self._log.debug("handshake", result="success", last_seq=reply.last_seq)
+
+    async def _join_draw(self, conn: Connection, draw: DrawParticipant) -> None:
+        """After WELCOME: how is the round drawn? In a random round, commit (docs/DRAW.md)."""
+        info = await conn.request(DrawQuery(), self.timeout)
+        if isinstance(info, Error):
+            raise ServerRefused(info.code, info.message)
+        if not isinstance(info, DrawInfo):
+            raise ProtocolError(f"expected DRAW_INFO, got {type(info).__name__}")
+        draw.mode = info.mode
+        if info.mode != "random":
+            return
+        first = draw.server_commitment is None
+        await asyncio.to_thread(draw.nonce_for, info.commitment)  # kept before it is sent
+        mine = draw.commitment()
+        reply = await conn.request(Commit(mine), self.timeout)
+        if isinstance(reply, Error) and reply.code == ErrorCode.BAD_COMMITMENT:
+            if not draw.refused:
+                self._log.error("compromiso_sorteo", result="fail", motivo=reply.message,
+                                compromiso=mine.hex())  # fmt: skip
+            draw.refused = True  # it counts as not revealing; its bets still count
+        elif reply != Ack(0):
+            if isinstance(reply, Error):
+                raise ServerRefused(reply.code, reply.message)
+            raise ProtocolError(f"expected ACK to COMMIT, got {type(reply).__name__}")
+        if first:
+            self._log.info(
+                "compromiso_sorteo", result="success", servidor=info.commitment.hex(),
+                agencia=mine.hex(),
+            )  # fmt: skip
+
+    async def reveal(self) -> None:
+        """Send this agency's nonce (the server asked for it: betting has closed)."""
+        draw = self.draw
+        assert draw is not None and draw.nonce is not None
+        replies: list[Message] = []
+
+        def answered(reply: Message) -> bool:
+            refused = isinstance(reply, Error) and reply.code == ErrorCode.BAD_COMMITMENT
+            if reply == Ack(0) or refused:
+                replies.append(reply)
+                return True
+            return False
+
+        await self.round_trip(Reveal(draw.nonce), answered)
+        if replies[-1] == Ack(0):
+            draw.revealed = True
+            self._log.info("revelacion", result="success", nonce=draw.nonce.hex())
+        else:
+            draw.refused = True
+            reason = replies[-1].message if isinstance(replies[-1], Error) else ""
+            self._log.error("revelacion", result="fail", motivo=reason)
 
     async def ensure_open(self) -> Connection:
         """The live connection: the first one (a whole `connect`), or one reconnect try."""
@@ -185,7 +259,13 @@ class Session:
         await self.ensure_open()
         if self.skip:  # stored by an earlier run of this agency
             self.skip -= 1
+            self._acknowledged(record)
             return
         seq, self.next_seq = self.next_seq, self.next_seq + 1
         single = SingleBet(seq, record)  # type: ignore[arg-type]
         await self.round_trip(single, lambda reply: reply == Ack(seq))
+        self._acknowledged(record)
+
+    def _acknowledged(self, record: tuple[str, ...]) -> None:
+        if self.draw is not None:  # the receipt will cover it
+            self.draw.digest.update((FS.join(record) + RS).encode(), 1)

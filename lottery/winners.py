@@ -5,27 +5,47 @@ counts bound the loop: "not ready" answers (the server is there, the draw is
 not) against ``attempts``, waiting at least half a second between them; and
 tries with no answer (a lost line, a time-out) against the session's
 reconnect attempts, as in every retry loop of the agency.
+
+In a random draw (docs/DRAW.md) the server may answer REVEAL_WANTED: betting
+has closed and it wants this agency's nonce. The agency reveals it at once
+and asks again; that answer counts against neither bound. The winners of a
+random draw come after a RECEIPT, which is checked against the agency's own
+digest of what the server acknowledged (``action: recibo``).
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from .backoff import Retry
 from .connection import Connection, raise_for
 from .errors import WinnersUnavailable
 from .log import get_logger
-from .protocol import NotReady, Winners, WinnersQuery
+from .protocol import NotReady, Receipt, RevealWanted, Winners, WinnersQuery
 from .session import Session
 
 __all__ = ["poll_winners"]
 
 
 async def query_winners(
-    conn: Connection, timeout: float, winners_timeout: float
-) -> list[str] | None:
-    """One query: the documents of every WINNERS frame, or None for "not ready"."""
+    conn: Connection,
+    timeout: float,
+    winners_timeout: float,
+    on_receipt: Callable[[Receipt], None] | None = None,
+) -> list[str] | RevealWanted | None:
+    """One query: the documents of every WINNERS frame, or None for "not ready".
+
+    A random draw's server may answer `RevealWanted` instead, and sends a
+    `Receipt` before the winners (given to ``on_receipt``).
+    """
     reply = await conn.request(WinnersQuery(), timeout)
+    if isinstance(reply, RevealWanted):
+        return reply
+    if isinstance(reply, Receipt):
+        if on_receipt is not None:
+            on_receipt(reply)
+        reply = await conn.receive(winners_timeout)
     documents: list[str] = []
     while isinstance(reply, Winners):
         documents.extend(reply.documents)
@@ -53,13 +73,23 @@ async def poll_winners(
     log = get_logger(agencia=session.agency_id)
     not_ready = Retry(attempts, base_delay, floor=0.5)
     no_reply = session.retry()
+    receipts: list[Receipt] = []
+    reveals = 0
     while True:
         try:
             conn = await session.ensure_open()
             # One try, bounded as a whole: the send, the server's wait for
             # the draw, and every WINNERS frame of the answer.
-            query = query_winners(conn, session.timeout, timeout)
+            query = query_winners(conn, session.timeout, timeout, receipts.append)
             documents = await asyncio.wait_for(query, timeout)
+            draw = session.draw
+            if isinstance(documents, RevealWanted) and draw is not None and draw.can_reveal:
+                reveals += 1
+                if reveals <= attempts:  # bounded: the server asks once per nonce
+                    await session.reveal()
+                    continue
+            if isinstance(documents, RevealWanted):
+                documents = None  # nothing to reveal: wait for the draw as for "not ready"
         except Exception as exc:  # a late reply would be read as the next query's
             await session.retry_or_raise(no_reply, exc, "the winners query")
             continue
@@ -68,6 +98,8 @@ async def poll_winners(
             raise
         if documents is not None:
             log.info("consulta_ganadores", result="success", cant_ganadores=len(documents))
+            if receipts and session.draw is not None:
+                _check_receipt(session, receipts[-1])
             return documents
         no_reply.reset()  # NOT_READY is an answer
         if not not_ready.failed():
@@ -80,3 +112,20 @@ async def poll_winners(
             motivo="not ready", espera=round(wait, 3),
         )  # fmt: skip
         await not_ready.wait(wait)
+
+
+def _check_receipt(session: Session, receipt: Receipt) -> None:
+    """Compare the server's receipt with the agency's own digest, and log it."""
+    assert session.draw is not None
+    check = session.draw.check(receipt.bets, receipt.digest)
+    log = get_logger(agencia=session.agency_id)
+    fields = {
+        "apuestas_servidor": check.server_bets,
+        "apuestas_agencia": check.own_bets,
+        "digesto_servidor": check.server_digest.hex(),
+        "digesto_agencia": check.own_digest.hex(),
+    }
+    if check.ok:
+        log.info("recibo", result="success", **fields)
+    else:
+        log.error("recibo", result="fail", **fields)

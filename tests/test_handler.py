@@ -53,6 +53,12 @@ class FakeRound:
         missing = (2,)
 
     barrier = _Barrier()
+    random = False  # a fixed draw: the handler asks nothing of the random one
+    draw_mode = "fixed"
+    commitment = bytes(32)
+
+    def receipt(self, agency: int) -> None:
+        return None
 
     def refuse_bets(self, agency: int) -> tuple[ErrorCode, str] | None:
         return self.refusal

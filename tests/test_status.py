@@ -155,7 +155,9 @@ async def test_query_status_returns_the_decoded_json(tmp_path: Path) -> None:
         assert await conn.receive() == Ack(1)
         status = await query_status(LOOPBACK, server.port, REPLY_TIMEOUT)
     assert isinstance(status, dict)
-    assert set(status) == {"agencies", "opened", "drawn", "draw_seconds", "connections", "agency"}
+    assert set(status) == {
+        "agencies", "opened", "drawn", "draw_seconds", "connections", "agency", "draw_mode"
+    }  # fmt: skip
     assert status["agency"][0]["committed_bets"] == 5
     assert status["agency"][0]["connected"] is True
     assert status["connections"] == 2  # the agency and the query itself

@@ -22,6 +22,19 @@ backend (a shared PostgreSQL, say) is a new class, not a change to the server:
    winning documents among the bets stored before the draw, in store order.
 5. **Progress reads.** `progress` and `all_progress` report what is durably
    stored: a restarted agency resumes from them.
+6. **A draw nobody can rig** (docs/DRAW.md). A store opened for a round
+   records its draw mode (``fixed``, or ``random``) with the round: reopened
+   with the other one it refuses (a store holding bets but no mode is a
+   fixed round). A random round's secret seed is chosen and stored when the
+   round is created, before any bet. `commit_nonce` stores an agency's
+   *first* commitment durably and returns the one on record; `record_reveal`
+   stores a nonce (already checked against that commitment by the caller)
+   only before the draw; `set_beacon` likewise. In random mode `draw` does,
+   in the same transaction that records it: the number from the seed, the
+   reveals stored by then and the beacon (`lottery.draw.derive_number`), the
+   winners by reading every stored bet, and each agency's receipt digest
+   (`lottery.draw.AgencyDigest` over its batches in sequence order).
+   `draw_state` reads all of it back, the same after any restart.
 
 Two shapes of the same contract:
 
@@ -35,12 +48,12 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from ..models import Record
 
-__all__ = ["AsyncStore", "Outcome", "PendingBatch", "Store"]
+__all__ = ["AsyncStore", "DrawState", "Outcome", "PendingBatch", "Store"]
 
 
 class Outcome(enum.Enum):
@@ -59,6 +72,23 @@ class PendingBatch:
     agency: int
     seq: int
     records: Sequence[Record]  # a `Records` from the server; any rows will do
+
+
+@dataclass(frozen=True)
+class DrawState:
+    """What the store holds about the draw (guarantee 6)."""
+
+    mode: str = "fixed"
+    #: The server's secret seed (random mode); published only once drawn.
+    seed: bytes | None = None
+    commitments: dict[int, bytes] = field(default_factory=dict)
+    reveals: dict[int, bytes] = field(default_factory=dict)
+    beacon: bytes = b""
+    drawn: bool = False
+    #: The winning number once drawn (random), or the fixed one.
+    number: int | None = None
+    #: agency -> (bets, receipt digest), recorded at a random draw.
+    receipts: dict[int, tuple[int, bytes]] = field(default_factory=dict)
 
 
 class Store(Protocol):
@@ -100,6 +130,22 @@ class Store(Protocol):
         """Every stored bet, in the order it was stored (for the export)."""
         ...
 
+    def draw_state(self) -> DrawState:
+        """The draw's mode, seed, commitments, reveals and results (guarantee 6)."""
+        ...
+
+    def commit_nonce(self, agency: int, commitment: bytes) -> bytes:
+        """Store ``agency``'s first commitment; returns the one on record."""
+        ...
+
+    def record_reveal(self, agency: int, nonce: bytes) -> bool:
+        """Store ``agency``'s checked nonce; False once drawn or with no commitment."""
+        ...
+
+    def set_beacon(self, beacon: bytes) -> None:
+        """Store the outside beacon; `StoreError` once drawn."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -121,6 +167,12 @@ class AsyncStore(Protocol):
     async def draw(self) -> bool: ...
 
     async def winners(self) -> dict[int, list[str]]: ...
+
+    async def draw_state(self) -> DrawState: ...
+
+    async def commit_nonce(self, agency: int, commitment: bytes) -> bytes: ...
+
+    async def record_reveal(self, agency: int, nonce: bytes) -> bool: ...
 
     async def aclose(self) -> None:
         """Close the store; safe to call twice."""
