@@ -164,6 +164,8 @@ class Round:
         if await store.drawn():
             round_._set_winners(await store.winners())
             round_._draw_state = await store.draw_state()
+            if round_.random:  # the process that drew may have died before saying so
+                round_._log.info("sorteo_publicado", result="success", **round_._reveal_fields())
         elif round_.barrier.opened:  # every agency was done when the server stopped
             await round_._betting_closed()
         if draw_deadline and not round_.drawn:
@@ -210,6 +212,19 @@ class Round:
             self._reveal_task = asyncio.create_task(
                 self._draw_after_reveals(), name="lottery-reveals"
             )
+
+    def _reveal_fields(self) -> dict[str, Any]:
+        """The drawn random round's secrets, for the ``sorteo`` log line."""
+        state = self._draw_state
+        assert state.seed is not None
+        reveals = " ".join(f"{a}:{n.hex()}" for a, n in sorted(state.reveals.items()))
+        missing = [str(a) for a in sorted(state.commitments) if a not in state.reveals]
+        return {
+            "numero": state.number,
+            "semilla": state.seed.hex(),
+            "revelaciones": reveals or "-",
+            "no_revelaron": " ".join(missing) or "-",
+        }
 
     async def _draw_after_reveals(self) -> None:
         """Wait for every committed agency's nonce, up to the reveal deadline; then draw."""
@@ -303,28 +318,14 @@ class Round:
             except StoreError as exc:
                 self._log.error("sorteo", result="fail", error=str(exc))
                 return
-            if self.random:
-                try:
-                    self._draw_state = await self._store.draw_state()
-                except StoreError as exc:
-                    self._log.error("sorteo", result="fail", error=str(exc))
-                    return
+            try:  # the number, seed and receipts the draw recorded
+                self._draw_state = await self._store.draw_state()
+            except StoreError as exc:
+                self._log.error("sorteo", result="fail", error=str(exc))
+                return
             if made:  # else another server, or this one before a restart, made it
                 self.stats.draw_seconds = loop.time() - started
-                extra: dict[str, Any] = {}
-                if self.random:
-                    state = self._draw_state
-                    assert state.seed is not None
-                    extra = {
-                        "numero": state.number,
-                        "semilla": state.seed.hex(),
-                        "revelaciones": " ".join(
-                            f"{a}:{n.hex()}" for a, n in sorted(state.reveals.items())
-                        ) or "-",
-                        "no_revelaron": " ".join(
-                            str(a) for a in sorted(state.commitments) if a not in state.reveals
-                        ) or "-",
-                    }  # fmt: skip
+                extra = self._reveal_fields() if self.random else {}
                 self._log.info(
                     "sorteo",
                     result="success",
