@@ -560,3 +560,27 @@ async def test_the_winners_long_poll_before_betting_closes_is_not_ready(tmp_path
         await conn.send(Done(), WinnersQuery())
         assert await conn.receive() == Ack(0)
         assert await conn.receive() == NotReady()
+
+
+def test_a_beacon_given_before_the_draw_is_mixed_in_and_verified(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`lottery draw --beacon` stores a beacon; the draw mixes it in; verify checks it."""
+    data = tmp_path / "data"
+    store = SQLiteStore(data, 1, synchronous="OFF", draw_mode="random")
+    store.commit([PendingBatch(1, 1, make_rows(5))])
+    store.close()
+    assert main(["draw", "--data-dir", str(data), "--beacon", "deadbeef"]) == 0
+    assert main(["draw", "--data-dir", str(data), "--beacon", "not hex"]) == 2
+    store = SQLiteStore(data)
+    assert store.draw()
+    state = store.draw_state()
+    assert state.seed is not None and state.beacon == bytes.fromhex("deadbeef")
+    assert state.number == derive_number(state.seed, {}, state.beacon)
+    store.close()
+    assert main(["draw", "--data-dir", str(data), "--beacon", "00"]) == 1  # too late
+    csv_path, record_path = _export(tmp_path)
+    assert json.loads(record_path.read_text("utf-8"))["beacon"] == "deadbeef"
+    code, out = _verify(csv_path, record_path, capsys)
+    assert code == 0, out
+    assert _checker(csv_path, record_path) is None

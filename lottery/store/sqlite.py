@@ -94,6 +94,26 @@ def _insert(db: sqlite3.Connection, sql: str, rows: Sequence[tuple[object, ...]]
         db.execute(sql.format(values), [value for row in chunk for value in row])
 
 
+def _documents_at(data: bytes, marks: Sequence[bytes]) -> list[str]:
+    """The documents of the records in ``data`` whose number field is one of ``marks``.
+
+    Found with ``bytes.find`` (in C) and cut out one record each: a batch is
+    never split into rows, however many bets it holds.
+    """
+    found: list[tuple[int, str]] = []
+    for mark in marks:
+        pos = data.find(mark)
+        while pos != -1:
+            start = data.rfind(_RS_BYTE, 0, pos) + 1
+            # The record up to the mark: first, last, document, birthdate.
+            found.append((start, data[start:pos].split(_FS_BYTE)[2].decode()))
+            pos = data.find(mark, pos + 1)
+    return [document for _, document in sorted(found)]  # in stored order
+
+
+_RS_BYTE, _FS_BYTE = RS.encode(), FS.encode()
+
+
 @contextlib.contextmanager
 def _reading(what: str) -> Iterator[None]:
     try:
@@ -348,18 +368,19 @@ class SQLiteStore:
                 state = self.draw_state()
                 assert state.seed is not None
                 number = derive_number(state.seed, state.reveals, state.beacon)
-                marks = self._winner_marks(number)
+                marks = [mark.encode() for mark in self._winner_marks(number)]
                 digests: dict[int, AgencyDigest] = {}
                 winners: list[tuple[int, str]] = []
-                for agency, count, text in db.execute(
-                    "SELECT agency, bets, records FROM batches ORDER BY agency, seq"
+                # As bytes: the digest wants the UTF-8 bytes, and only the few
+                # batches holding the number are ever decoded.
+                for agency, count, data in db.execute(
+                    "SELECT agency, bets, CAST(records AS BLOB) FROM batches ORDER BY agency, seq"
                 ):
                     digest = digests.get(agency)
                     if digest is None:
                         digest = digests[agency] = AgencyDigest()
-                    digest.update(text.encode(), count)
-                    if any(mark in text for mark in marks):
-                        winners += [(agency, r[2]) for r in Records(text, 0) if int(r[4]) == number]
+                    digest.update(data, count)
+                    winners += [(agency, doc) for doc in _documents_at(data, marks)]
                 _insert(db, "INSERT INTO winners VALUES {}", winners)
                 _insert(
                     db,
