@@ -43,6 +43,7 @@ from lottery.protocol import (
     Winners,
     WinnersQuery,
 )
+from lottery.status import render_text
 from lottery.store import PendingBatch, SQLiteStore
 from lottery.store.base import Outcome
 
@@ -221,6 +222,8 @@ async def test_a_random_round_passes_verify_and_the_independent_checker(
     """A random round's export passes `lottery verify` and the checker written from DRAW.md."""
     status = await _random_round(tmp_path)
     assert status["draw_mode"] == "random" and status["not_revealed"] == []
+    shown = render_text(status)  # what `lottery status` prints
+    assert status["commitment"] in shown and status["seed"] in shown
     assert all(a["committed"] and a["revealed"] for a in status["agency"])
     csv_path, record_path = _export(tmp_path)
     record = json.loads(record_path.read_text("utf-8"))
