@@ -349,8 +349,15 @@ class Round:
         )
         await self._betting_closed()
 
-    async def winners(self, agency: int, timeout: float) -> tuple[str, ...] | WinnersWait:
-        """``agency``'s winning documents, waiting up to ``timeout`` for the draw."""
+    async def winners(
+        self, agency: int, timeout: float, *, can_reveal: bool = True
+    ) -> tuple[str, ...] | WinnersWait:
+        """``agency``'s winning documents, waiting up to ``timeout`` for the draw.
+
+        Args:
+            can_reveal: False for a connection whose COMMIT was refused (its
+                process lost the nonce on record): it is never asked to reveal.
+        """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         if self.random and not self.drawn:
@@ -364,7 +371,8 @@ class Round:
                 if self._stopping:
                     return WinnersWait.SHUTTING_DOWN
             if (
-                agency in self._commitments
+                can_reveal
+                and agency in self._commitments
                 and agency not in self._reveals
                 and agency not in self._refused
             ):

@@ -398,6 +398,7 @@ class Handler:
         #: The agency asked how the round is drawn (DRAW_QUERY): it speaks the
         #: draw's frames. One that never does cannot take part in a random draw.
         self._draw_aware = False
+        self._commit_refused = False  # another commitment is on record: it cannot reveal
         peer = writer.get_extra_info("peername")
         self._log = get_logger(ip=peer[0] if peer else "?")
 
@@ -609,6 +610,7 @@ class Handler:
             self._log.error("sorteo", result="fail", error=str(exc))
             return Error(ErrorCode.STORAGE, str(exc))
         if why is not None:
+            self._commit_refused |= isinstance(request, Commit)
             return Error(ErrorCode.BAD_COMMITMENT, why)
         return Ack(0)
 
@@ -684,7 +686,9 @@ class Handler:
 
     async def _answer_winners(self) -> Message | tuple[Message, ...]:
         assert self.agency is not None
-        winners = await self._round.winners(self.agency, self._config.timeout_winners)
+        winners = await self._round.winners(
+            self.agency, self._config.timeout_winners, can_reveal=not self._commit_refused
+        )
         if winners is WinnersWait.REVEAL:
             return RevealWanted()
         if winners is WinnersWait.NOT_READY:

@@ -587,3 +587,25 @@ def test_a_beacon_given_before_the_draw_is_mixed_in_and_verified(
     code, out = _verify(csv_path, record_path, capsys)
     assert code == 0, out
     assert _checker(csv_path, record_path) is None
+
+
+async def test_an_agency_that_lost_its_nonce_counts_as_not_revealing_and_gets_its_winners(
+    tmp_path: Path, log_stream: io.StringIO
+) -> None:
+    """A restarted agency without its nonce is refused, never asked to reveal, and still served."""
+    rows = _rows(1, 10)
+    config = {"agencies": 1, "draw": "random", "reveal_deadline": 0.5 * UNIT}
+    async with running_server(tmp_path, **config) as server:
+        async with raw_connection(server.port, 1) as first:  # the process that died
+            await _commit(first, 1, N1)
+            await first.send(Batch(1, rows[:5]))  # type: ignore[arg-type]
+            assert await first.receive() == Ack(1)
+        lost = DrawParticipant(1, None)  # its state file is gone: a new nonce
+        async with AsyncAgency(1, "127.0.0.1", server.port, draw=lost) as agency:
+            await agency.send_bets(rows)
+            await agency.notify()
+            await agency.winners()
+        assert lost.refused and not lost.revealed
+        assert agency.receipt is not None and agency.receipt.ok
+        assert server.status()["not_revealed"] == [1]
+    assert log_events(log_stream, "compromiso_sorteo", result="fail", agencia=1)

@@ -82,7 +82,9 @@ class FakeRound:
     async def agency_done(self, agency: int) -> None:
         self.done.append(agency)
 
-    async def winners(self, agency: int, timeout: float) -> tuple[str, ...] | WinnersWait:
+    async def winners(
+        self, agency: int, timeout: float, *, can_reveal: bool = True
+    ) -> tuple[str, ...] | WinnersWait:
         return self.winners_answer
 
     def status(self) -> dict[str, Any]:
