@@ -290,6 +290,8 @@ class Round:
             why = "the draw is made: too late to reveal"
         elif commitment is None:
             why = "this agency made no commitment"
+        elif agency in self._refused:  # one try: a wrong nonce counts as not revealing
+            why = "an earlier reveal of this agency did not match its commitment"
         elif agency_commitment(agency, nonce) != commitment:
             why = "the nonce does not match the commitment"
             self._refused.add(agency)  # counts as not revealing

@@ -412,6 +412,9 @@ async def test_a_wrong_nonce_is_refused_and_counts_as_not_revealing(tmp_path: Pa
             await conn.send(Reveal(N2))
             reply = await conn.receive()
             assert isinstance(reply, Error) and reply.code == ErrorCode.BAD_COMMITMENT
+            await conn.send(Reveal(N1))  # too late: the wrong one counted
+            reply = await conn.receive()
+            assert isinstance(reply, Error) and reply.code == ErrorCode.BAD_COMMITMENT
             await conn.send(WinnersQuery())
             receipt = await conn.receive()
             assert receipt == Receipt(0, AgencyDigest().digest())
@@ -609,3 +612,20 @@ async def test_an_agency_that_lost_its_nonce_counts_as_not_revealing_and_gets_it
         assert agency.receipt is not None and agency.receipt.ok
         assert server.status()["not_revealed"] == [1]
     assert log_events(log_stream, "compromiso_sorteo", result="fail", agencia=1)
+
+
+@pytest.mark.parametrize("number", [7, 42, 516, 7574, 0])
+def test_the_draw_scan_finds_every_spelling_of_the_number_in_stored_order(number: int) -> None:
+    """Padded or not, the number field matches; other fields and longer numbers never do."""
+    from lottery.store.drawscan import documents_with_number
+
+    spellings = {str(number).zfill(width) for width in range(len(str(number)), 5)}
+    rows, expected = [], []
+    for i, value in enumerate([*sorted(spellings), f"1{number}"[-4:], "9999", "0", "70"]):
+        document = str(10_000 + i)
+        rows.append(f"A\x1f{number}\x1f{document}\x1f1990-05-17\x1f{value}\x1e")
+        if int(value) == number:
+            expected.append(document)
+    data = "".join(rows).encode()
+    assert documents_with_number(data, number) == expected
+    assert len(expected) >= len(spellings)

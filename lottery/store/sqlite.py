@@ -10,9 +10,9 @@ every bet.
 
 A random draw (docs/DRAW.md) cannot pick winners as bets arrive: the number
 is unknown until the draw. Its draw reads every batch once, in (agency,
-sequence) order: the substring test finds the batches holding the number,
-and the same pass feeds each agency's receipt digest (`AgencyDigest`, over
-the record text as stored, which is the wire's). The seed, the commitments
+sequence) order, and hands each to a `DrawScan` (lottery/store/drawscan.py),
+which finds the winners and feeds each agency's receipt digest (over the
+record text as stored, which is the wire's) on two threads of its own. The seed, the commitments
 and reveals (``draw_commitments``), the number and the receipts
 (``receipts``) live beside the bets, so a restart finds them all.
 
@@ -29,10 +29,11 @@ import sqlite3
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from ..draw import MODE_FIXED, MODE_RANDOM, SEED_SIZE, AgencyDigest, derive_number
+from ..draw import MODE_FIXED, MODE_RANDOM, SEED_SIZE, derive_number
 from ..errors import ConfigError, StoreError
 from ..models import DEFAULT_WINNING_NUMBER, FS, RS, Records
 from .base import DrawState, Outcome, PendingBatch
+from .drawscan import DrawScan
 
 __all__ = ["DB_FILENAME", "SYNC_MODES", "SQLiteStore"]
 
@@ -92,26 +93,6 @@ def _insert(db: sqlite3.Connection, sql: str, rows: Sequence[tuple[object, ...]]
         chunk = rows[start : start + per_statement]
         values = ", ".join(["(" + ", ".join("?" * width) + ")"] * len(chunk))
         db.execute(sql.format(values), [value for row in chunk for value in row])
-
-
-def _documents_at(data: bytes, marks: Sequence[bytes]) -> list[str]:
-    """The documents of the records in ``data`` whose number field is one of ``marks``.
-
-    Found with ``bytes.find`` (in C) and cut out one record each: a batch is
-    never split into rows, however many bets it holds.
-    """
-    found: list[tuple[int, str]] = []
-    for mark in marks:
-        pos = data.find(mark)
-        while pos != -1:
-            start = data.rfind(_RS_BYTE, 0, pos) + 1
-            # The record up to the mark: first, last, document, birthdate.
-            found.append((start, data[start:pos].split(_FS_BYTE)[2].decode()))
-            pos = data.find(mark, pos + 1)
-    return [document for _, document in sorted(found)]  # in stored order
-
-
-_RS_BYTE, _FS_BYTE = RS.encode(), FS.encode()
 
 
 @contextlib.contextmanager
@@ -368,19 +349,19 @@ class SQLiteStore:
                 state = self.draw_state()
                 assert state.seed is not None
                 number = derive_number(state.seed, state.reveals, state.beacon)
-                marks = [mark.encode() for mark in self._winner_marks(number)]
-                digests: dict[int, AgencyDigest] = {}
-                winners: list[tuple[int, str]] = []
-                # As bytes: the digest wants the UTF-8 bytes, and only the few
-                # batches holding the number are ever decoded.
-                for agency, count, data in db.execute(
-                    "SELECT agency, bets, CAST(records AS BLOB) FROM batches ORDER BY agency, seq"
-                ):
-                    digest = digests.get(agency)
-                    if digest is None:
-                        digest = digests[agency] = AgencyDigest()
-                    digest.update(data, count)
-                    winners += [(agency, doc) for doc in _documents_at(data, marks)]
+                scan = DrawScan(number)
+                try:
+                    # As bytes: the digests want the UTF-8 bytes, and only the
+                    # records holding the number are ever decoded.
+                    for agency, count, data in db.execute(
+                        "SELECT agency, bets, CAST(records AS BLOB) FROM batches "
+                        "ORDER BY agency, seq"
+                    ):
+                        scan.feed(agency, count, data)
+                except BaseException:
+                    scan.abort()
+                    raise
+                digests, winners = scan.finish().digests, scan.winners
                 _insert(db, "INSERT INTO winners VALUES {}", winners)
                 _insert(
                     db,
