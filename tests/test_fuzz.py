@@ -220,6 +220,8 @@ def _decode_body(ftype: int, body: bytes) -> Outcome:
     count = struct.unpack_from("!H", body, 4)[0] if ftype == FrameType.BATCH else 1
     if count == 0:
         return Outcome("error", size)
+    if ftype == FrameType.BET and body[head:].count(RS.encode()) != 1:
+        return Outcome("error", size)  # §4: exactly one record, checked before any field
     rows, bad, reason = _records(body[head:])
     if rows is None:
         if bad < 0:
