@@ -629,3 +629,28 @@ def test_the_draw_scan_finds_every_spelling_of_the_number_in_stored_order(number
     data = "".join(rows).encode()
     assert documents_with_number(data, number) == expected
     assert len(expected) >= len(spellings)
+
+
+def test_a_fixed_draw_has_a_record_that_verifies_too(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A fixed round's record (number 7574, bets digest, winners) passes verify; a change fails."""
+    data = data_dir_of(tmp_path)
+    store = SQLiteStore(data, 2, synchronous="OFF")
+    store.commit(
+        [
+            PendingBatch(1, 1, make_rows(20, winners=[3, 7])),
+            PendingBatch(2, 1, make_rows(5, start=50)),
+        ]
+    )
+    assert store.draw()
+    store.close()
+    csv_path, record_path = _export(tmp_path)
+    record = json.loads(record_path.read_text("utf-8"))
+    assert record["mode"] == "fixed" and record["number"] == 7574
+    assert record["winners"] == {"1": ["30000003", "30000007"]}
+    assert _verify(csv_path, record_path, capsys)[0] == 0
+    assert _checker(csv_path, record_path) is None
+    assert main(["verify", "--data-dir", str(data), "--record", str(record_path)]) == 0
+    _tamper_csv(csv_path, "removed")
+    assert _verify(csv_path, record_path, capsys)[0] == 1
