@@ -49,7 +49,14 @@ from lottery.store.base import Outcome
 
 from . import draw_checker
 from .conftest import UNIT
-from .helpers import data_dir_of, log_events, make_rows, raw_connection, running_server
+from .helpers import (
+    data_dir_of,
+    log_events,
+    make_rows,
+    raw_connection,
+    running_server,
+    write_agency_file,
+)
 
 pytestmark = pytest.mark.timeout(60 * UNIT)
 
@@ -654,3 +661,20 @@ def test_a_fixed_draw_has_a_record_that_verifies_too(
     assert main(["verify", "--data-dir", str(data), "--record", str(record_path)]) == 0
     _tamper_csv(csv_path, "removed")
     assert _verify(csv_path, record_path, capsys)[0] == 1
+
+
+async def test_lottery_agency_exits_1_on_a_receipt_mismatch(tmp_path: Path) -> None:
+    """The `lottery agency` round ends with exit status 1 when the receipt does not match."""
+    from lottery.cli import _agency_round
+    from lottery.config import AgencyConfig
+
+    def open_store(config: ServerConfig) -> SQLiteStore:
+        return DroppingStore(
+            config.data_dir, config.agencies, synchronous="OFF", draw_mode="random"
+        )
+
+    bets = write_agency_file(tmp_path / "agency-1.csv", _rows(1, 50))
+    async with running_server(tmp_path, open_store, agencies=1, draw="random") as server:
+        config = AgencyConfig(id=1, server_address=f"127.0.0.1:{server.port}", bets=str(bets))
+        assert await _agency_round(config) == 1
+    assert (tmp_path / "lottery-draw-agency-1.json").exists()  # the nonce, beside the bets
