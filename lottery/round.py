@@ -119,7 +119,8 @@ class Round:
         self.draw_mode = self._draw_state.mode
         self._commitments = dict(self._draw_state.commitments)
         self._reveals = dict(self._draw_state.reveals)
-        self._refused: set[int] = set()  # reveals that did not match: not asked again
+        #: Agencies whose reveal did not match: not revealing, and not asked again.
+        self._refused = set(self._draw_state.refused)
         self._reveal_deadline = reveal_deadline
         self._revealed = asyncio.Event()  # every committed agency revealed
         self._opened = asyncio.Event()  # the barrier opened (or shutdown began)
@@ -294,6 +295,7 @@ class Round:
             why = "an earlier reveal of this agency did not match its commitment"
         elif agency_commitment(agency, nonce) != commitment:
             why = "the nonce does not match the commitment"
+            await self._store.refuse_reveal(agency)  # for good: a restart must not undo it
             self._refused.add(agency)  # counts as not revealing
             self._check_revealed()
         elif agency not in self._reveals and not await self._store.record_reveal(agency, nonce):

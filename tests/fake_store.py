@@ -133,6 +133,9 @@ class FakeStore:
     def record_reveal(self, agency: int, nonce: bytes) -> bool:
         return not self.is_drawn
 
+    def refuse_reveal(self, agency: int) -> None:
+        return None
+
     def set_beacon(self, beacon: bytes) -> None:
         return None
 

@@ -678,3 +678,25 @@ async def test_lottery_agency_exits_1_on_a_receipt_mismatch(tmp_path: Path) -> N
         config = AgencyConfig(id=1, server_address=f"127.0.0.1:{server.port}", bets=str(bets))
         assert await _agency_round(config) == 1
     assert (tmp_path / "lottery-draw-agency-1.json").exists()  # the nonce, beside the bets
+
+
+async def test_a_wrong_reveal_stays_refused_across_a_server_restart(tmp_path: Path) -> None:
+    """After a wrong nonce, the right one is refused even by a restarted server."""
+    config = {"draw": "random", "reveal_deadline": 60 * UNIT}
+    async with running_server(tmp_path, **config) as server:
+        for agency, nonce in ((1, N1), (2, N2)):
+            async with raw_connection(server.port, agency) as conn:
+                await _commit(conn, agency, nonce)
+                await conn.send(Done())
+                assert await conn.receive() == Ack(0)
+        async with raw_connection(server.port, 1) as conn:
+            await conn.send(Reveal(N2))
+            reply = await conn.receive()
+            assert isinstance(reply, Error) and reply.code == ErrorCode.BAD_COMMITMENT
+    async with running_server(tmp_path, **config) as server:
+        async with raw_connection(server.port, 1) as conn:
+            await conn.send(Reveal(N1))
+            reply = await conn.receive()
+            assert isinstance(reply, Error) and reply.code == ErrorCode.BAD_COMMITMENT
+            assert "did not match" in reply.message
+        assert not server.status()["agency"][0]["revealed"]

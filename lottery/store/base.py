@@ -29,7 +29,8 @@ backend (a shared PostgreSQL, say) is a new class, not a change to the server:
    round is created, before any bet. `commit_nonce` stores an agency's
    *first* commitment durably and returns the one on record; `record_reveal`
    stores a nonce (already checked against that commitment by the caller)
-   only before the draw; `set_beacon` likewise. In random mode `draw` does,
+   only before the draw, and never after `refuse_reveal` (a wrong nonce
+   counts as not revealing, across restarts); `set_beacon` likewise. In random mode `draw` does,
    in the same transaction that records it: the number from the seed, the
    reveals stored by then and the beacon (`lottery.draw.derive_number`), the
    winners by reading every stored bet, and each agency's receipt digest
@@ -83,6 +84,8 @@ class DrawState:
     seed: bytes | None = None
     commitments: dict[int, bytes] = field(default_factory=dict)
     reveals: dict[int, bytes] = field(default_factory=dict)
+    #: Agencies that revealed a wrong nonce: they count as not revealing, for good.
+    refused: set[int] = field(default_factory=set)
     beacon: bytes = b""
     drawn: bool = False
     #: The winning number once drawn (random), or the fixed one.
@@ -142,6 +145,10 @@ class Store(Protocol):
         """Store ``agency``'s checked nonce; False once drawn or with no commitment."""
         ...
 
+    def refuse_reveal(self, agency: int) -> None:
+        """Durably record that ``agency`` revealed a wrong nonce: no reveal of it counts."""
+        ...
+
     def set_beacon(self, beacon: bytes) -> None:
         """Store the outside beacon; `StoreError` once drawn."""
         ...
@@ -173,6 +180,8 @@ class AsyncStore(Protocol):
     async def commit_nonce(self, agency: int, commitment: bytes) -> bytes: ...
 
     async def record_reveal(self, agency: int, nonce: bytes) -> bool: ...
+
+    async def refuse_reveal(self, agency: int) -> None: ...
 
     async def aclose(self) -> None:
         """Close the store; safe to call twice."""

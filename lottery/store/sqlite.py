@@ -66,7 +66,8 @@ CREATE TABLE IF NOT EXISTS settings (
 CREATE TABLE IF NOT EXISTS draw_commitments (
     agency INTEGER PRIMARY KEY,
     commitment BLOB NOT NULL,  -- the agency's first commitment: never replaced
-    nonce BLOB  -- its reveal, checked against the commitment; NULL: none (yet)
+    nonce BLOB,  -- its reveal, checked against the commitment; NULL: none (yet)
+    refused INTEGER NOT NULL DEFAULT 0  -- it revealed a wrong nonce: never another
 );
 CREATE TABLE IF NOT EXISTS receipts (
     agency INTEGER PRIMARY KEY,
@@ -385,12 +386,15 @@ class SQLiteStore:
             beacon = self._text_setting("beacon") or ""
             commitments: dict[int, bytes] = {}
             reveals: dict[int, bytes] = {}
-            for agency, commitment, nonce in self._db.execute(
-                "SELECT agency, commitment, nonce FROM draw_commitments ORDER BY agency"
+            refused: set[int] = set()
+            for agency, commitment, nonce, wrong in self._db.execute(
+                "SELECT agency, commitment, nonce, refused FROM draw_commitments ORDER BY agency"
             ):
                 commitments[agency] = bytes(commitment)
                 if nonce is not None:
                     reveals[agency] = bytes(nonce)
+                if wrong:
+                    refused.add(agency)
             receipts = {
                 agency: (bets, bytes(digest))
                 for agency, bets, digest in self._db.execute(
@@ -405,6 +409,7 @@ class SQLiteStore:
             seed=bytes.fromhex(seed) if seed else None,
             commitments=commitments,
             reveals=reveals,
+            refused=refused,
             beacon=bytes.fromhex(beacon),
             drawn=self._drawn,
             number=int(number) if number is not None else None,
@@ -430,13 +435,22 @@ class SQLiteStore:
         try:
             # Ordered with the draw by the one store thread: before it or not at all.
             changed = self._db.execute(
-                "UPDATE draw_commitments SET nonce = ? WHERE agency = ? "
+                "UPDATE draw_commitments SET nonce = ? WHERE agency = ? AND refused = 0 "
                 "AND (nonce IS NULL OR nonce = ?)",
                 (nonce, agency, nonce),
             ).rowcount
         except sqlite3.Error as exc:
             raise StoreError(f"cannot record agency {agency}'s reveal: {exc}") from exc
         return changed == 1
+
+    def refuse_reveal(self, agency: int) -> None:
+        try:
+            self._db.execute(
+                "UPDATE draw_commitments SET refused = 1 WHERE agency = ? AND nonce IS NULL",
+                (agency,),
+            )
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot record agency {agency}'s refused reveal: {exc}") from exc
 
     def set_beacon(self, beacon: bytes) -> None:
         if self._drawn or self._text_setting("drawn") is not None:

@@ -82,6 +82,9 @@ class ThreadedStore:
     async def record_reveal(self, agency: int, nonce: bytes) -> bool:
         return await self.call(lambda s: s.record_reveal(agency, nonce))
 
+    async def refuse_reveal(self, agency: int) -> None:
+        await self.call(lambda s: s.refuse_reveal(agency))
+
     async def aclose(self) -> None:
         if self._store is None:
             return
