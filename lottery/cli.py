@@ -1,4 +1,4 @@
-"""The ``lottery`` command: server, agency, status, ping, make-secrets and export.
+"""The ``lottery`` command: server, agency, status, ping, make-secrets, export, verify and draw.
 
 Exit status: 0 when the command did all it was asked; 1 when it ran but did
 not (the round failed, rows were rejected, the store failed); 2 for a bad
@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import csv
 import json
 import os
 import signal
 import ssl
 import sys
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,10 +36,12 @@ from .config import (
     load_server_config,
     parse_address,
 )
-from .csvfiles import write_bets_csv
+from .csvfiles import read_bets_csv, write_bets_csv
+from .draw import MODE_RANDOM, VerifyError, build_record, verify_record
 from .errors import AgencyError, ConfigError, InvalidBet, LotteryError, StoreError
 from .fdlimit import raise_nofile_limit
 from .log import configure, get_logger
+from .participant import DrawParticipant, nonce_file
 from .progress import agency_progress, console_for, count_lines, log_stream, progress_wanted
 from .server import Server
 from .status import render as render_status
@@ -167,12 +170,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     export = commands.add_parser("export", help="write the stored bets as tp0's bets.csv")
     export.add_argument("--data-dir", required=True)
-    export.add_argument("--csv", required=True, help="output file; - for standard output")
+    export.add_argument("--csv", help="output file; - for standard output")
     export.add_argument(
         "--excel-safe",
         action="store_true",
         help="prefix with ' every name a spreadsheet would run as a formula (= + - @)",
     )
+    export.add_argument(
+        "--draw-record", help="write the draw record (JSON; docs/DRAW.md) to this file"
+    )
+
+    verify = commands.add_parser("verify", help="check a draw record against the bets")
+    verify.add_argument("--record", required=True, help="the draw record (JSON)")
+    bets = verify.add_mutually_exclusive_group(required=True)
+    bets.add_argument("--csv", help="the bets, as `lottery export --csv` wrote them")
+    bets.add_argument("--data-dir", help="the server's data directory")
+
+    draw = commands.add_parser("draw", help="give the random draw an outside beacon")
+    draw.add_argument("--data-dir", required=True)
+    draw.add_argument("--beacon", required=True, help="the beacon value, hex (after betting)")
     return parser
 
 
@@ -370,6 +386,8 @@ async def _agency_round(
         raise ConfigError(
             "no bets: pass --bets FILE (or CLI_BETS_FILE), or set " + " ".join(TP0_SINGLE_BET_ENV)
         )
+    state_dir = config.state_dir or (str(Path(config.bets).parent) if config.bets else "")
+    draw = DrawParticipant(config.id, nonce_file(state_dir, config.id) if state_dir else None)
     agency = AsyncAgency(
         config.id,
         host,
@@ -384,6 +402,7 @@ async def _agency_round(
         reconnect_attempts=config.reconnect_attempts,
         secret=_agency_secret(config),
         tls=_client_tls(config.tls_ca),
+        draw=draw,
     )
     if interrupt is not None:
         interrupt.agency = agency
@@ -421,6 +440,8 @@ async def _agency_round(
         log.info("ganadores", result="success", dnis=" ".join(winners) or "-")
     if stats_file:
         await asyncio.to_thread(_write_stats, stats_file, agency, acknowledged)
+    if agency.receipt is not None and not agency.receipt.ok:  # logged as action: recibo
+        return EXIT_FAILED
     # Rejected rows fail the run even when allowed: the round goes on without them.
     return EXIT_FAILED if refusal is not None or rejected else EXIT_OK
 
@@ -507,22 +528,111 @@ def run_make_secrets(args: argparse.Namespace) -> int:
 # -- export ---------------------------------------------------------------------------------
 
 
+def _open_data_dir(data_dir: str) -> SQLiteStore:
+    if not (Path(data_dir) / DB_FILENAME).exists():
+        raise ConfigError(f"--data-dir {data_dir}: no {DB_FILENAME} there")
+    return SQLiteStore(data_dir)
+
+
 def run_export(args: argparse.Namespace) -> int:
     configure()
-    if not (Path(args.data_dir) / DB_FILENAME).exists():
-        raise ConfigError(f"--data-dir {args.data_dir}: no {DB_FILENAME} there")
-    store = SQLiteStore(args.data_dir)
+    if not (args.csv or args.draw_record):
+        raise ConfigError("export: pass --csv FILE, --draw-record FILE, or both")
+    store = _open_data_dir(args.data_dir)
     try:
         if args.csv == "-":  # the log line goes to stderr, so stdout is the CSV alone
             sys.stdout.reconfigure(newline="", encoding="utf-8")  # type: ignore[union-attr]  # keep the CRLFs
             count = write_bets_csv(store.bets(), sys.stdout, excel_safe_cells=args.excel_safe)
             sys.stdout.flush()
-        else:
+        elif args.csv:
             with open(args.csv, "w", newline="", encoding="utf-8") as out:
                 count = write_bets_csv(store.bets(), out, excel_safe_cells=args.excel_safe)
+        if args.csv:
+            get_logger().info("export", result="success", cantidad=count, archivo=args.csv)
+        if args.draw_record:
+            record = draw_record(store)
+            Path(args.draw_record).write_text(json.dumps(record, indent=1) + "\n", "utf-8")
+            get_logger().info("export", result="success", archivo=args.draw_record,
+                              numero=record["number"])  # fmt: skip
     finally:
         store.close()
-    get_logger().info("export", result="success", cantidad=count, archivo=args.csv)
+    return EXIT_OK
+
+
+def draw_record(store: SQLiteStore) -> dict[str, Any]:
+    """The draw record of a drawn store (`ConfigError` if it is not drawn)."""
+    state = store.draw_state()
+    if not state.drawn or state.number is None:
+        raise ConfigError("export --draw-record: the draw is not made yet")
+    return build_record(
+        mode=state.mode,
+        agencies=store.round_agencies(),
+        number=state.number,
+        bets=store.bets(),
+        seed=state.seed,
+        commitments=state.commitments,
+        reveals=state.reveals,
+        beacon=state.beacon,
+        receipts=state.receipts,
+    )
+
+
+def _csv_bets(path: str) -> Iterator[tuple[int, str, str, str, str, int]]:
+    """The bets of a ``bets.csv``, checked row by row (`VerifyError` names the line)."""
+    try:
+        for line, row in enumerate(read_bets_csv(path), 1):
+            if len(row) != 6 or not row[0].isdigit() or not row[5].isdigit():
+                raise VerifyError(f"{path} line {line}: not a bets.csv row: {row!r}"[:200])
+            yield int(row[0]), row[1], row[2], row[3], row[4], int(row[5])
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise VerifyError(f"{path}: not a bets.csv file: {exc}") from None
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    try:
+        record = json.loads(Path(args.record).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"--record {args.record}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise ConfigError(f"--record {args.record}: not JSON: {exc}") from None
+    store = _open_data_dir(args.data_dir) if args.data_dir else None
+    try:
+        if args.csv is not None and not Path(args.csv).is_file():
+            raise ConfigError(f"--csv {args.csv}: no such file")
+        bets = store.bets() if store is not None else _csv_bets(args.csv)
+        receipts = store.draw_state().receipts if store is not None else None
+        try:
+            checked = verify_record(record, bets, receipts)
+        except VerifyError as exc:
+            malformed = str(exc).startswith(("record:", args.csv or "\0"))
+            if malformed:
+                raise ConfigError(str(exc)) from None
+            print(f"lottery verify: FAIL: {exc}")
+            return EXIT_FAILED
+    finally:
+        if store is not None:
+            store.close()
+    for line in checked:
+        print(f"ok: {line}")
+    print(f"lottery verify: PASS ({record['mode']} draw, number {record['number']})")
+    return EXIT_OK
+
+
+def run_draw(args: argparse.Namespace) -> int:
+    try:
+        beacon = bytes.fromhex(args.beacon)
+    except ValueError:
+        raise ConfigError(f"--beacon: not hex: {args.beacon[:40]!r}") from None
+    if not 1 <= len(beacon) <= 1024:
+        raise ConfigError("--beacon: must be 1 to 1024 bytes")
+    store = _open_data_dir(args.data_dir)
+    try:
+        if store.draw_mode != MODE_RANDOM:
+            raise ConfigError(f"--data-dir {args.data_dir}: this round's draw is not random")
+        store.set_beacon(beacon)
+    finally:
+        store.close()
+    print(f"lottery draw: beacon {beacon.hex()} recorded; the draw will mix it in")
     return EXIT_OK
 
 
@@ -532,6 +642,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "server": run_server,
         "agency": run_agency,
         "export": run_export,
+        "verify": run_verify,
+        "draw": run_draw,
         "status": run_status,
         "ping": run_ping,
         "make-secrets": run_make_secrets,

@@ -34,6 +34,7 @@ from .connection import query_status, tls_context
 from .errors import RowsRejected
 from .log import get_logger
 from .models import Bet
+from .participant import DrawParticipant, ReceiptCheck
 from .protocol import Ack, Done, NotReady, encode_record
 from .readers import Source
 from .reports import RoundResult, SendReport
@@ -65,6 +66,11 @@ class AsyncAgency:
             (see `lottery.auth`); it never crosses the wire.
         tls: an `ssl.SSLContext` (see `tls_context`) for a server started
             with ``--tls-cert``; None for plain TCP.
+        draw: this agency's part in a random draw (docs/DRAW.md): it asks how
+            the round is drawn, commits to a nonce, reveals it, and checks the
+            server's receipt. None: an agency that never asks how the round
+            is drawn: fine in a fixed round; a random-draw server refuses it
+            at its first bet.
     """
 
     def __init__(
@@ -84,6 +90,7 @@ class AsyncAgency:
         reconnect_base_delay: float = 0.05,
         secret: bytes | None = None,
         tls: ssl.SSLContext | None = None,
+        draw: DrawParticipant | None = None,
     ) -> None:
         if batch_max_amount < 1 or max_in_flight < 1 or winners_attempts < 1:
             raise ValueError("batch_max_amount, max_in_flight and winners_attempts must be ≥ 1")
@@ -100,7 +107,7 @@ class AsyncAgency:
         self.reconnect_base_delay = reconnect_base_delay
         self._session = Session(
             agency_id, host, port, timeout=timeout, attempts=reconnect_attempts,
-            base_delay=reconnect_base_delay, secret=secret, tls=tls,
+            base_delay=reconnect_base_delay, secret=secret, tls=tls, draw=draw,
         )  # fmt: skip
         self._sender = BatchSender(self._session, batch_max_amount, max_in_flight)
         self._log = get_logger(agencia=agency_id)
@@ -196,6 +203,9 @@ class AsyncAgency:
         ``winners_attempts`` answers; a try with no answer (a lost line, a
         time-out) counts against ``reconnect_attempts``, as in every loop.
 
+        In a random draw it first reveals this agency's nonce when the server
+        asks, and then checks the server's receipt: see `receipt`.
+
         Raises:
             WinnersUnavailable: ``winners_attempts`` answers were "not ready".
             ConnectionLost: ``reconnect_attempts`` tries in a row got no answer.
@@ -208,6 +218,12 @@ class AsyncAgency:
             wait=self.winners_wait,
             on_not_ready=self._not_ready,
         )
+
+    @property
+    def receipt(self) -> ReceiptCheck | None:
+        """After `winners` in a random draw: the server's receipt, checked against ours."""
+        draw = self._session.draw
+        return draw.receipt if draw is not None else None
 
     def _not_ready(self, reply: NotReady) -> None:
         self.waiting_for = missing_text(reply)

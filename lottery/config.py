@@ -78,6 +78,10 @@ class ServerConfig:
     tls_key: str = ""
     #: Seconds after start when the draw is made without the missing agencies (0: never).
     draw_deadline: float = 0.0
+    #: How the number is drawn: "fixed" (winning_number, tp0) or "random" (docs/DRAW.md).
+    draw: str = "fixed"
+    #: Random draw: seconds after betting closes to wait for the agencies' reveals.
+    reveal_deadline: float = 30.0
     #: Fault injection for scripts/chaos.py: seconds between the barrier opening
     #: and the draw (environment LOTTERY_FAULT_DRAW_DELAY only; no flag).
     fault_draw_delay: float = 0.0
@@ -153,6 +157,8 @@ class AgencyConfig:
     tls_ca: str = ""
     #: Say DONE even when rows were rejected (they are left out of the round).
     allow_rejected: bool = False
+    #: Where the agency keeps its draw nonce across restarts (empty: beside the bets file).
+    state_dir: str = ""
     log_level: str = "INFO"
     log_format: str = "console"
 
@@ -300,6 +306,10 @@ SERVER_OPTIONS = (
     Option("tls_key", "SERVER_TLS_KEY", "SERVER_TLS_KEY", text, "TLS private key (PEM)"),
     Option("draw_deadline", "SERVER_DRAW_DEADLINE", "SERVER_DRAW_DEADLINE", seconds,
            "seconds after start to draw without the missing agencies; unset: never"),
+    Option("draw", "DRAW", "DRAW", choice("fixed", "random"),
+           "how the number is drawn: fixed (--winning-number) or random (docs/DRAW.md)"),
+    Option("reveal_deadline", "REVEAL_DEADLINE", "REVEAL_DEADLINE", seconds,
+           "random draw: seconds after betting closes to wait for the agencies' nonces"),
     # Fault injection for scripts/chaos.py: not a setting to offer operators.
     Option("fault_draw_delay", "LOTTERY_FAULT_DRAW_DELAY", "", seconds,
            "seconds between the barrier opening and the draw (chaos tests)", command_line=False),
@@ -347,6 +357,8 @@ AGENCY_OPTIONS = (
            "CA certificate to trust for a TLS server (PEM)"),
     Option("allow_rejected", "CLI_ALLOW_REJECTED", "bets.allowRejected", boolean,
            "say DONE even if rows were rejected, leaving them out of the round"),
+    Option("state_dir", "CLI_STATE_DIR", "state.dir", text,
+           "where the draw nonce is kept across restarts; unset: beside the bets file"),
     Option("log_level", "CLI_LOG_LEVEL", "log.level", choice(*LEVELS), _LEVELS_HELP),
     Option("log_format", "CLI_LOG_FORMAT", "log.format", choice(*FORMATS), _FORMATS_HELP),
 )  # fmt: skip

@@ -62,6 +62,7 @@ class ErrorCode(enum.IntEnum):
     UNKNOWN_AGENCY = 9  # the agency id is outside 1..N
     AUTH_FAILED = 10  # the agency's answer to the challenge is wrong, or it had none
     DRAW_MADE = 11  # the draw is made: no more bets
+    BAD_COMMITMENT = 12  # a COMMIT or REVEAL refused (docs/DRAW.md); the connection goes on
 
 
 class LotteryError(Exception):

@@ -69,7 +69,10 @@ __all__ = [
     "ClientProtocol",
     "ClientState",
     "ClientStateError",
+    "Commit",
     "Done",
+    "DrawInfo",
+    "DrawQuery",
     "Error",
     "ErrorCode",
     "FrameDecoder",
@@ -77,8 +80,11 @@ __all__ = [
     "Hello",
     "Message",
     "NotReady",
+    "Receipt",
     "Record",
     "RejectedBatch",
+    "Reveal",
+    "RevealWanted",
     "ServerEvent",
     "ServerProtocol",
     "ServerState",
@@ -100,7 +106,9 @@ __all__ = [
 ]
 
 #: 2: WELCOME says the round's date, the agency's input position and digest;
-#: BATCH and BET carry the input position (docs/PROTOCOL.md section 6).
+#: BATCH and BET carry the input position (docs/PROTOCOL.md section 6); and the
+#: draw frames DRAW_QUERY, COMMIT, REVEAL, DRAW_INFO, RECEIPT, REVEAL_WANTED with
+#: error BAD_COMMITMENT (docs/DRAW.md). Both came in the same version.
 PROTOCOL_VERSION = 2
 MAX_FRAME_SIZE = 8192
 
@@ -127,6 +135,10 @@ _WINNERS = struct.Struct("!BH")  # last-frame flag, document count
 _NOT_READY = struct.Struct("!IH")  # agencies missing, agencies listed (then each, u32)
 #: NOT_READY lists at most this many of the missing agencies (the count is exact).
 MAX_LISTED_MISSING = 100
+_DRAW_INFO = struct.Struct("!B32s")  # draw mode, server commitment
+_RECEIPT = struct.Struct("!Q32s")  # stored bets, their digest
+#: DRAW_INFO's mode byte.
+DRAW_MODES = ("fixed", "random")
 #: Bytes a batch frame spends besides its records.
 BATCH_OVERHEAD = HEADER.size + _BATCH.size
 MAX_SEQ = 2**32 - 1
@@ -147,6 +159,9 @@ class FrameType(enum.IntEnum):
     WINNERS_QUERY = 0x05
     STATUS_QUERY = 0x06
     AUTH = 0x07
+    DRAW_QUERY = 0x08
+    COMMIT = 0x09
+    REVEAL = 0x0A
     WELCOME = 0x81
     ACK = 0x82
     ERROR = 0x83
@@ -154,6 +169,9 @@ class FrameType(enum.IntEnum):
     NOT_READY = 0x85
     STATUS = 0x86
     CHALLENGE = 0x87
+    DRAW_INFO = 0x88
+    RECEIPT = 0x89
+    REVEAL_WANTED = 0x8A
 
 
 # -- messages -----------------------------------------------------------------
@@ -294,6 +312,46 @@ class Status:
 
 
 @dataclass(frozen=True, slots=True)
+class DrawQuery:
+    """Agency → server, after WELCOME: how is this round drawn? (docs/DRAW.md)"""
+
+
+@dataclass(frozen=True, slots=True)
+class DrawInfo:
+    """Server → agency: the draw mode and, in random mode, the server's commitment."""
+
+    mode: str  # "fixed" or "random"
+    commitment: bytes = bytes(DIGEST_SIZE)  # SHA-256 of the seed; zeros when fixed
+
+
+@dataclass(frozen=True, slots=True)
+class Commit:
+    """Agency → server, before its bets: its commitment to a secret nonce."""
+
+    commitment: bytes  # DIGEST_SIZE bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Reveal:
+    """Agency → server, once betting has closed: the nonce it committed to."""
+
+    nonce: bytes  # NONCE_SIZE bytes
+
+
+@dataclass(frozen=True, slots=True)
+class RevealWanted:
+    """Server → agency, answering a winners query: betting closed, reveal your nonce."""
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """Server → agency, before its winners: what the server holds of its bets."""
+
+    bets: int
+    digest: bytes  # DIGEST_SIZE bytes: SHA-256 of the bets' records, in sequence order
+
+
+@dataclass(frozen=True, slots=True)
 class RejectedBatch:
     """An event, never a frame: a well-formed BATCH or BET held an invalid bet.
 
@@ -326,6 +384,12 @@ Message = (
     | Winners
     | NotReady
     | Status
+    | DrawQuery
+    | DrawInfo
+    | Commit
+    | Reveal
+    | RevealWanted
+    | Receipt
 )
 
 
@@ -513,6 +577,18 @@ def encode(message: Message) -> bytes:
             listed = agencies[:MAX_LISTED_MISSING]
             body = _NOT_READY.pack(missing, len(listed))
             return _frame(FrameType.NOT_READY, body + b"".join(_AGENCY.pack(a) for a in listed))
+        case DrawQuery():
+            return _frame(FrameType.DRAW_QUERY)
+        case DrawInfo(mode, commitment):
+            return _frame(FrameType.DRAW_INFO, _DRAW_INFO.pack(DRAW_MODES.index(mode), commitment))
+        case Commit(commitment):
+            return _frame(FrameType.COMMIT, commitment)
+        case Reveal(nonce):
+            return _frame(FrameType.REVEAL, nonce)
+        case RevealWanted():
+            return _frame(FrameType.REVEAL_WANTED)
+        case Receipt(bets, digest):
+            return _frame(FrameType.RECEIPT, _RECEIPT.pack(bets, digest))
     raise TypeError(f"not a protocol message: {message!r}")
 
 
@@ -710,11 +786,17 @@ _SERVER_TRANSITIONS: dict[ServerState, dict[int, ServerState]] = {
         FrameType.DONE: ServerState.DONE,
         FrameType.WINNERS_QUERY: ServerState.OPEN,
         FrameType.STATUS_QUERY: ServerState.OPEN,
+        FrameType.DRAW_QUERY: ServerState.OPEN,
+        FrameType.COMMIT: ServerState.OPEN,
+        FrameType.REVEAL: ServerState.OPEN,
     },
     ServerState.DONE: {
         FrameType.DONE: ServerState.DONE,
         FrameType.WINNERS_QUERY: ServerState.DONE,
         FrameType.STATUS_QUERY: ServerState.DONE,
+        FrameType.DRAW_QUERY: ServerState.DONE,
+        FrameType.COMMIT: ServerState.DONE,
+        FrameType.REVEAL: ServerState.DONE,
     },
     ServerState.CLOSED: {},
 }
@@ -729,7 +811,9 @@ _SERVER_FRAMES = frozenset(t for t in FrameType if t >= 0x80)
 #: The ERROR codes after which the connection goes on: the request was
 #: refused, but the stream is intact and the peer may fix it and go on.
 #: Every other ERROR ends the connection once it is sent.
-RECOVERABLE_ERRORS = frozenset({ErrorCode.INVALID_BET, ErrorCode.STORAGE, ErrorCode.BAD_SEQUENCE})
+RECOVERABLE_ERRORS = frozenset(
+    {ErrorCode.INVALID_BET, ErrorCode.STORAGE, ErrorCode.BAD_SEQUENCE, ErrorCode.BAD_COMMITMENT}
+)
 
 
 def closes_connection(message: Message) -> bool:
@@ -738,7 +822,19 @@ def closes_connection(message: Message) -> bool:
 
 
 #: What `ServerProtocol.next_event` returns.
-ServerEvent = Hello | Auth | SingleBet | Batch | RejectedBatch | Done | WinnersQuery | StatusQuery
+ServerEvent = (
+    Hello
+    | Auth
+    | SingleBet
+    | Batch
+    | RejectedBatch
+    | Done
+    | WinnersQuery
+    | StatusQuery
+    | DrawQuery
+    | Commit
+    | Reveal
+)
 
 
 class ServerProtocol:
@@ -837,6 +933,17 @@ class ServerProtocol:
             if len(body) != MAC_SIZE:
                 raise ProtocolError(f"AUTH body must be {MAC_SIZE} bytes, got {len(body)}")
             return Auth(body)
+        if ftype == FrameType.DRAW_QUERY:
+            _decode_empty(body, "DRAW_QUERY")
+            return DrawQuery()
+        if ftype == FrameType.COMMIT:
+            if len(body) != DIGEST_SIZE:
+                raise ProtocolError(f"COMMIT body must be {DIGEST_SIZE} bytes, got {len(body)}")
+            return Commit(body)
+        if ftype == FrameType.REVEAL:
+            if len(body) != NONCE_SIZE:
+                raise ProtocolError(f"REVEAL body must be {NONCE_SIZE} bytes, got {len(body)}")
+            return Reveal(body)
         _decode_empty(body, "WINNERS_QUERY")
         return WinnersQuery()
 
@@ -886,6 +993,12 @@ _CLIENT_MOVES: dict[ClientState, dict[int, ClientState]] = {
         FrameType.ACK: ClientState.OPEN,
         FrameType.WINNERS: ClientState.OPEN,
         FrameType.NOT_READY: ClientState.OPEN,
+        FrameType.DRAW_QUERY: ClientState.OPEN,
+        FrameType.DRAW_INFO: ClientState.OPEN,
+        FrameType.COMMIT: ClientState.OPEN,
+        FrameType.REVEAL: ClientState.OPEN,
+        FrameType.REVEAL_WANTED: ClientState.OPEN,
+        FrameType.RECEIPT: ClientState.OPEN,
     },
     ClientState.DONE: {
         FrameType.DONE: ClientState.DONE,
@@ -893,6 +1006,12 @@ _CLIENT_MOVES: dict[ClientState, dict[int, ClientState]] = {
         FrameType.ACK: ClientState.DONE,  # batches still in flight, and DONE's own
         FrameType.WINNERS: ClientState.DONE,
         FrameType.NOT_READY: ClientState.DONE,
+        FrameType.DRAW_QUERY: ClientState.DONE,
+        FrameType.DRAW_INFO: ClientState.DONE,
+        FrameType.COMMIT: ClientState.DONE,
+        FrameType.REVEAL: ClientState.DONE,
+        FrameType.REVEAL_WANTED: ClientState.DONE,
+        FrameType.RECEIPT: ClientState.DONE,
     },
 }
 # A status query (and its answer) is allowed before HELLO, and an ERROR may
@@ -912,6 +1031,9 @@ _CLIENT_FRAME_TYPES: dict[type, FrameType] = {
     Done: FrameType.DONE,
     WinnersQuery: FrameType.WINNERS_QUERY,
     StatusQuery: FrameType.STATUS_QUERY,
+    DrawQuery: FrameType.DRAW_QUERY,
+    Commit: FrameType.COMMIT,
+    Reveal: FrameType.REVEAL,
 }
 
 
@@ -1002,6 +1124,17 @@ class ClientProtocol:
             return _decode_not_ready(body)
         if ftype == FrameType.STATUS:
             return self._decode_status(body)
+        if ftype == FrameType.DRAW_INFO:
+            mode, commitment = _unpack(_DRAW_INFO, body, "DRAW_INFO")
+            if mode >= len(DRAW_MODES):
+                raise ProtocolError(f"DRAW_INFO mode {mode} unknown")
+            return DrawInfo(DRAW_MODES[mode], commitment)
+        if ftype == FrameType.RECEIPT:
+            bets, digest = _unpack(_RECEIPT, body, "RECEIPT")
+            return Receipt(bets, digest)
+        if ftype == FrameType.REVEAL_WANTED:
+            _decode_empty(body, "REVEAL_WANTED")
+            return RevealWanted()
         if ftype == FrameType.CHALLENGE:
             if len(body) != NONCE_SIZE:
                 raise ProtocolError(f"CHALLENGE body must be {NONCE_SIZE} bytes, got {len(body)}")

@@ -60,15 +60,22 @@ class TokenBucket:
         return False
 
 
+#: A random draw's values that are public by design (docs/DRAW.md): anyone may check it.
+_PUBLIC_DRAW_KEYS = ("draw_mode", "commitment", "number", "seed", "reveals", "not_revealed")
+
+
 def round_summary(status: dict[str, Any]) -> dict[str, Any]:
     """What anyone may see: the round's size, how many agencies are done, the draw."""
-    return {
+    summary = {
         "agencies": status.get("agencies"),
         "agencies_done": sum(1 for a in status.get("agency", ()) if a["done"]),
         "opened": status.get("opened"),
         "drawn": status.get("drawn"),
         "draw_seconds": status.get("draw_seconds"),
     }
+    if status.get("draw_mode") == "random":
+        summary.update({key: status[key] for key in _PUBLIC_DRAW_KEYS if key in status})
+    return summary
 
 
 class StatusSnapshots:

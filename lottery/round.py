@@ -27,6 +27,16 @@ coroutine can interleave with. The draw is a critical section with awaits in
 the middle (the store records it, then reads the winners), and other
 coroutines run during them: a second caller (the deadline, a winners query
 retrying a failed draw) must wait for the first and then find it made.
+
+A random draw (``--draw random``, docs/DRAW.md) adds a phase between the
+barrier and the draw: the *reveal*. Agencies commit to a nonce in their
+handshake (`commit`); once the barrier opens, a winners query of an agency
+that has not revealed is answered `WinnersWait.REVEAL`, the agency sends its
+nonce (`reveal`), and the draw is made when every committed agency has
+revealed, or ``reveal_deadline`` seconds after the barrier opened, without
+the missing ones. The store makes the number, winners and receipts inside
+the draw's own transaction, so a restart anywhere around it finds either no
+draw (and waits for reveals again) or the whole of it.
 """
 
 from __future__ import annotations
@@ -42,11 +52,12 @@ from typing import Any, Protocol
 from . import clock
 from .barrier import DrawBarrier
 from .committer import CommitResult, Committer
+from .draw import MODE_RANDOM, agency_commitment, seed_commitment
 from .errors import ErrorCode, StoreError
 from .log import get_logger
-from .models import Record
+from .models import EMPTY_DIGEST, Record
 from .stats import LatencySample
-from .store import AsyncStore, Outcome, PendingBatch, Progress
+from .store import AsyncStore, DrawState, Outcome, PendingBatch, Progress
 
 __all__ = ["Round", "RoundStats", "Speaker", "Superseded", "WinnersWait"]
 
@@ -66,6 +77,7 @@ class WinnersWait(enum.Enum):
 
     NOT_READY = "not_ready"  # the draw is not made yet: ask again later
     SHUTTING_DOWN = "shutting_down"  # the server is stopping
+    REVEAL = "reveal"  # random draw: betting closed, this agency's nonce is wanted
 
 
 @dataclass
@@ -94,6 +106,8 @@ class Round:
         fault_draw_delay: float = 0.0,
         winning_number: int | None = None,
         today: str | None = None,
+        draw_state: DrawState | None = None,
+        reveal_deadline: float = 30.0,
     ) -> None:
         self.agencies = agencies
         #: The round's identity (from the store): in the start line, status and the logs.
@@ -116,6 +130,19 @@ class Round:
         self._fault_draw_delay = fault_draw_delay  # env-only hook for scripts/chaos.py
         self._deadline_task: asyncio.Task[None] | None = None
         self._log = get_logger()
+        # The random draw (docs/DRAW.md); all of it from the store at start.
+        self._draw_state = draw_state or DrawState()
+        self.draw_mode = self._draw_state.mode
+        self._commitments = dict(self._draw_state.commitments)
+        self._reveals = dict(self._draw_state.reveals)
+        #: Agencies whose reveal did not match: not revealing, and not asked again.
+        self._refused = set(self._draw_state.refused)
+        self._reveal_deadline = reveal_deadline
+        self._revealed = asyncio.Event()  # every committed agency revealed
+        self._opened = asyncio.Event()  # the barrier opened (or shutdown began)
+        self._reveal_task: asyncio.Task[None] | None = None
+        self._draw_due = False  # the reveal phase is over: the draw may be made
+        self._stopping = False
         #: Connections open now, handshake done or not (the server counts them).
         self.connections = 0
 
@@ -129,6 +156,7 @@ class Round:
         draw_deadline: float = 0.0,
         fault_draw_delay: float = 0.0,
         winning_number: int | None = None,
+        reveal_deadline: float = 30.0,
     ) -> Round:
         """The round as the store has it; draws at once if every agency was done.
 
@@ -136,6 +164,8 @@ class Round:
             draw_deadline: seconds after which the draw is made without the
                 agencies still missing (0: wait for all of them).
             winning_number: the store's winning number, for `status` once drawn.
+            reveal_deadline: random draw: seconds after the barrier opens
+                (or after a restart that finds it open) to wait for reveals.
         """
         done = sorted(await store.done_agencies())
         progress = await store.all_progress()
@@ -148,11 +178,17 @@ class Round:
             fault_draw_delay=fault_draw_delay,
             winning_number=winning_number,
             today=await store.round_date(),
+            draw_state=await store.draw_state(),
+            reveal_deadline=reveal_deadline,
         )
+        round_._log_commitment()
         if await store.drawn():
             round_._set_winners(await store.winners())
+            round_._draw_state = await store.draw_state()
+            if round_.random:  # the process that drew may have died before saying so
+                round_._log.info("sorteo_publicado", result="success", **round_._reveal_fields())
         elif round_.barrier.opened:  # every agency was done when the server stopped
-            await round_.draw()
+            await round_._betting_closed()
         if draw_deadline and not round_.drawn:
             round_._deadline_task = asyncio.create_task(
                 round_._draw_at_deadline(draw_deadline), name="lottery-draw-deadline"
@@ -168,7 +204,130 @@ class Round:
 
     def _set_winners(self, winners: dict[int, list[str]]) -> None:
         self._winners = {agency: tuple(docs) for agency, docs in winners.items()}
+        self._opened.set()
         self.barrier.release()
+
+    @property
+    def random(self) -> bool:
+        """Whether this round's draw is random (docs/DRAW.md)."""
+        return self.draw_mode == MODE_RANDOM
+
+    def _log_commitment(self) -> None:
+        seed = self._draw_state.seed
+        if self.random and seed is not None:
+            self._log.info("compromiso_sorteo", result="success", compromiso=self.commitment.hex())
+
+    @property
+    def commitment(self) -> bytes:
+        """The server's commitment (SHA-256 of its seed); zeros in fixed mode."""
+        seed = self._draw_state.seed
+        return seed_commitment(seed) if self.random and seed is not None else bytes(32)
+
+    async def _betting_closed(self) -> None:
+        """The barrier opened: draw now (fixed), or after the reveals (random)."""
+        self._opened.set()
+        if not self.random:
+            await self.draw()
+        elif self._reveal_task is None and not self.drawn:
+            self._check_revealed()
+            self._reveal_task = asyncio.create_task(
+                self._draw_after_reveals(), name="lottery-reveals"
+            )
+
+    def _reveal_fields(self) -> dict[str, Any]:
+        """The drawn random round's secrets, for the ``sorteo`` log line."""
+        state = self._draw_state
+        assert state.seed is not None
+        reveals = " ".join(f"{a}:{n.hex()}" for a, n in sorted(state.reveals.items()))
+        missing = [str(a) for a in sorted(state.commitments) if a not in state.reveals]
+        return {
+            "numero": state.number,
+            "semilla": state.seed.hex(),
+            "revelaciones": reveals or "-",
+            "no_revelaron": " ".join(missing) or "-",
+        }
+
+    async def _draw_after_reveals(self) -> None:
+        """Wait for every committed agency's nonce, up to the reveal deadline; then draw."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._reveal_deadline):
+                await self._revealed.wait()
+        if self._stopping:
+            return
+        missing = self._unrevealed()
+        if missing:
+            self._log.warning(
+                "revelacion", result="fail", motivo="reveal deadline passed",
+                no_revelaron=" ".join(map(str, missing)),
+            )  # fmt: skip
+        self._draw_due = True
+        await self.draw()
+
+    def _unrevealed(self) -> list[int]:
+        return sorted(a for a in self._commitments if a not in self._reveals)
+
+    def _check_revealed(self) -> None:
+        if all(a in self._reveals or a in self._refused for a in self._commitments):
+            self._revealed.set()
+
+    def receipt(self, agency: int) -> tuple[int, bytes] | None:
+        """(bets, digest) the server holds of ``agency``, once a random draw is made."""
+        if not self.random or not self.drawn:
+            return None
+        return self._draw_state.receipts.get(agency, (0, EMPTY_DIGEST))
+
+    async def commit(self, agency: int, commitment: bytes) -> str | None:
+        """Record ``agency``'s commitment; why it is refused, or None.
+
+        Raises:
+            StoreError: it could not be stored; the agency may send it again.
+        """
+        if not self.random:
+            return "this round's draw is fixed: it takes no commitments"
+        if self.barrier.opened and agency not in self._commitments:
+            return "betting has closed: too late to commit"
+        stored = await self._store.commit_nonce(agency, commitment)
+        self._commitments[agency] = stored
+        if stored != commitment:
+            self._log.warning(
+                "compromiso_agencia", result="fail", agencia=agency, compromiso=commitment.hex(),
+                registrado=stored.hex(),
+            )  # fmt: skip
+            return "a different commitment of this agency is on record"
+        self._log.info(
+            "compromiso_agencia", result="success", agencia=agency, compromiso=stored.hex()
+        )
+        return None
+
+    async def reveal(self, agency: int, nonce: bytes) -> str | None:
+        """Record ``agency``'s nonce after the barrier; why it is refused, or None.
+
+        Raises:
+            StoreError: it could not be stored; the agency may send it again.
+        """
+        why = None
+        commitment = self._commitments.get(agency)
+        if self.drawn:
+            why = "the draw is made: too late to reveal"
+        elif commitment is None:
+            why = "this agency made no commitment"
+        elif agency in self._refused:  # one try: a wrong nonce counts as not revealing
+            why = "an earlier reveal of this agency did not match its commitment"
+        elif agency_commitment(agency, nonce) != commitment:
+            why = "the nonce does not match the commitment"
+            await self._store.refuse_reveal(agency)  # for good: a restart must not undo it
+            self._refused.add(agency)  # counts as not revealing
+            self._check_revealed()
+        elif agency not in self._reveals and not await self._store.record_reveal(agency, nonce):
+            why = "the draw is made: too late to reveal"
+        if why is not None:
+            self._log.warning("revelacion", result="fail", agencia=agency, motivo=why)
+            return why
+        if agency not in self._reveals:
+            self._reveals[agency] = nonce
+            self._log.info("revelacion", result="success", agencia=agency, nonce=nonce.hex())
+        self._check_revealed()
+        return None
 
     async def draw(self) -> None:
         """Make the draw, once; a store error is logged and the draw may be retried."""
@@ -183,13 +342,20 @@ class Round:
             except StoreError as exc:
                 self._log.error("sorteo", result="fail", error=str(exc))
                 return
+            try:  # the number, seed and receipts the draw recorded
+                self._draw_state = await self._store.draw_state()
+            except StoreError as exc:
+                self._log.error("sorteo", result="fail", error=str(exc))
+                return
             if made:  # else another server, or this one before a restart, made it
                 self.stats.draw_seconds = loop.time() - started
+                extra = self._reveal_fields() if self.random else {}
                 self._log.info(
                     "sorteo",
                     result="success",
                     cant_ganadores=sum(len(d) for d in winners.values()),
                     segundos=round(self.stats.draw_seconds, 3),
+                    **extra,
                 )
             self._set_winners(winners)
 
@@ -205,14 +371,41 @@ class Round:
             motivo=f"draw deadline of {seconds:g} s passed",
             faltantes=" ".join(map(str, missing)),
         )
-        await self.draw()
+        await self._betting_closed()
 
-    async def winners(self, agency: int, timeout: float) -> tuple[str, ...] | WinnersWait:
-        """``agency``'s winning documents, waiting up to ``timeout`` for the draw."""
-        if self.barrier.opened and not self.drawn:  # the draw failed (store error): retry
+    async def winners(
+        self, agency: int, timeout: float, *, can_reveal: bool = True
+    ) -> tuple[str, ...] | WinnersWait:
+        """``agency``'s winning documents, waiting up to ``timeout`` for the draw.
+
+        Args:
+            can_reveal: False for a connection whose COMMIT was refused (its
+                process lost the nonce on record): it is never asked to reveal.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        if self.random and not self.drawn:
+            # Betting must close before a nonce is asked for; then it is asked at once.
+            if not self.barrier.opened:
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        await self._opened.wait()
+                except TimeoutError:
+                    return WinnersWait.NOT_READY
+                if self._stopping:
+                    return WinnersWait.SHUTTING_DOWN
+            if (
+                can_reveal
+                and agency in self._commitments
+                and agency not in self._reveals
+                and agency not in self._refused
+            ):
+                return WinnersWait.REVEAL
+        ready = self._draw_due or not self.random
+        if self.barrier.opened and not self.drawn and ready:  # the draw failed: retry
             await self.draw()
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout_at(deadline):
                 released = await self.barrier.wait()
         except TimeoutError:
             return WinnersWait.NOT_READY
@@ -326,7 +519,7 @@ class Round:
             if self._fault_draw_delay:
                 self._log.warning("sorteo", result="in_progress", demora=self._fault_draw_delay)
                 await asyncio.sleep(self._fault_draw_delay)
-            await self.draw()
+            await self._betting_closed()
 
     # -- reading -----------------------------------------------------------------------
 
@@ -357,23 +550,51 @@ class Round:
             ],
         }
         if self._winners is not None:  # added, never changed: readers of the old keys go on
-            status["winning_number"] = self.winning_number
+            status["winning_number"] = (
+                self._draw_state.number if self.random else self.winning_number
+            )
             for entry in status["agency"]:
                 entry["winners"] = len(self._winners.get(entry["id"], ()))
+        status.update(self._draw_status(status["agency"]))
         return status
+
+    def _draw_status(self, agencies: list[dict[str, Any]]) -> dict[str, Any]:
+        """The draw's part of the status (added keys only; docs/DRAW.md)."""
+        state = self._draw_state
+        extra: dict[str, Any] = {"draw_mode": self.draw_mode}
+        if self.drawn and state.number is not None:
+            extra["number"] = state.number
+        if not self.random:
+            return extra
+        extra["commitment"] = self.commitment.hex()
+        for entry in agencies:
+            entry["committed"] = entry["id"] in self._commitments
+            entry["revealed"] = entry["id"] in self._reveals
+        if self.drawn and state.seed is not None:  # the seed is secret until the draw
+            extra["seed"] = state.seed.hex()
+            extra["reveals"] = {str(a): n.hex() for a, n in sorted(state.reveals.items())}
+            extra["not_revealed"] = [a for a in sorted(state.commitments) if a not in state.reveals]
+        return extra
 
     # -- shutdown ------------------------------------------------------------------------
 
     def shutdown(self) -> None:
         """Wake every winners query (they answer SHUTTING_DOWN) and stop the deadline."""
+        self._stopping = True
+        self._opened.set()
         self.barrier.shutdown()
         if self._deadline_task is not None:
             self._deadline_task.cancel()
+        if self._reveal_task is not None:
+            self._reveal_task.cancel()
 
     async def wait_closed(self) -> None:
         """Wait for the deadline task and any draw under way (before the store closes)."""
         if self._deadline_task is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._deadline_task
+        if self._reveal_task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reveal_task
         async with self._draw_lock:
             pass

@@ -166,7 +166,7 @@ class BatchSender:
         self, inp: asyncio.Queue[RecordBlock | None], out: asyncio.Queue[Any], report: SendReport
     ) -> None:
         cutter = BatchCutter(self.batch_max_amount)
-        resume = self.session.resume
+        resume, draw = self.session.resume, self.session.draw
         base = self._base
         lines: collections.deque[Sequence[int]] = collections.deque()  # of records in the cutter
         while (block := await inp.get()) is not None:
@@ -179,6 +179,8 @@ class BatchSender:
             )
             # What an earlier run of this agency stored: skipped, and checked.
             data, at, skipped = resume.take(block.data, at)
+            if skipped and draw is not None:  # acknowledged by the WELCOME: in the receipt
+                draw.digest.update(block.data[: len(block.data) - len(data)], skipped)
             report.skipped += skipped
             if at:
                 lines.append(at)
@@ -254,8 +256,11 @@ class BatchSender:
         self.session.next_seq = seq
 
     def _acknowledged(self, items: list[Outgoing], report: SendReport, now: float = 0.0) -> None:
-        for item in items:
+        draw = self.session.draw
+        for item in items:  # in sequence order: the order the receipt digests them
             self.input_rows_stored = max(self.input_rows_stored, item.input_rows)
+            if draw is not None:
+                draw.digest.update(item.records, item.count)
             report.acknowledged += item.count
             self.bets_acknowledged += item.count
             if now:

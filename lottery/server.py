@@ -55,12 +55,18 @@ from .protocol import (
     Auth,
     Batch,
     Challenge,
+    Commit,
     Done,
+    DrawInfo,
+    DrawQuery,
     Error,
     Hello,
     Message,
     NotReady,
+    Receipt,
     RejectedBatch,
+    Reveal,
+    RevealWanted,
     ServerProtocol,
     SingleBet,
     Status,
@@ -110,6 +116,7 @@ class Server:
             config.winning_number,
             config.sync,
             exclusive=True,
+            draw_mode=config.draw,
         )
         self._store: ThreadedStore | None = None
         self._committer: Committer | None = None
@@ -149,6 +156,7 @@ class Server:
                 draw_deadline=cfg.draw_deadline,
                 fault_draw_delay=cfg.fault_draw_delay,
                 winning_number=cfg.winning_number,
+                reveal_deadline=cfg.reveal_deadline,
             )
             round_ = self._round
             self._snapshots = StatusSnapshots(
@@ -457,7 +465,19 @@ class _Submitted:
 
 #: What the reader queues for the writer, one per reply, in arrival order: the
 #: request itself, a submitted batch, or an ERROR decided while reading.
-_Request = Hello | Auth | Done | WinnersQuery | StatusQuery | RejectedBatch | _Submitted | Error
+_Request = (
+    Hello
+    | Auth
+    | Done
+    | WinnersQuery
+    | StatusQuery
+    | RejectedBatch
+    | _Submitted
+    | Error
+    | DrawQuery
+    | Commit
+    | Reveal
+)
 _END = None  # the reader has stopped: the writer ends after what is queued
 
 
@@ -516,6 +536,10 @@ class Handler:
         self._reader_task: asyncio.Task[None] | None = None
         self.task: asyncio.Task[Any] | None = None
         self.agency: int | None = None
+        #: The agency asked how the round is drawn (DRAW_QUERY): it speaks the
+        #: draw's frames. One that never does cannot take part in a random draw.
+        self._draw_aware = False
+        self._commit_refused = False  # another commitment is on record: it cannot reveal
         peer = writer.get_extra_info("peername")
         self._log = get_logger(ip=peer[0] if peer else "?")
 
@@ -631,6 +655,14 @@ class Handler:
             if isinstance(request, Batch | SingleBet):
                 assert self.agency is not None  # the protocol allows bets only after WELCOME
                 refusal = self._round.refuse_bets(self.agency)
+                if refusal is None and self._round.random and not self._draw_aware:
+                    refusal = (
+                        ErrorCode.BAD_VERSION,
+                        (
+                            "this round's draw is random: upgrade the agency "
+                            "(it must commit to a nonce before betting; docs/DRAW.md)"
+                        ),
+                    )
                 if refusal is not None:
                     code, why = refusal
                     message = f"{type(request).__name__} refused: {why}"
@@ -647,11 +679,18 @@ class Handler:
             elif isinstance(request, StatusQuery):
                 await self._pace_status()
                 await self._queue(request)
+            elif isinstance(request, Reveal) and not self._round.barrier.opened:
+                message = "REVEAL before betting closed"
+                self._log.warning("protocolo", result="fail", agencia=self.agency, error=message)
+                await self._queue(Error(ErrorCode.OUT_OF_ORDER, message))
+                return False
             else:
                 if isinstance(request, RejectedBatch):
                     self._log.warning(
                         "apuesta_invalida", result="fail", error=request.error().message
                     )
+                if isinstance(request, DrawQuery):
+                    self._draw_aware = True  # before any bet it sends next is read
                 await self._queue(request)
         return True
 
@@ -692,7 +731,10 @@ class Handler:
                 answer = await self._answer(request)
                 if self._writer.transport.is_closing():  # reset by the peer meanwhile
                     raise ConnectionResetError("the agency closed the connection")
-                self._writer.write(self._protocol.send(answer))
+                if isinstance(answer, tuple):  # a RECEIPT, then the WINNERS
+                    self._writer.write(b"".join(self._protocol.send(a) for a in answer))
+                else:
+                    self._writer.write(self._protocol.send(answer))
                 if isinstance(request, Hello | Auth):
                     self._handshake_answered.set()
                 async with asyncio.timeout(idle):
@@ -714,7 +756,7 @@ class Handler:
         if self._reader_task is not None:
             self._reader_task.cancel()
 
-    async def _answer(self, request: _Request) -> Message:
+    async def _answer(self, request: _Request) -> Message | tuple[Message, ...]:
         """The reply to ``request`` (awaiting its commit, the draw...)."""
         if isinstance(request, _Submitted):
             return self._answer_batch(request, await request.future)
@@ -732,6 +774,8 @@ class Handler:
             return await self._answer_done()
         if isinstance(request, StatusQuery):
             return Status(self._snapshots.text(full=self._full_status(request)))
+        if isinstance(request, DrawQuery | Commit | Reveal):
+            return await self._answer_draw(request)
         return await self._answer_winners()
 
     def _full_status(self, query: StatusQuery) -> bool:
@@ -740,6 +784,25 @@ class Handler:
             return True
         proof = self._operator_proof
         return bool(proof and query.token and hmac.compare_digest(query.token, proof))
+
+    async def _answer_draw(self, request: DrawQuery | Commit | Reveal) -> Message:
+        """DRAW_QUERY, COMMIT and REVEAL (docs/DRAW.md)."""
+        round_ = self._round
+        assert self.agency is not None
+        if isinstance(request, DrawQuery):
+            return DrawInfo(round_.draw_mode, round_.commitment)
+        try:
+            if isinstance(request, Commit):
+                why = await round_.commit(self.agency, request.commitment)
+            else:
+                why = await round_.reveal(self.agency, request.nonce)
+        except StoreError as exc:
+            self._log.error("sorteo", result="fail", error=str(exc))
+            return Error(ErrorCode.STORAGE, str(exc))
+        if why is not None:
+            self._commit_refused |= isinstance(request, Commit)
+            return Error(ErrorCode.BAD_COMMITMENT, why)
+        return Ack(0)
 
     def _answer_batch(self, submitted: _Submitted, result: Any) -> Message:
         log = self._log
@@ -829,11 +892,15 @@ class Handler:
             return Error(ErrorCode.STORAGE, str(exc))
         return Ack(0)
 
-    async def _answer_winners(self) -> Message:
+    async def _answer_winners(self) -> Message | tuple[Message, ...]:
         assert self.agency is not None
         # The wait can be long (the draw): stop waiting as soon as the peer is
         # gone, so a peer that asks and hangs up holds its slot no longer.
-        wait = asyncio.ensure_future(self._round.winners(self.agency, self._config.timeout_winners))
+        wait = asyncio.ensure_future(
+            self._round.winners(
+                self.agency, self._config.timeout_winners, can_reveal=not self._commit_refused
+            )
+        )
         gone = asyncio.ensure_future(self._peer_gone.wait())
         try:
             await asyncio.wait((wait, gone), return_when=asyncio.FIRST_COMPLETED)
@@ -844,6 +911,8 @@ class Handler:
         if not wait.done() or wait.cancelled():
             raise ConnectionResetError("the peer closed while waiting for the draw")
         winners = wait.result()
+        if winners is WinnersWait.REVEAL:
+            return RevealWanted()
         if winners is WinnersWait.NOT_READY:
             missing = self._round.barrier.missing
             self._log.info("consulta_ganadores", result="in_progress", faltan=missing)
@@ -851,4 +920,7 @@ class Handler:
         if winners is WinnersWait.SHUTTING_DOWN:
             return Error(ErrorCode.SHUTTING_DOWN, "the server is shutting down")
         self._log.info("consulta_ganadores", result="success", cant_ganadores=len(winners))
+        receipt = self._round.receipt(self.agency)
+        if receipt is not None and self._draw_aware:
+            return Receipt(*receipt), Winners(winners)
         return Winners(winners)

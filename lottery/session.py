@@ -17,8 +17,10 @@ from collections.abc import Callable
 from . import clock
 from .backoff import Retry
 from .connection import Connection, closed_hint, raise_for, retryable, shielded
+from .drawsession import join_draw
 from .errors import AuthenticationRequired, ConnectionLost, ProtocolError, ServerRefused
 from .log import get_logger
+from .participant import DrawParticipant
 from .protocol import Ack, Auth, Challenge, Error, Hello, Message, SingleBet, Welcome, auth_mac
 from .resume import ResumeCheck
 
@@ -39,8 +41,11 @@ class Session:
         base_delay: float,
         secret: bytes | None = None,
         tls: ssl.SSLContext | None = None,
+        draw: DrawParticipant | None = None,
     ) -> None:
         self.agency_id, self.host, self.port = agency_id, host, port
+        #: This agency's part in a random draw; None: it never asks how the round is drawn.
+        self.draw = draw
         self.timeout, self.attempts, self.base_delay = timeout, attempts, base_delay
         self._secret, self._tls = secret, tls
         self.conn: Connection | None = None
@@ -120,6 +125,8 @@ class Session:
                 raise ServerRefused(reply.code, reply.message)
             if not isinstance(reply, Welcome):
                 raise ProtocolError(f"expected WELCOME, got {type(reply).__name__}")
+            if self.draw is not None:
+                await join_draw(conn, self.draw, self.timeout, self._log)
         except BaseException:
             await shielded(conn.close())
             raise
@@ -211,9 +218,13 @@ class Session:
         self.position += 1
         _, _, stored = self.resume.take(encoded, (self.position,))
         if stored:  # stored by an earlier run of this agency
+            if self.draw is not None:  # acknowledged by the WELCOME: in the receipt
+                self.draw.digest.update(encoded, 1)
             if self.position >= self.resume.input_rows:
                 self.resume.check()
             return
         seq, self.next_seq = self.next_seq, self.next_seq + 1
         single = SingleBet(seq, record, self.position)  # type: ignore[arg-type]
         await self.round_trip(single, lambda reply: reply == Ack(seq))
+        if self.draw is not None:  # the receipt will cover it
+            self.draw.digest.update(encoded, 1)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import io
 from typing import Any, TextIO
 
-__all__ = ["render", "summary"]
+__all__ = ["draw_lines", "render", "summary"]
 
 
 def summary(status: dict[str, Any]) -> str:
@@ -34,6 +34,25 @@ def summary(status: dict[str, Any]) -> str:
         shown = ", ".join(map(str, missing[:20])) + (" ..." if len(missing) > 20 else "")
         return f"draw: waiting for {len(missing)} of {status['agencies']} agencies ({shown})"
     return "draw: every agency is done; drawing"
+
+
+def draw_lines(status: dict[str, Any]) -> list[str]:
+    """A random draw's public values (docs/DRAW.md): commitment, then seed and reveals."""
+    if status.get("draw_mode") != "random":
+        return []
+    agencies = status.get("agency", [])
+    committed = [str(a["id"]) for a in agencies if a.get("committed")]
+    revealed = [str(a["id"]) for a in agencies if a.get("revealed")]
+    lines = [
+        f"random draw: server commitment {status.get('commitment')}",
+        f"committed: {' '.join(committed) or '-'}; revealed: {' '.join(revealed) or '-'}",
+    ]
+    if "seed" in status:
+        missing = " ".join(map(str, status.get("not_revealed", []))) or "-"
+        number, seed = status.get("number"), status["seed"]
+        lines.append(f"number {number}; seed {seed}; not revealed: {missing}")
+        lines += [f"  nonce of agency {a}: {n}" for a, n in status.get("reveals", {}).items()]
+    return lines
 
 
 def _rows(status: dict[str, Any]) -> list[tuple[str, str, str, str]]:
@@ -60,7 +79,7 @@ def _plain(status: dict[str, Any]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(HEADERS))]
     lines = ["  ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join([_title(status), "", *lines, "", summary(status)]) + "\n"
+    return "\n".join([_title(status), "", *lines, "", summary(status), *draw_lines(status)]) + "\n"
 
 
 def render(status: dict[str, Any], out: TextIO, *, use_rich: bool | None = None) -> None:
@@ -86,6 +105,8 @@ def render(status: dict[str, Any], out: TextIO, *, use_rich: bool | None = None)
             console = Console(file=out, force_terminal=None if out.isatty() else False)
             console.print(table)
             console.print(summary(status))
+            for line in draw_lines(status):
+                console.print(line, highlight=False)
             return
     out.write(_plain(status))
 

@@ -1,13 +1,21 @@
 #!/usr/bin/env python3
 """How long the draw takes over many stored bets.
 
-    python scripts/bench_draw.py --bets 10000000
+    python scripts/bench_draw.py --bets 10000000                 # fixed draw (tp0)
+    python scripts/bench_draw.py --bets 10000000 --draw random   # docs/DRAW.md
 
 Fills a data directory with ``--bets`` bets from 5 agencies (through
 `SQLiteStore.commit`, as the server stores them), with agencies 1-4 already
 done. Then it starts a real ``lottery server`` on it, sends agency 5's DONE,
 and measures from that DONE to its acknowledgement, which the server sends
 after the draw is made and ``action: sorteo | result: success`` is logged.
+
+With ``--draw random`` the draw comes after the reveals, not in DONE's
+answer: agency 5 commits to a nonce after its handshake, says DONE, asks for
+its winners, is asked for its nonce (REVEAL_WANTED), reveals it, and asks
+again; the time measured is from the REVEAL (the last one the draw waits
+for) to the RECEIPT and WINNERS, which come after the draw: the number, the
+read of every stored bet for the winners, and every agency's receipt digest.
 """
 
 from __future__ import annotations
@@ -20,7 +28,22 @@ import tempfile
 import time
 from pathlib import Path
 
-from lottery.protocol import Ack, Done, Hello, Welcome, encode
+from lottery.draw import agency_commitment
+from lottery.protocol import (
+    Ack,
+    Commit,
+    Done,
+    DrawInfo,
+    DrawQuery,
+    Hello,
+    Receipt,
+    Reveal,
+    RevealWanted,
+    Welcome,
+    Winners,
+    WinnersQuery,
+    encode,
+)
 from lottery.store import PendingBatch, SQLiteStore
 from roundrunner import ReplyReader, start_server, stop_server
 
@@ -28,9 +51,10 @@ AGENCIES = 5
 BATCH = 8192
 
 
-def fill(data_dir: Path, bets: int, winners: int) -> None:
+def fill(data_dir: Path, bets: int, winners: int, draw: str = "fixed") -> None:
     rng = random.Random(7574)
-    store = SQLiteStore(data_dir, AGENCIES, synchronous="OFF")  # filling, not measuring
+    # Filling, not measuring: no sync.
+    store = SQLiteStore(data_dir, AGENCIES, synchronous="OFF", draw_mode=draw)
     winning_rows = set(rng.sample(range(bets), winners))
     seqs = dict.fromkeys(range(1, AGENCIES + 1), 0)
     row = 0
@@ -69,28 +93,63 @@ async def last_done(port: int) -> float:
         writer.close()
 
 
+async def last_reveal(port: int) -> float:
+    """As the last agency of a random draw: seconds from its REVEAL to its winners."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    replies = ReplyReader(reader)
+    nonce = bytes(range(32))
+    try:
+        async with asyncio.timeout(60):
+            writer.write(encode(Hello(AGENCIES)) + encode(DrawQuery()))
+            assert isinstance(await replies.next(), Welcome)
+            assert isinstance(await replies.next(), DrawInfo)
+            writer.write(encode(Commit(agency_commitment(AGENCIES, nonce))) + encode(Done()))
+            assert await replies.next() == Ack(0)
+            assert await replies.next() == Ack(0)
+            writer.write(encode(WinnersQuery()))
+            assert isinstance(await replies.next(), RevealWanted)
+            started = time.perf_counter()
+            writer.write(encode(Reveal(nonce)) + encode(WinnersQuery()))
+            assert await replies.next() == Ack(0)
+            receipt = await replies.next()
+            assert isinstance(receipt, Receipt), receipt
+            winners = await replies.next()
+            while isinstance(winners, Winners) and not winners.last:
+                winners = await replies.next()
+            elapsed = time.perf_counter() - started
+        assert isinstance(winners, Winners), winners
+        return elapsed
+    finally:
+        writer.close()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bets", type=int, default=10_000_000)
     parser.add_argument("--winners", type=int, default=1000)
+    parser.add_argument("--draw", choices=("fixed", "random"), default="fixed")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="lottery-draw-") as tmp:
         data_dir = Path(tmp)
         started = time.perf_counter()
-        fill(data_dir, args.bets, args.winners)
+        fill(data_dir, args.bets, args.winners, args.draw)
         print(f"stored {args.bets:,} bets in {time.perf_counter() - started:.1f} s")
-        server = start_server(data_dir, AGENCIES)
+        server = start_server(data_dir, AGENCIES, extra_args=("--draw", args.draw))
+        measure = last_reveal if args.draw == "random" else last_done
         try:
-            elapsed = asyncio.run(last_done(server.port))
+            elapsed = asyncio.run(measure(server.port))
         finally:
             stop_server(server)
         drawn = [line for line in server.lines if "action: sorteo | result: success" in line]
         assert len(drawn) == 1, server.log()
         print(drawn[0])
-        print(
-            f"draw over {args.bets:,} bets: {elapsed * 1000:.1f} ms from the last DONE to its ack"
+        since = (
+            "the last REVEAL to the winners"
+            if args.draw == "random"
+            else "the last DONE to its ack"
         )
+        print(f"{args.draw} draw over {args.bets:,} bets: {elapsed * 1000:.1f} ms from {since}")
     return 0
 
 

@@ -45,13 +45,16 @@ from lottery.protocol import (
     Auth,
     Batch,
     Challenge,
+    Commit,
     Done,
+    DrawQuery,
     Error,
     ErrorCode,
     FrameType,
     Hello,
     Message,
     RejectedBatch,
+    Reveal,
     ServerProtocol,
     SingleBet,
     StatusQuery,
@@ -394,6 +397,17 @@ def predict(
                 return done()
         elif isinstance(message, StatusQuery):
             owe("STATUS")
+        elif isinstance(message, DrawQuery):
+            owe("DRAWINFO")  # the server under test draws fixed: mode 0, zero commitment
+        elif isinstance(message, Commit):
+            owe("BAD_COMMITMENT")  # a fixed round takes no commitments
+        elif isinstance(message, Reveal):
+            # Before betting closes a REVEAL is a protocol error; after, a fixed
+            # round refuses it (no commitment on record).
+            if drawn:
+                owe("BAD_COMMITMENT")
+            elif owe("OUT_OF_ORDER", "BAD_COMMITMENT"):
+                return done()
         elif isinstance(message, WinnersQuery):
             if drawn:
                 owe("WINNERS")
@@ -853,6 +867,11 @@ async def run_connection(
     writer: asyncio.StreamWriter | None = None
     reading: asyncio.Task[None] | None = None
     dup_limit = 0
+    # Owed for the whole script until the writes are over (a timeout during a
+    # drip must not leave the replies that did come judged against nothing).
+    result.expects = predict(
+        script.data, agencies, drawn=script.drawn, eof=script.ending == "eof", auth=auth
+    ).expects
     try:
         async with asyncio.timeout(timeout):
             reader, writer = await asyncio.open_connection(host, port)
@@ -945,9 +964,18 @@ def judge(result: ConnResult) -> str | None:
             return f"reply {i + 1} came after {reply}, which closes the connection"
     owed = len(expects) - len(replies)
     closed_by_error = bool(replies) and closes_connection(replies[-1])
-    if end == "eof" and owed > 0 and not closed_by_error and not result.script.kickable:
-        return f"EOF after {len(replies)} of {len(expects)} owed replies"
     waiting = owed > 0 and expects[len(replies)].wait
+    # A winners query waiting for the draw stops when the peer half-closes
+    # (the server's `_answer_winners` watches for it): EOF there is allowed.
+    gone_while_waiting = waiting and result.script.ending == "eof"
+    if (
+        end == "eof"
+        and owed > 0
+        and not closed_by_error
+        and not result.script.kickable
+        and not gone_while_waiting
+    ):
+        return f"EOF after {len(replies)} of {len(expects)} owed replies"
     if end == "timeout" and owed > 0 and not waiting and result.script.ending != "abort":
         return f"no reply {len(replies)} (owed {sorted(expects[len(replies)].kinds)}) in time"
     return None

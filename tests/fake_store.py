@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Iterator, Sequence
 from typing import TypeVar
 
 from lottery.protocol import Record
-from lottery.store import Outcome, PendingBatch, Progress
+from lottery.store import DrawState, Outcome, PendingBatch, Progress
 
 #: Longest a gate may stay closed before the fake store gives up (a test bug).
 GATE_TIMEOUT = 10.0
@@ -126,6 +126,22 @@ class FakeStore:
     def bets(self) -> Iterator[tuple[int, str, str, str, str, int]]:
         self._enter("bets")
         return iter(())
+
+    def draw_state(self) -> DrawState:
+        # Not recorded in `calls`: the round reads it once at start, in every test.
+        return DrawState(drawn=self.is_drawn)
+
+    def commit_nonce(self, agency: int, commitment: bytes) -> bytes:
+        return commitment
+
+    def record_reveal(self, agency: int, nonce: bytes) -> bool:
+        return not self.is_drawn
+
+    def refuse_reveal(self, agency: int) -> None:
+        return None
+
+    def set_beacon(self, beacon: bytes) -> None:
+        return None
 
     def close(self) -> None:
         self._enter("close")

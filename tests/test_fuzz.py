@@ -47,7 +47,9 @@ from lottery.protocol import (
     Auth,
     Batch,
     Challenge,
+    Commit,
     Done,
+    DrawQuery,
     Error,
     ErrorCode,
     FrameType,
@@ -55,6 +57,7 @@ from lottery.protocol import (
     Message,
     NotReady,
     RejectedBatch,
+    Reveal,
     ServerEvent,
     ServerProtocol,
     SingleBet,
@@ -128,16 +131,27 @@ TRANSITIONS: dict[str, dict[int, str]] = {
         FrameType.DONE: "done",
         FrameType.WINNERS_QUERY: "open",
         FrameType.STATUS_QUERY: "open",
+        FrameType.DRAW_QUERY: "open",
+        FrameType.COMMIT: "open",
+        FrameType.REVEAL: "open",
     },
     "done": {
         FrameType.DONE: "done",
         FrameType.WINNERS_QUERY: "done",
         FrameType.STATUS_QUERY: "done",
+        FrameType.DRAW_QUERY: "done",
+        FrameType.COMMIT: "done",
+        FrameType.REVEAL: "done",
     },
     "closed": {},
 }
 #: docs/PROTOCOL.md §7 and §9: the only ERROR codes after which the connection stays open.
-RECOVERABLE = {ErrorCode.INVALID_BET, ErrorCode.STORAGE, ErrorCode.BAD_SEQUENCE}
+RECOVERABLE = {
+    ErrorCode.INVALID_BET,
+    ErrorCode.STORAGE,
+    ErrorCode.BAD_SEQUENCE,
+    ErrorCode.BAD_COMMITMENT,
+}
 
 
 def model_send(state: str, message: Message) -> str:
@@ -192,7 +206,10 @@ def _decode_body(ftype: int, body: bytes) -> Outcome:
     if ftype == FrameType.STATUS_QUERY:  # empty, or an operator's 32-byte proof (§ STATUS_QUERY)
         ok = len(body) in (0, 32)
         return Outcome("event", size, ("STATUS_QUERY",)) if ok else Outcome("error", size)
-    if ftype in (FrameType.DONE, FrameType.WINNERS_QUERY):
+    if ftype in (FrameType.COMMIT, FrameType.REVEAL):  # docs/PROTOCOL.md §11: 32 bytes
+        name = FrameType(ftype).name
+        return Outcome("event", size, (name, body)) if len(body) == 32 else Outcome("error", size)
+    if ftype in (FrameType.DONE, FrameType.WINNERS_QUERY, FrameType.DRAW_QUERY):
         return (
             Outcome("event", size, (FrameType(ftype).name,)) if not body else Outcome("error", size)
         )
@@ -244,7 +261,16 @@ def _fields(message: Message) -> object:
         return ("BATCH", message.seq, [tuple(r) for r in message.records], message.input_rows)
     if isinstance(message, SingleBet):
         return ("BET", message.seq, [tuple(message.record)], message.input_rows)
-    names = {Done: "DONE", WinnersQuery: "WINNERS_QUERY", StatusQuery: "STATUS_QUERY"}
+    if isinstance(message, Commit):
+        return ("COMMIT", message.commitment)
+    if isinstance(message, Reveal):
+        return ("REVEAL", message.nonce)
+    names = {
+        Done: "DONE",
+        WinnersQuery: "WINNERS_QUERY",
+        StatusQuery: "STATUS_QUERY",
+        DrawQuery: "DRAW_QUERY",
+    }
     return (names[type(message)],)
 
 
@@ -334,6 +360,12 @@ client_frames = st.one_of(
         [frame(t, b"") for t in (FrameType.DONE, FrameType.WINNERS_QUERY, FrameType.STATUS_QUERY)]
     ),
     st.binary(min_size=32, max_size=32).map(lambda mac: frame(FrameType.AUTH, mac)),
+    st.just(frame(FrameType.DRAW_QUERY, b"")),
+    st.builds(
+        frame,
+        st.sampled_from([FrameType.COMMIT, FrameType.REVEAL]),
+        st.binary(min_size=31, max_size=33),
+    ),
 )
 
 

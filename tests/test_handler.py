@@ -54,6 +54,12 @@ class FakeRound:
         missing = (2,)
 
     barrier = _Barrier()
+    random = False  # a fixed draw: the handler asks nothing of the random one
+    draw_mode = "fixed"
+    commitment = bytes(32)
+
+    def receipt(self, agency: int) -> None:
+        return None
 
     def refuse_bets(self, agency: int) -> tuple[ErrorCode, str] | None:
         return self.refusal
@@ -81,7 +87,9 @@ class FakeRound:
     async def agency_done(self, agency: int) -> None:
         self.done.append(agency)
 
-    async def winners(self, agency: int, timeout: float) -> tuple[str, ...] | WinnersWait:
+    async def winners(
+        self, agency: int, timeout: float, *, can_reveal: bool = True
+    ) -> tuple[str, ...] | WinnersWait:
         return self.winners_answer
 
     def status(self) -> dict[str, Any]:

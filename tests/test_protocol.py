@@ -57,8 +57,14 @@ HEADER = struct.Struct("!IB")
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 DOCS = Path(__file__).parents[1] / "docs" / "PROTOCOL.md"
 
-SERVER_MESSAGES = (Hello, SingleBet, Batch, Done, WinnersQuery, protocol.StatusQuery, protocol.Auth)
-CLIENT_MESSAGES = (Welcome, Ack, Error, Winners, NotReady, protocol.Status, protocol.Challenge)
+SERVER_MESSAGES = (
+    Hello, SingleBet, Batch, Done, WinnersQuery, protocol.StatusQuery, protocol.Auth,
+    protocol.DrawQuery, protocol.Commit, protocol.Reveal,
+)  # fmt: skip
+CLIENT_MESSAGES = (
+    Welcome, Ack, Error, Winners, NotReady, protocol.Status, protocol.Challenge,
+    protocol.DrawInfo, protocol.Receipt, protocol.RevealWanted,
+)  # fmt: skip
 
 
 def rec(
@@ -433,7 +439,7 @@ def test_malformed_winners_frames_are_protocol_errors(body: bytes, reason: str) 
 # -- frame types and order ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("ftype", [0x00, 0x08, 0x7F, 0x80, 0x81, 0x84, 0xFF])
+@pytest.mark.parametrize("ftype", [0x00, 0x0B, 0x7F, 0x80, 0x81, 0x84, 0xFF])
 def test_server_refuses_unknown_and_server_frame_types(ftype: int) -> None:
     """A frame type the client may not send is a ProtocolError naming the type."""
     proto = opened()
@@ -442,7 +448,7 @@ def test_server_refuses_unknown_and_server_frame_types(ftype: int) -> None:
         proto.next_event(TODAY)
 
 
-@pytest.mark.parametrize("ftype", [0x00, 0x01, 0x03, 0x05, 0x7F, 0x80, 0x88, 0xFF])
+@pytest.mark.parametrize("ftype", [0x00, 0x01, 0x03, 0x05, 0x7F, 0x80, 0x8B, 0xFF])
 def test_client_refuses_unknown_and_client_frame_types(ftype: int) -> None:
     """A frame type the server may not send is a ProtocolError naming the type."""
     with pytest.raises(ProtocolError, match=f"0x{ftype:02x}"):
@@ -509,7 +515,12 @@ def test_the_transition_table_covers_every_state() -> None:
 # -- the sending side -----------------------------------------------------------------------------
 
 #: The codes after which, per docs/PROTOCOL.md section 7, the connection stays open.
-STAYS_OPEN = {ErrorCode.INVALID_BET, ErrorCode.STORAGE, ErrorCode.BAD_SEQUENCE}
+STAYS_OPEN = {
+    ErrorCode.INVALID_BET,
+    ErrorCode.STORAGE,
+    ErrorCode.BAD_SEQUENCE,
+    ErrorCode.BAD_COMMITMENT,
+}
 
 
 def admitting() -> ServerProtocol:
@@ -562,7 +573,7 @@ def test_a_handshake_answer_nobody_asked_for_raises_runtime_error(
 def test_every_error_closes_the_connection_but_the_three_recoverable_ones(
     code: ErrorCode, make: Callable[[], ServerProtocol]
 ) -> None:
-    """Sending an ERROR closes the connection unless it is INVALID_BET, STORAGE or BAD_SEQUENCE."""
+    """An ERROR closes the connection unless INVALID_BET, STORAGE, BAD_SEQUENCE, BAD_COMMITMENT."""
     proto = make()
     before = proto.state
     assert proto.send(Error(code, "why")) == encode(Error(code, "why"))

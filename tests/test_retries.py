@@ -15,7 +15,7 @@ from lottery import backoff
 from lottery.backoff import MAX_BACKOFF, Retry, exponential_backoff
 from lottery.client import AsyncAgency
 from lottery.errors import AgencyError, ConnectionLost
-from lottery.protocol import Hello, ServerProtocol, Welcome
+from lottery.protocol import DrawInfo, DrawQuery, Hello, ServerProtocol, Welcome
 
 from .conftest import UNIT
 from .helpers import LOOPBACK, REPLY_TIMEOUT, make_rows, write_agency_file
@@ -36,7 +36,7 @@ class DroppingServer:
         self.handshakes = 0
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """Close at once, or answer HELLO with a WELCOME and close on the next request."""
+        """Close at once, or answer HELLO (and DRAW_QUERY) and close on the next request."""
         self.connections += 1
         try:
             if self.answer_hello:
@@ -47,6 +47,9 @@ class DroppingServer:
                     if isinstance(message, Hello):
                         self.handshakes += 1
                         writer.write(protocol.send(Welcome(0, 0)))
+                        await writer.drain()
+                    elif isinstance(message, DrawQuery):  # the rest of a draw-aware handshake
+                        writer.write(protocol.send(DrawInfo("fixed")))
                         await writer.drain()
                     elif message is not None:
                         break  # a request after the handshake: drop the line unanswered

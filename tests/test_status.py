@@ -157,6 +157,7 @@ async def test_query_status_returns_the_decoded_json(tmp_path: Path) -> None:
     assert isinstance(status, dict)
     assert set(status) == {
         "round", "agencies", "opened", "drawn", "draw_seconds", "connections", "agency",
+        "draw_mode",
     }  # fmt: skip
     assert status["round"] == server.round.round_id
     assert status["agency"][0]["committed_bets"] == 5

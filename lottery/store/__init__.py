@@ -8,7 +8,7 @@ store on a thread of its own, `ThreadedStore`.
 
 from __future__ import annotations
 
-from .base import AsyncStore, Outcome, PendingBatch, Progress, Store
+from .base import AsyncStore, DrawState, Outcome, PendingBatch, Progress, Store
 from .sqlite import DB_FILENAME, SYNC_MODES, SQLiteStore
 from .threaded import ThreadedStore
 
@@ -16,6 +16,7 @@ __all__ = [
     "DB_FILENAME",
     "SYNC_MODES",
     "AsyncStore",
+    "DrawState",
     "Outcome",
     "PendingBatch",
     "Progress",

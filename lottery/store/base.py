@@ -29,6 +29,22 @@ backend (a shared PostgreSQL, say) is a new class, not a change to the server:
    and a restarted agency resumes from them: it skips ``input_rows`` rows of
    its input and checks the digest. `round_date` is the day every bet of the
    round is validated against, recorded when the store is created.
+6. **A draw nobody can rig** (docs/DRAW.md). A store opened for a round
+   records its draw mode (``fixed``, or ``random``) with the round: reopened
+   with the other one it refuses (a store holding bets but no mode is a
+   fixed round). A random round's secret seed is chosen and stored when the
+   round is created, before any bet. `commit_nonce` stores an agency's
+   *first* commitment durably and returns the one on record; `record_reveal`
+   stores a nonce (already checked against that commitment by the caller)
+   only before the draw, and never after `refuse_reveal` (a wrong nonce
+   counts as not revealing, across restarts); `set_beacon` likewise. In random mode `draw` does,
+   in the same transaction that records it: the number from the seed, the
+   reveals stored by then and the beacon (`lottery.draw.derive_number`), the
+   winners by reading every stored bet, and each agency's receipt: its bet
+   count and agency digest recomputed from its stored batches in sequence
+   order (`lottery.models.agency_digest`, the digest of guarantee 5, so on an
+   undamaged store it equals `progress`'s).
+   `draw_state` reads all of it back, the same after any restart.
 
 Two shapes of the same contract:
 
@@ -42,12 +58,12 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
 from ..models import EMPTY_DIGEST, Record
 
-__all__ = ["AsyncStore", "Outcome", "PendingBatch", "Progress", "Store"]
+__all__ = ["AsyncStore", "DrawState", "Outcome", "PendingBatch", "Progress", "Store"]
 
 
 class Progress(NamedTuple):
@@ -76,6 +92,25 @@ class PendingBatch:
     seq: int
     records: Sequence[Record]  # a `Records` from the server; any rows will do
     input_rows: int = 0  # the agency's input position after the batch's last bet
+
+
+@dataclass(frozen=True)
+class DrawState:
+    """What the store holds about the draw (guarantee 6)."""
+
+    mode: str = "fixed"
+    #: The server's secret seed (random mode); published only once drawn.
+    seed: bytes | None = None
+    commitments: dict[int, bytes] = field(default_factory=dict)
+    reveals: dict[int, bytes] = field(default_factory=dict)
+    #: Agencies that revealed a wrong nonce: they count as not revealing, for good.
+    refused: set[int] = field(default_factory=set)
+    beacon: bytes = b""
+    drawn: bool = False
+    #: The winning number once drawn (random), or the fixed one.
+    number: int | None = None
+    #: agency -> (bets, receipt digest), recorded at a random draw.
+    receipts: dict[int, tuple[int, bytes]] = field(default_factory=dict)
 
 
 class Store(Protocol):
@@ -124,6 +159,26 @@ class Store(Protocol):
         """Every stored bet, in the order it was stored (for the export)."""
         ...
 
+    def draw_state(self) -> DrawState:
+        """The draw's mode, seed, commitments, reveals and results (guarantee 6)."""
+        ...
+
+    def commit_nonce(self, agency: int, commitment: bytes) -> bytes:
+        """Store ``agency``'s first commitment; returns the one on record."""
+        ...
+
+    def record_reveal(self, agency: int, nonce: bytes) -> bool:
+        """Store ``agency``'s checked nonce; False once drawn or with no commitment."""
+        ...
+
+    def refuse_reveal(self, agency: int) -> None:
+        """Durably record that ``agency`` revealed a wrong nonce: no reveal of it counts."""
+        ...
+
+    def set_beacon(self, beacon: bytes) -> None:
+        """Store the outside beacon; `StoreError` once drawn."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -149,6 +204,14 @@ class AsyncStore(Protocol):
     async def draw(self) -> bool: ...
 
     async def winners(self) -> dict[int, list[str]]: ...
+
+    async def draw_state(self) -> DrawState: ...
+
+    async def commit_nonce(self, agency: int, commitment: bytes) -> bytes: ...
+
+    async def record_reveal(self, agency: int, nonce: bytes) -> bool: ...
+
+    async def refuse_reveal(self, agency: int) -> None: ...
 
     async def aclose(self) -> None:
         """Close the store; safe to call twice."""

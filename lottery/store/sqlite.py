@@ -16,6 +16,15 @@ then fed each batch it stores. A data directory made before these columns
 existed gets them on open (``ALTER TABLE``), its input position taken to be
 its bet count: the agency's digest check then says whether that holds.
 
+A random draw (docs/DRAW.md) cannot pick winners as bets arrive: the number
+is unknown until the draw. Its draw reads every batch once, in (agency,
+sequence) order, and hands each to a `DrawScan` (lottery/store/drawscan.py),
+which finds the winners and recomputes each agency's receipt (the agency
+digest above, over the record text as stored) on two threads of its own; on
+an undamaged store the receipts equal the running digests. The seed, the
+commitments and reveals (``draw_commitments``), the number and the receipts
+(``receipts``) live beside the bets, so a restart finds them all.
+
 An `SQLiteStore` must be used from one thread only (SQLite connections belong
 to the thread that opened them): the server runs it through `ThreadedStore`.
 """
@@ -31,9 +40,11 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from .. import clock
+from ..draw import MODE_FIXED, MODE_RANDOM, SEED_SIZE, derive_number
 from ..errors import ConfigError, StoreError
 from ..models import DEFAULT_WINNING_NUMBER, FS, RS, Records, RunningDigest, agency_digest
-from .base import Outcome, PendingBatch, Progress
+from .base import DrawState, Outcome, PendingBatch, Progress
+from .drawscan import DrawScan
 from .lock import DataDirLock
 
 __all__ = ["DB_FILENAME", "SYNC_MODES", "SQLiteStore", "new_round_id"]
@@ -72,6 +83,17 @@ CREATE TABLE IF NOT EXISTS agencies (
 CREATE TABLE IF NOT EXISTS settings (
     name TEXT PRIMARY KEY,
     value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS draw_commitments (
+    agency INTEGER PRIMARY KEY,
+    commitment BLOB NOT NULL,  -- the agency's first commitment: never replaced
+    nonce BLOB,  -- its reveal, checked against the commitment; NULL: none (yet)
+    refused INTEGER NOT NULL DEFAULT 0  -- it revealed a wrong nonce: never another
+);
+CREATE TABLE IF NOT EXISTS receipts (
+    agency INTEGER PRIMARY KEY,
+    bets INTEGER NOT NULL,
+    digest BLOB NOT NULL
 );
 """
 
@@ -133,6 +155,9 @@ class SQLiteStore:
             as a server does; readers leave it False.
         today: the round's date for a new store (default: `lottery.clock.today`);
             a store keeps the date it was created on.
+        draw_mode: ``fixed`` or ``random``, recorded with the round; None
+            takes what is recorded (``fixed`` for a new store or one from
+            before draw modes).
     """
 
     def __init__(
@@ -144,6 +169,7 @@ class SQLiteStore:
         *,
         exclusive: bool = False,
         today: str | None = None,
+        draw_mode: str | None = None,
     ) -> None:
         if synchronous.upper() not in SYNC_MODES:
             raise ConfigError(f"synchronous must be one of {', '.join(SYNC_MODES)}")
@@ -166,6 +192,7 @@ class SQLiteStore:
                 self._round_date = self._date_setting(today)
                 if agencies is not None:
                     self._setting("agencies", agencies)
+                self.draw_mode = self._draw_mode(draw_mode)
                 self._drawn = (
                     self._db.execute("SELECT 1 FROM settings WHERE name = 'drawn'").fetchone()
                     is not None
@@ -254,10 +281,39 @@ class SQLiteStore:
             progress[agency] = Progress(last_seq, count, input_rows, digest)
         return progress
 
-    def _winner_marks(self) -> tuple[str, ...]:
+    def round_agencies(self) -> int:
+        """The round's agency count as recorded (0 if none is)."""
+        with _reading("the settings"):
+            value = self._text_setting("agencies")
+        return int(value) if value is not None else 0
+
+    def _text_setting(self, name: str) -> str | None:
+        row = self._db.execute("SELECT value FROM settings WHERE name = ?", (name,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def _draw_mode(self, wanted: str | None) -> str:
+        """The round's draw mode: recorded once; a random round's seed with it."""
+        recorded = self._text_setting("draw_mode")
+        if recorded is None:
+            # A store from before draw modes that holds anything is a fixed round.
+            old = self._db.execute("SELECT 1 FROM agencies LIMIT 1").fetchone() is not None
+            recorded = MODE_FIXED if old or wanted is None else wanted
+            self._db.execute("INSERT INTO settings VALUES ('draw_mode', ?)", (recorded,))
+        if wanted is not None and wanted != recorded:
+            raise ConfigError(
+                f"{self.path} holds a round with a {recorded} draw, not a {wanted} one; "
+                "use another data directory"
+            )
+        if recorded == MODE_RANDOM and self._text_setting("seed") is None:
+            # Chosen here, when the round is created: before any bet can exist.
+            seed = secrets.token_bytes(SEED_SIZE).hex()
+            self._db.execute("INSERT OR IGNORE INTO settings VALUES ('seed', ?)", (seed,))
+        return recorded
+
+    def _winner_marks(self, number: int | None = None) -> tuple[str, ...]:
         # The number field, with each zero padding that still reads as the
         # winning number, between the separators around it: FS + "7574" + RS.
-        digits = str(self.winning_number)
+        digits = str(self.winning_number if number is None else number)
         return tuple(f"{FS}{'0' * pad}{digits}{RS}" for pad in range(5 - len(digits)))
 
     def progress(self, agency: int) -> Progress:
@@ -282,7 +338,8 @@ class SQLiteStore:
         digests: dict[int, RunningDigest] = {}  # copies, published with progress
         stored: list[tuple[int, int, int, str]] = []
         winners: list[tuple[int, str]] = []
-        marks = self._winner_marks()
+        # In random mode the number is unknown until the draw: nothing to pick.
+        marks = self._winner_marks() if self.draw_mode == MODE_FIXED else ()
         for batch in batches:
             last_seq, count, _, _ = progress.get(batch.agency, Progress())
             if batch.seq <= last_seq:
@@ -356,6 +413,8 @@ class SQLiteStore:
         return self._drawn
 
     def draw(self) -> bool:
+        if self.draw_mode == MODE_RANDOM:
+            return self._draw_random()
         try:
             made = self._db.execute(
                 "INSERT OR IGNORE INTO settings VALUES ('drawn', ?)", (self.winning_number,)
@@ -380,6 +439,134 @@ class SQLiteStore:
             ):
                 for first, last, document, birthdate, number in Records(text, 0):
                     yield agency, first, last, document, birthdate, int(number)
+
+    def _draw_random(self) -> bool:
+        """Record the draw, its number, winners and receipts in one transaction."""
+        db = self._db
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                made = db.execute("INSERT OR IGNORE INTO settings VALUES ('drawn', '')").rowcount
+                if made != 1:
+                    db.execute("ROLLBACK")
+                    self._drawn = True
+                    return False
+                state = self.draw_state()
+                assert state.seed is not None
+                number = derive_number(state.seed, state.reveals, state.beacon)
+                scan = DrawScan(number)
+                try:
+                    # As bytes: the digests want the UTF-8 bytes, and only the
+                    # records holding the number are ever decoded.
+                    for agency, count, data in db.execute(
+                        "SELECT agency, bets, CAST(records AS BLOB) FROM batches "
+                        "ORDER BY agency, seq"
+                    ):
+                        scan.feed(agency, count, data)
+                except BaseException:
+                    scan.abort()
+                    raise
+                digests, winners = scan.finish().digests, scan.winners
+                _insert(db, "INSERT INTO winners VALUES {}", winners)
+                _insert(
+                    db,
+                    "INSERT INTO receipts VALUES {}",
+                    [(a, d.bets, d.digest()) for a, d in sorted(digests.items())],
+                )
+                db.execute("INSERT INTO settings VALUES ('number', ?)", (str(number),))
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot record the draw: {exc}") from exc
+        self._drawn = True
+        return True
+
+    def draw_state(self) -> DrawState:
+        with _reading("the draw"):
+            seed = self._text_setting("seed")
+            beacon = self._text_setting("beacon") or ""
+            commitments: dict[int, bytes] = {}
+            reveals: dict[int, bytes] = {}
+            refused: set[int] = set()
+            for agency, commitment, nonce, wrong in self._db.execute(
+                "SELECT agency, commitment, nonce, refused FROM draw_commitments ORDER BY agency"
+            ):
+                commitments[agency] = bytes(commitment)
+                if nonce is not None:
+                    reveals[agency] = bytes(nonce)
+                if wrong:
+                    refused.add(agency)
+            receipts = {
+                agency: (bets, bytes(digest))
+                for agency, bets, digest in self._db.execute(
+                    "SELECT agency, bets, digest FROM receipts ORDER BY agency"
+                )
+            }
+            number = self._text_setting("number")
+        if self.draw_mode == MODE_FIXED:
+            number = str(self.winning_number) if self._drawn else None
+        return DrawState(
+            mode=self.draw_mode,
+            seed=bytes.fromhex(seed) if seed else None,
+            commitments=commitments,
+            reveals=reveals,
+            refused=refused,
+            beacon=bytes.fromhex(beacon),
+            drawn=self._drawn,
+            number=int(number) if number is not None else None,
+            receipts=receipts,
+        )
+
+    def commit_nonce(self, agency: int, commitment: bytes) -> bytes:
+        try:
+            self._db.execute(
+                "INSERT OR IGNORE INTO draw_commitments (agency, commitment) VALUES (?, ?)",
+                (agency, commitment),
+            )
+            row = self._db.execute(
+                "SELECT commitment FROM draw_commitments WHERE agency = ?", (agency,)
+            ).fetchone()
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot record agency {agency}'s commitment: {exc}") from exc
+        return bytes(row[0])
+
+    def record_reveal(self, agency: int, nonce: bytes) -> bool:
+        if self._drawn:  # too late: the number is fixed without it
+            return False
+        try:
+            # Ordered with the draw by the one store thread: before it or not at all.
+            changed = self._db.execute(
+                "UPDATE draw_commitments SET nonce = ? WHERE agency = ? AND refused = 0 "
+                "AND (nonce IS NULL OR nonce = ?)",
+                (nonce, agency, nonce),
+            ).rowcount
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot record agency {agency}'s reveal: {exc}") from exc
+        return changed == 1
+
+    def refuse_reveal(self, agency: int) -> None:
+        try:
+            self._db.execute(
+                "UPDATE draw_commitments SET refused = 1 WHERE agency = ? AND nonce IS NULL",
+                (agency,),
+            )
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot record agency {agency}'s refused reveal: {exc}") from exc
+
+    def set_beacon(self, beacon: bytes) -> None:
+        if self._drawn or self._text_setting("drawn") is not None:
+            raise StoreError("the draw is made: too late for a beacon")
+        try:
+            self._db.execute(
+                "INSERT INTO settings VALUES ('beacon', ?) "
+                "ON CONFLICT(name) DO UPDATE SET value = excluded.value",
+                (beacon.hex(),),
+            )
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot record the beacon: {exc}") from exc
 
     def close(self) -> None:
         self._db.close()

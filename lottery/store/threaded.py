@@ -15,7 +15,7 @@ import functools
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
-from .base import Outcome, PendingBatch, Progress, Store
+from .base import DrawState, Outcome, PendingBatch, Progress, Store
 
 __all__ = ["ThreadedStore"]
 
@@ -76,6 +76,18 @@ class ThreadedStore:
 
     async def winners(self) -> dict[int, list[str]]:
         return await self.call(lambda s: s.winners())
+
+    async def draw_state(self) -> DrawState:
+        return await self.call(lambda s: s.draw_state())
+
+    async def commit_nonce(self, agency: int, commitment: bytes) -> bytes:
+        return await self.call(lambda s: s.commit_nonce(agency, commitment))
+
+    async def record_reveal(self, agency: int, nonce: bytes) -> bool:
+        return await self.call(lambda s: s.record_reveal(agency, nonce))
+
+    async def refuse_reveal(self, agency: int) -> None:
+        await self.call(lambda s: s.refuse_reveal(agency))
 
     async def aclose(self) -> None:
         if self._store is None:
