@@ -270,11 +270,19 @@ class Round:
         if all(a in self._reveals or a in self._refused for a in self._commitments):
             self._revealed.set()
 
-    def receipt(self, agency: int) -> tuple[int, bytes] | None:
-        """(bets, digest) the server holds of ``agency``, once a random draw is made."""
-        if not self.random or not self.drawn:
+    async def receipt(self, agency: int) -> tuple[int, bytes] | None:
+        """(bets, digest) the server holds of ``agency``, once the draw is made (else None).
+
+        A random draw recorded them with the draw. A fixed one reads the
+        store's progress: after the draw no batch is stored any more, so it
+        is final.
+        """
+        if not self.drawn:
             return None
-        return self._draw_state.receipts.get(agency, (0, EMPTY_DIGEST))
+        if self.random:
+            return self._draw_state.receipts.get(agency, (0, EMPTY_DIGEST))
+        progress = await self._store.progress(agency)
+        return progress.committed_bets, progress.digest
 
     async def commit(self, agency: int, commitment: bytes) -> str | None:
         """Record ``agency``'s commitment; why it is refused, or None.

@@ -920,7 +920,7 @@ class Handler:
         if winners is WinnersWait.SHUTTING_DOWN:
             return Error(ErrorCode.SHUTTING_DOWN, "the server is shutting down")
         self._log.info("consulta_ganadores", result="success", cant_ganadores=len(winners))
-        receipt = self._round.receipt(self.agency)
-        if receipt is not None and self._draw_aware:
+        receipt = await self._round.receipt(self.agency) if self._draw_aware else None
+        if receipt is not None:
             return Receipt(*receipt), Winners(winners)
         return Winners(winners)

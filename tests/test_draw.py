@@ -548,7 +548,7 @@ async def test_a_receipt_mismatch_shows_at_the_agency(
 
 
 async def test_fixed_mode_answers_the_draw_query_and_takes_no_commitments(tmp_path: Path) -> None:
-    """A fixed-draw server says so in DRAW_INFO, refuses COMMIT, and draws 7574 as before."""
+    """A fixed-draw server says so in DRAW_INFO, refuses COMMIT, draws 7574, and gives a receipt."""
     async with (
         running_server(tmp_path, agencies=1) as server,
         raw_connection(server.port, 1) as conn,
@@ -560,6 +560,8 @@ async def test_fixed_mode_answers_the_draw_query_and_takes_no_commitments(tmp_pa
         assert isinstance(reply, Error) and reply.code == ErrorCode.BAD_COMMITMENT
         await conn.send(Batch(1, make_rows(3, winners=[1])), Done(), WinnersQuery())  # type: ignore[arg-type]
         assert await conn.receive() == Ack(1) and await conn.receive() == Ack(0)
+        receipt = await conn.receive()  # a fixed round gives receipts too
+        assert isinstance(receipt, Receipt) and receipt.bets == 3
         assert await conn.receive() == Winners(("30000001",))
         assert server.status()["number"] == 7574
     assert re.search("draw_mode", json.dumps(server.status()))

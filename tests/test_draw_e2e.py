@@ -14,6 +14,7 @@ from gen_dataset import generate_agency_file
 from roundrunner import (
     export_bets,
     input_bets,
+    log_events,
     log_value,
     lottery_command,
     start_agency,
@@ -23,6 +24,7 @@ from roundrunner import (
 )
 
 from .conftest import UNIT
+from .helpers import make_rows, write_agency_file
 
 pytestmark = [pytest.mark.timeout(180 * UNIT), pytest.mark.e2e]
 
@@ -99,3 +101,21 @@ def test_the_tp0_dataset_in_a_random_round_verifies(tmp_path: Path) -> None:
     assert "the digest of 78697 bets" in out
     exported = export_bets(tmp_path / "data", tmp_path / "again.csv", timeout=60 * UNIT)
     assert collections.Counter(exported) == collections.Counter(input_bets(files))
+
+
+def test_a_fixed_round_gives_every_agency_a_receipt_too(tmp_path: Path) -> None:
+    """In a fixed round too, each agency gets the server's digest of its bets and checks it."""
+    files = [write_agency_file(tmp_path / f"agency-{i}.csv", make_rows(30 * i)) for i in (1, 2)]
+    server = start_server(tmp_path / "data", len(files))
+    try:
+        agencies = [start_agency(i, server.port, f) for i, f in enumerate(files, 1)]
+        wait_agencies(agencies, timeout=60 * UNIT)
+    finally:
+        assert stop_server(server) == 0, server.log()[-3000:]
+    for agency in agencies:
+        assert agency.returncode == 0, agency.output[-3000:]
+        [receipt] = log_events(agency.output.splitlines(), "recibo", result="success")
+        assert receipt["digesto_servidor"] == receipt["digesto_agencia"], receipt
+        assert (
+            receipt["apuestas_servidor"] == receipt["apuestas_agencia"] == str(30 * agency.agency)
+        )
