@@ -12,8 +12,10 @@ or ``await agency.run(path)`` for all three.
 The class is a thin front over two parts: a `Session` (lottery/session.py:
 connecting, the handshake, reconnecting, what the WELCOME says) and a
 `BatchSender` (lottery/sender.py: the reader, cutter and window behind
-`send_bets`). The winners query's loop is lottery/winners.py; what the calls
-return is lottery/reports.py. Every retry loop counts its fruitless tries
+`send_bets`). What follows the bets (`notify`, `winners`, `receipt`, `run`)
+is mixed in from lottery/roundend.py, the single-bet path is
+lottery/singlebet.py, the winners query's loop is lottery/winners.py; what
+the calls return is lottery/reports.py. Every retry loop counts its fruitless tries
 against ``reconnect_attempts`` and waits as lottery/backoff.py says.
 
 When a connection opens for the first time, the handshake also says where
@@ -31,21 +33,20 @@ from collections.abc import Sequence
 
 from .backoff import MAX_BACKOFF
 from .connection import query_status, tls_context
-from .errors import RowsRejected
 from .log import get_logger
 from .models import Bet
-from .participant import DrawParticipant, ReceiptCheck
-from .protocol import Ack, Done, NotReady, encode_record
+from .participant import DrawParticipant
 from .readers import Source
 from .reports import RoundResult, SendReport
+from .roundend import RoundEnd
 from .sender import BatchSender
 from .session import Session
-from .winners import missing_text, poll_winners
+from .singlebet import send_single
 
 __all__ = ["MAX_BACKOFF", "AsyncAgency", "RoundResult", "SendReport", "query_status", "tls_context"]
 
 
-class AsyncAgency:
+class AsyncAgency(RoundEnd):
     """An agency's connection to the central server. Use with ``async with``.
 
     Args:
@@ -101,8 +102,7 @@ class AsyncAgency:
         self.winners_base_delay = winners_base_delay
         self.winners_timeout = winners_timeout
         self.winners_wait = winners_wait
-        #: While the agency waits for the draw: whom it waits for ("agencies 3, 5 missing").
-        self.waiting_for: str | None = None
+        self.waiting_for = None  # whom the draw waits for (lottery/roundend.py)
         self.reconnect_attempts = reconnect_attempts
         self.reconnect_base_delay = reconnect_base_delay
         self._session = Session(
@@ -159,12 +159,7 @@ class AsyncAgency:
             ResumeMismatch: the bets sent before it are not the ones stored.
             ConnectionLost: ``reconnect_attempts`` tries in a row got no reply.
         """
-        fields = bet.fields() if isinstance(bet, Bet) else tuple(bet)
-        await self._session.ensure_open()  # the WELCOME says the round's date
-        # Validates, raising InvalidBet before anything is sent.
-        encoded = encode_record(fields, self._session.today)
-        await self._session.send_bet(tuple(fields), encoded)
-        self._log.info("apuesta_enviada", result="success", dni=fields[2], numero=int(fields[4]))
+        await send_single(self._session, bet, self._log)
 
     async def send_bets(self, source: Source) -> SendReport:
         """Send every valid bet of ``source`` and wait until all are stored.
@@ -183,65 +178,3 @@ class AsyncAgency:
             ServerRefused: the server refused a batch.
         """
         return await self._sender.send_source(source)
-
-    # -- done and winners ------------------------------------------------------------------
-
-    async def notify(self) -> None:
-        """Tell the server this agency has sent all its bets; waits until stored.
-
-        Raises:
-            ConnectionLost: ``reconnect_attempts`` tries in a row got no reply.
-        """
-        await self._session.round_trip(Done(), lambda reply: reply == Ack(0))
-        self._log.debug("notificar", result="success")
-
-    async def winners(self) -> list[str]:
-        """This agency's winning documents, once the draw is made.
-
-        Each try waits up to ``winners_timeout``. A "not ready" answer is
-        retried after a back-off from ``winners_base_delay``, up to
-        ``winners_attempts`` answers; a try with no answer (a lost line, a
-        time-out) counts against ``reconnect_attempts``, as in every loop.
-
-        In a random draw it first reveals this agency's nonce when the server
-        asks, and then checks the server's receipt: see `receipt`.
-
-        Raises:
-            WinnersUnavailable: ``winners_attempts`` answers were "not ready".
-            ConnectionLost: ``reconnect_attempts`` tries in a row got no answer.
-        """
-        return await poll_winners(
-            self._session,
-            attempts=self.winners_attempts,
-            base_delay=self.winners_base_delay,
-            timeout=self.winners_timeout,
-            wait=self.winners_wait,
-            on_not_ready=self._not_ready,
-        )
-
-    @property
-    def receipt(self) -> ReceiptCheck | None:
-        """After `winners` in a random draw: the server's receipt, checked against ours."""
-        draw = self._session.draw
-        return draw.receipt if draw is not None else None
-
-    def _not_ready(self, reply: NotReady) -> None:
-        self.waiting_for = missing_text(reply)
-
-    async def run(self, source: Source, *, allow_rejected: bool = False) -> RoundResult:
-        """Send all bets, say done, and get the winners: the whole round.
-
-        Args:
-            allow_rejected: say done even if rows were rejected (they are left
-                out of the round). A source that is not UTF-8 is never done.
-
-        Raises:
-            RowsRejected: rows were rejected; the valid bets are stored, DONE
-                was not sent, and the message says how to fix and rerun.
-        """
-        report = await self.send_bets(source)
-        refusal = report.done_refusal(allow_rejected)
-        if refusal is not None:
-            raise RowsRejected(f"agency {self.agency_id}: {refusal}")
-        await self.notify()
-        return RoundResult(report, await self.winners())

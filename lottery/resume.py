@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Sequence
+from typing import Any
 
 from .errors import ResumeMismatch
 from .models import EMPTY_DIGEST, agency_digest
-from .protocol import skip_records
+from .protocol import Welcome, skip_records
 
 __all__ = ["ResumeCheck"]
 
@@ -39,6 +40,17 @@ class ResumeCheck:
         self.skipped = 0
         self.checked = False
         self._running = agency_digest()
+
+    @classmethod
+    def from_welcome(cls, agency: int, welcome: Welcome, log: Any) -> ResumeCheck:
+        """The check a process's first WELCOME asks for; logs where this run picks up."""
+        check = cls(agency, welcome.input_rows, welcome.committed_bets, welcome.digest)
+        if welcome.input_rows:  # an earlier run stored bets: say where this one picks up
+            log.info(
+                "reanudar", result="in_progress", filas=welcome.input_rows,
+                apuestas=welcome.committed_bets, fecha=welcome.today,
+            )  # fmt: skip
+        return check
 
     def __repr__(self) -> str:
         return (

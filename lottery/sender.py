@@ -8,7 +8,7 @@ The asyncio version of the seed's goroutines and channels: three tasks in one
 - the *cutter* skips what an earlier run stored (by input position, checked
   by digest: lottery/resume.py), then cuts records into batches of at most
   ``batch_max_amount`` bets that also fit the 8 KiB frame limit, each with
-  the input position of its last bet;
+  the input position of its last bet (these two are lottery/batching.py);
 - the *sender* keeps up to ``max_in_flight`` batches on the wire, while a
   helper task reads their acks. A batch stays in the window until its ack
   arrives (the window is lottery/window.py); if the line is lost, the
@@ -20,7 +20,8 @@ The asyncio version of the seed's goroutines and channels: three tasks in one
 A bet the server refuses as invalid (ERROR ``INVALID_BET``, which should not
 happen: both sides validate as of the round's date) is reported with its file
 and line, like a row the reader rejected, and left out: the batches from it
-on were not stored, so they are renumbered and sent again without it.
+on were not stored, so they are renumbered and sent again without it
+(lottery/refusal.py).
 
 The reader works on any `readers.BlockReader`: a CSV file or an iterable.
 `SendReport`, what a send did, is in lottery/reports.py.
@@ -30,16 +31,15 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import re
-from collections.abc import Sequence
 from typing import Any
 
+from .batching import cut_batches, read_blocks
 from .connection import Connection, raise_for, run_together
-from .csvfiles import RecordBlock, RejectedRow
-from .errors import ErrorCode, ProtocolError
+from .csvfiles import RecordBlock
 from .log import get_logger
-from .protocol import Ack, BatchCutter, Error
+from .protocol import Ack
 from .readers import BlockReader, Source, open_reader
+from .refusal import RefusedBet, leave_out, refused_bet
 from .reports import SendReport
 from .session import Session
 from .window import Outgoing, Window
@@ -48,33 +48,6 @@ __all__ = ["BLOCK_QUEUE_SIZE", "BatchSender", "SendReport"]
 
 #: Blocks of validated records waiting for the cutter.
 BLOCK_QUEUE_SIZE = 4
-_REFUSAL = re.compile(r"bet (\d+): (.*)", re.S)  # RejectedBatch.error()'s message
-
-
-class _RefusedBet(Exception):
-    """Internal: the server refused bet ``index`` of the oldest batch in flight."""
-
-    def __init__(self, index: int, reason: str) -> None:
-        super().__init__(f"bet {index}: {reason}")
-        self.index = index
-        self.reason = reason
-
-
-def _lines_of(blocks: collections.deque[Sequence[int]], count: int) -> Sequence[int]:
-    """The input positions of the next ``count`` records, taken from ``blocks``."""
-    parts: list[Sequence[int]] = []
-    while count:
-        head = blocks[0]
-        take = min(count, len(head))
-        parts.append(head[:take])
-        count -= take
-        if take == len(head):
-            blocks.popleft()
-        else:
-            blocks[0] = head[take:]
-    if len(parts) == 1:
-        return parts[0]  # a range, mostly: no list of a million positions
-    return [line for part in parts for line in part]
 
 
 class BatchSender:
@@ -128,8 +101,10 @@ class BatchSender:
         batches: asyncio.Queue[Outgoing | None] = asyncio.Queue(self.max_in_flight)
         try:
             await run_together(
-                self._read_blocks(reader, blocks),
-                self._cut_batches(blocks, batches, report),
+                read_blocks(reader, blocks, self._log, self._count_read),
+                cut_batches(
+                    blocks, batches, report, self.batch_max_amount, self.session, self._base
+                ),
                 self._send_batches(batches, report),
             )
         except BaseException:
@@ -145,53 +120,8 @@ class BatchSender:
         report.input_rows = self.input_rows_stored
         return report
 
-    async def _read_blocks(self, reader: BlockReader, out: asyncio.Queue[Any]) -> None:
-        logged = 0
-        while True:
-            # Reading and validating a block is blocking work: off the loop.
-            block = await asyncio.to_thread(reader.read_block)
-            for row in reader.rejected[logged:]:
-                self._log.warning(
-                    "apuesta_rechazada", result="fail", archivo=row.path, linea=row.line,
-                    motivo=row.reason,
-                )  # fmt: skip
-            logged = len(reader.rejected)
-            if block is None:
-                break
-            self.bets_read += block.count
-            await out.put(block)
-        await out.put(None)
-
-    async def _cut_batches(
-        self, inp: asyncio.Queue[RecordBlock | None], out: asyncio.Queue[Any], report: SendReport
-    ) -> None:
-        cutter = BatchCutter(self.batch_max_amount)
-        resume, draw = self.session.resume, self.session.draw
-        base = self._base
-        lines: collections.deque[Sequence[int]] = collections.deque()  # of records in the cutter
-        while (block := await inp.get()) is not None:
-            # Positions count from the start of everything this process sent.
-            at = block.lines
-            at = (
-                range(at.start + base, at.stop + base)
-                if isinstance(at, range)
-                else [base + n for n in at]
-            )
-            # What an earlier run of this agency stored: skipped, and checked.
-            data, at, skipped = resume.take(block.data, at)
-            if skipped and draw is not None:  # acknowledged by the WELCOME: in the receipt
-                draw.digest.update(block.data[: len(block.data) - len(data)], skipped)
-            report.skipped += skipped
-            if at:
-                lines.append(at)
-            for records, count in cutter.feed(data):
-                await out.put(Outgoing(0, records, count, lines=_lines_of(lines, count)))
-        resume.check()  # the input may end inside the stored prefix: check it all the same
-        last = cutter.flush()
-        if last is not None:  # the last, short batch: never drop it
-            records, count = last
-            await out.put(Outgoing(0, records, count, lines=_lines_of(lines, count)))
-        await out.put(None)
+    def _count_read(self, bets: int) -> None:
+        self.bets_read += bets
 
     def _number(self, item: Outgoing) -> Outgoing:
         item.seq, self.session.next_seq = self.session.next_seq, self.session.next_seq + 1
@@ -215,45 +145,15 @@ class BatchSender:
                     self._receive_acks(conn, window, report),
                 )
                 return
-            except _RefusedBet as exc:
+            except RefusedBet as exc:
                 # Not a failure of the line: the bet is left out and the rest sent again.
                 await self.session.drop()
-                self._leave_out(window, exc, report)
+                name = self._reader.name if self._reader else "<bets>"
+                self.session.next_seq = leave_out(window, exc, report, name, self._base, self._log)
             except Exception as exc:
                 if report.acknowledged > acknowledged:  # progress: a new run of tries
                     retry.reset()
                 await self.session.retry_or_raise(retry, exc, "sending batches")
-
-    def _leave_out(self, window: Window, refused: _RefusedBet, report: SendReport) -> None:
-        """Drop the refused bet from the oldest batch in flight; renumber the batches.
-
-        The server stored none of the batches from the refused one on (each
-        later one skipped ahead of it), so they take its sequence onwards.
-        """
-        items = [window.unacked[seq] for seq in sorted(window.unacked)]
-        if not items or not 0 <= refused.index < items[0].count:
-            raise ProtocolError(f"the server refused a bet no batch in flight holds: {refused}")
-        first = items[0]
-        line = first.lines[refused.index]
-        name = self._reader.name if self._reader else "<bets>"
-        row = RejectedRow(name, line - self._base, f"refused by the server: {refused.reason}")
-        report.rejected.append(row)
-        self._log.warning(
-            "apuesta_rechazada", result="fail", archivo=row.path, linea=row.line, motivo=row.reason
-        )
-        records = first.records.split(b"\x1e")[:-1]
-        del records[refused.index]
-        first.records = b"".join(r + b"\x1e" for r in records)
-        first.lines = [n for i, n in enumerate(first.lines) if i != refused.index]
-        first.count -= 1
-        if not first.count:
-            items.pop(0)
-        window.unacked.clear()
-        seq = first.seq
-        for item in items:
-            item.seq, seq = seq, seq + 1
-            window.unacked[item.seq] = item
-        self.session.next_seq = seq
 
     def _acknowledged(self, items: list[Outgoing], report: SendReport, now: float = 0.0) -> None:
         draw = self.session.draw
@@ -288,11 +188,9 @@ class BatchSender:
             if window.input_done and not window.unacked:
                 return
             reply = await conn.receive(self.session.timeout)
-            if isinstance(reply, Error) and reply.code == ErrorCode.INVALID_BET:
-                match = _REFUSAL.fullmatch(reply.message)
-                if match is None:
-                    raise_for(reply)
-                raise _RefusedBet(int(match[1]), match[2])
+            refused = refused_bet(reply)
+            if refused is not None:
+                raise refused
             if not isinstance(reply, Ack):
                 raise_for(reply)
             now = asyncio.get_running_loop().time()

@@ -6,7 +6,9 @@ round's date (every bet is validated as of that day) and, on the first
 connection of a process, where in its input an earlier run stopped, which
 `send_bets` and `send_bet` skip and check (`resume.ResumeCheck`). `AsyncAgency` and the batch sender
 reach the server only through it; `Session.retry_or_raise` is the shared step
-of their retry loops (drop the line, count the try, wait).
+of their retry loops (drop the line, count the try, wait). The handshake's
+exchange is lottery/handshake.py, the draw's part of it lottery/drawsession.py,
+and the single-bet path over the session lottery/singlebet.py.
 """
 
 from __future__ import annotations
@@ -18,10 +20,11 @@ from . import clock
 from .backoff import Retry
 from .connection import Connection, closed_hint, raise_for, retryable, shielded
 from .drawsession import join_draw
-from .errors import AuthenticationRequired, ConnectionLost, ProtocolError, ServerRefused
+from .errors import ConnectionLost, ServerRefused
+from .handshake import shake_hands
 from .log import get_logger
 from .participant import DrawParticipant
-from .protocol import Ack, Auth, Challenge, Error, Hello, Message, SingleBet, Welcome, auth_mac
+from .protocol import Message
 from .resume import ResumeCheck
 
 __all__ = ["Session"]
@@ -112,19 +115,8 @@ class Session:
         except ssl.SSLError as exc:  # a certificate problem does not heal by retrying
             raise ConnectionLost(f"TLS with {self.host}:{self.port} failed: {exc}") from None
         try:
-            reply = await conn.request(Hello(self.agency_id), self.timeout)
-            if isinstance(reply, Challenge):  # the server wants proof of who we are
-                if self._secret is None:
-                    raise AuthenticationRequired(
-                        f"{self.host}:{self.port} requires a secret for agency "
-                        f"{self.agency_id} (--secret-file or CLI_SECRET)"
-                    )
-                mac = auth_mac(self._secret, self.agency_id, reply.nonce)
-                reply = await conn.request(Auth(mac), self.timeout)
-            if isinstance(reply, Error):
-                raise ServerRefused(reply.code, reply.message)
-            if not isinstance(reply, Welcome):
-                raise ProtocolError(f"expected WELCOME, got {type(reply).__name__}")
+            where = f"{self.host}:{self.port}"
+            reply = await shake_hands(conn, self.agency_id, self._secret, self.timeout, where)
             if self.draw is not None:
                 await join_draw(conn, self.draw, self.timeout, self._log)
         except BaseException:
@@ -139,14 +131,7 @@ class Session:
             self.next_seq = reply.last_seq + 1
             if not self.connected_once:
                 self._log.info("ronda", result="in_progress", ronda=reply.round_id)
-                self.resume = ResumeCheck(
-                    self.agency_id, reply.input_rows, reply.committed_bets, reply.digest
-                )
-                if reply.input_rows:  # an earlier run stored bets: say where this one picks up
-                    self._log.info(
-                        "reanudar", result="in_progress", filas=reply.input_rows,
-                        apuestas=reply.committed_bets, fecha=reply.today,
-                    )  # fmt: skip
+                self.resume = ResumeCheck.from_welcome(self.agency_id, reply, self._log)
             self.connected_once, self.resync = True, False
         self._log.debug("handshake", result="success", last_seq=reply.last_seq)
 
@@ -205,26 +190,3 @@ class Session:
                 self.resync = True
                 await self.drop()
                 raise
-
-    async def send_bet(self, record: tuple[str, ...], encoded: bytes) -> None:
-        """Send one validated bet on its own, unless an earlier run already stored it.
-
-        Each call is one input row. ``encoded`` is its record (`encode_record`).
-
-        Raises:
-            ResumeMismatch: the bets before it are not the ones stored.
-        """
-        await self.ensure_open()
-        self.position += 1
-        _, _, stored = self.resume.take(encoded, (self.position,))
-        if stored:  # stored by an earlier run of this agency
-            if self.draw is not None:  # acknowledged by the WELCOME: in the receipt
-                self.draw.digest.update(encoded, 1)
-            if self.position >= self.resume.input_rows:
-                self.resume.check()
-            return
-        seq, self.next_seq = self.next_seq, self.next_seq + 1
-        single = SingleBet(seq, record, self.position)  # type: ignore[arg-type]
-        await self.round_trip(single, lambda reply: reply == Ack(seq))
-        if self.draw is not None:  # the receipt will cover it
-            self.draw.digest.update(encoded, 1)
