@@ -124,7 +124,10 @@ class Round:
         self._speakers: dict[int, list[Speaker]] = collections.defaultdict(list)
         #: Handshakes begun per agency: the newest one is the one admitted.
         self._handshakes: collections.Counter[int] = collections.Counter()
-        self._progress = dict(progress or {})
+        #: agency → (last stored seq, stored bets), as STATUS shows them. Only the
+        #: counts: the store keeps the rest of `Progress` (input rows, digest), and
+        #: the handshake reads it there.
+        self._stored = {a: (p.last_seq, p.committed_bets) for a, p in (progress or {}).items()}
         #: The round's date (ISO), for the birthdate rule and the WELCOME.
         self.today = today or clock.today()
         self._fault_draw_delay = fault_draw_delay  # env-only hook for scripts/chaos.py
@@ -485,7 +488,7 @@ class Round:
         """Hand a batch to the next group commit; the future gives its `CommitResult`."""
         future = self._committer.submit(PendingBatch(agency, seq, records, input_rows))
         count = len(records)
-        future.add_done_callback(lambda f: self._count(f, agency, seq, count, input_rows))
+        future.add_done_callback(lambda f: self._count(f, agency, seq, count))
         return future
 
     def _count(
@@ -494,14 +497,11 @@ class Round:
         agency: int,
         seq: int,
         count: int,
-        input_rows: int,
     ) -> None:
         if future.cancelled() or future.result() is not Outcome.STORED:
             return
-        # The digest here stays as loaded (stale): only the store's counts, and the
-        # WELCOME reads it there. Hashing every batch again here would cost the loop.
-        last_seq, stored, _, digest = self._progress.get(agency, Progress())
-        self._progress[agency] = Progress(max(last_seq, seq), stored + count, input_rows, digest)
+        last_seq, stored = self._stored.get(agency, (0, 0))
+        self._stored[agency] = (max(last_seq, seq), stored + count)
         self.stats.batches_stored += 1
         self.stats.bets_stored += count
 
@@ -549,8 +549,8 @@ class Round:
             "agency": [
                 {
                     "id": agency,
-                    "committed_bets": self._progress.get(agency, Progress()).committed_bets,
-                    "last_seq": self._progress.get(agency, Progress()).last_seq,
+                    "committed_bets": self._stored.get(agency, (0, 0))[1],
+                    "last_seq": self._stored.get(agency, (0, 0))[0],
                     "connected": bool(self._speakers.get(agency)),
                     "done": agency in barrier.done,
                 }

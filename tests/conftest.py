@@ -1,10 +1,13 @@
-"""Shared fixtures: the time unit, and real servers on loopback port 0."""
+"""Shared fixtures: the time unit, log capture, and a TLS certificate."""
 
 from __future__ import annotations
 
 import io
 import os
+import shutil
+import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import structlog
@@ -23,3 +26,24 @@ def log_stream() -> Iterator[io.StringIO]:
     configure("INFO", "console", stream)
     yield stream
     structlog.reset_defaults()
+
+
+@pytest.fixture
+def certificate(tmp_path: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1, made with the openssl command: (cert, key)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("the openssl command is not installed")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+            "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", str(key), "-out", str(cert),
+            "-days", "1", "-subj", "/CN=localhost",
+            "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=30 * UNIT,
+    )  # fmt: skip
+    os.chmod(key, 0o600)
+    return cert, key

@@ -6,12 +6,17 @@ import asyncio
 import contextlib
 import io
 import os
+import resource
 import struct
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from lottery.config import ServerConfig
 from lottery.models import DEFAULT_WINNING_NUMBER
@@ -343,3 +348,29 @@ async def fake_server(handle: Handler) -> AsyncIterator[int]:
             task.cancel()
         if tasks:
             await asyncio.wait(tasks)
+
+
+@contextlib.contextmanager
+def open_files(wanted: int) -> Iterator[None]:
+    """At least ``wanted`` open files here (skip if the hard limit is lower); restored after."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < wanted:
+        if hard != resource.RLIM_INFINITY and hard < wanted:
+            pytest.skip(f"the open-file hard limit ({hard}) is below {wanted}")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def run_lottery(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m lottery ARGS`` to its end (bounded); its output is captured as text."""
+    return subprocess.run(
+        [sys.executable, "-m", "lottery", *args],
+        capture_output=True,
+        text=True,
+        timeout=30 * UNIT,
+        cwd=cwd,
+        check=False,
+    )

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import io
-import os
-import shutil
 import ssl
 import stat
-import subprocess
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -31,7 +28,6 @@ from lottery.protocol import (
 )
 from lottery.server import Server
 
-from .conftest import UNIT
 from .helpers import (
     LOOPBACK,
     REPLY_TIMEOUT,
@@ -209,27 +205,6 @@ async def test_an_open_server_says_so_when_it_starts(
 
 
 # -- TLS ------------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def certificate(tmp_path: Path) -> tuple[Path, Path]:
-    """A self-signed certificate for 127.0.0.1, made with the openssl command."""
-    if shutil.which("openssl") is None:
-        pytest.skip("the openssl command is not installed")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        [
-            "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
-            "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", str(key), "-out", str(cert),
-            "-days", "1", "-subj", "/CN=localhost",
-            "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
-        ],
-        check=True,
-        capture_output=True,
-        timeout=30 * UNIT,
-    )  # fmt: skip
-    os.chmod(key, 0o600)
-    return cert, key
 
 
 async def test_a_round_over_tls(tmp_path: Path, certificate: tuple[Path, Path]) -> None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,7 +10,7 @@ from lottery.auth import load_secrets
 from lottery.config import load_agency_config, load_server_config
 from lottery.errors import ConfigError
 
-from .conftest import UNIT
+from .helpers import run_lottery
 
 SECRET_A = "ab" * 32
 SECRET_B = "cd" * 32
@@ -25,17 +23,6 @@ def _private(path: Path, content: str | bytes) -> Path:
         path.write_text(content, encoding="utf-8")
     path.chmod(0o600)
     return path
-
-
-def _run_lottery(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "lottery", *args],
-        capture_output=True,
-        text=True,
-        timeout=30 * UNIT,
-        cwd=cwd,
-        check=False,
-    )
 
 
 @pytest.mark.e2e
@@ -66,7 +53,7 @@ def test_server_config_errors_are_one_line_and_exit_2(
     """Each bad setting the hardening pass found gives one line naming it, and exit 2."""
     for name, content in files.items():
         _private(tmp_path / name, content)
-    done = _run_lottery(
+    done = run_lottery(
         "server", "--agencies", "2", "--port", "0", "--data-dir", "data", *args, cwd=tmp_path
     )
     assert done.returncode == 2, (case, done.stderr)

@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import resource
-import shutil
 import socket
 import ssl
 import subprocess
@@ -54,6 +51,7 @@ from .helpers import (
     RawConnection,
     data_dir_of,
     make_rows,
+    open_files,
     running_server,
     stored_bets,
 )
@@ -91,16 +89,8 @@ async def until(condition: Callable[[], bool], timeout: float = REPLY_TIMEOUT) -
 @pytest.fixture
 def many_files() -> Iterator[None]:
     """Room for 1,100 attacking sockets at both ends; the old limit is restored after."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    wanted = 4096
-    if soft < wanted:
-        if hard != resource.RLIM_INFINITY and hard < wanted:
-            pytest.skip(f"the open-file hard limit ({hard}) is below {wanted}")
-        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
-    try:
+    with open_files(4096):
         yield
-    finally:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 class Crowd:
@@ -451,27 +441,6 @@ def test_under_a_low_open_file_limit_the_excess_is_refused_out_loud(tmp_path: Pa
 
 
 # -- 9. TLS handshakes count -----------------------------------------------------------------
-
-
-@pytest.fixture
-def certificate(tmp_path: Path) -> tuple[Path, Path]:
-    """A self-signed certificate for 127.0.0.1, made with the openssl command (as in test_auth)."""
-    if shutil.which("openssl") is None:
-        pytest.skip("the openssl command is not installed")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        [
-            "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
-            "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", str(key), "-out", str(cert),
-            "-days", "1", "-subj", "/CN=localhost",
-            "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
-        ],
-        check=True,
-        capture_output=True,
-        timeout=30 * UNIT,
-    )  # fmt: skip
-    os.chmod(key, 0o600)
-    return cert, key
 
 
 @asynccontextmanager

@@ -29,22 +29,11 @@ from lottery.store.base import PendingBatch
 from roundrunner import log_events
 
 from .conftest import UNIT
-from .helpers import LOOPBACK, REPLY_TIMEOUT, fake_server
+from .helpers import LOOPBACK, REPLY_TIMEOUT, fake_server, run_lottery
 
 pytestmark = pytest.mark.timeout(60)
 
 FORMULA_NAMES = ['=HYPERLINK("http://x")', "+1+1", "-2+3", "@SUM(A1)"]
-
-
-def _run_lottery(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "lottery", *args],
-        capture_output=True,
-        text=True,
-        timeout=30 * UNIT,
-        cwd=cwd,
-        check=False,
-    )
 
 
 def _store_with(data_dir: Path, rows: list[tuple[str, str, str, str, str]]) -> None:
@@ -149,7 +138,7 @@ def test_the_agency_logs_its_config_warnings_at_start(tmp_path: Path) -> None:
     """An agency with a typo key and a capped batch size logs both as tp0 warning lines."""
     (tmp_path / "config.yaml").write_text("server:\n  adress: 127.0.0.1:1\n", encoding="utf-8")
     (tmp_path / "a.csv").write_text("Ana,Lorca,1,1999-03-17,1\n", encoding="utf-8")
-    done = _run_lottery(
+    done = run_lottery(
         "agency", "--id", "1", "--config", "config.yaml", "--bets", "a.csv",
         "--batch-max-amount", "65535", "--server", "127.0.0.1:1", "--reconnect-attempts", "1",
         cwd=tmp_path,
@@ -167,7 +156,7 @@ def test_the_agency_logs_its_config_warnings_at_start(tmp_path: Path) -> None:
 @pytest.mark.e2e
 def test_python_m_lottery_help_is_plain_text_listing_every_command() -> None:
     """`python -m lottery --help` shows no reST markup and names all six commands."""
-    done = _run_lottery("--help")
+    done = run_lottery("--help")
     assert done.returncode == 0
     assert "``" not in done.stdout
     for command in ("server", "agency", "status", "ping", "make-secrets", "export"):

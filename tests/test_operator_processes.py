@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import signal
 import subprocess
 import time
@@ -23,7 +22,7 @@ from roundrunner import (
 )
 
 from .conftest import UNIT
-from .helpers import make_rows, write_agency_file
+from .helpers import make_rows, run_lottery, write_agency_file
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
@@ -100,19 +99,11 @@ def test_a_resumed_agency_after_ctrl_c_completes_the_round(
 # -- messages that pointed the wrong way, against a real TLS server ---------------------------
 
 
-def test_ping_and_status_against_a_real_tls_server_hint_at_tls_ca(tmp_path: Path) -> None:
+def test_ping_and_status_against_a_real_tls_server_hint_at_tls_ca(
+    tmp_path: Path, certificate: tuple[Path, Path]
+) -> None:
     """Without --tls-ca, ping and status against a TLS server say to pass it; with it, they work."""
-    if shutil.which("openssl") is None:
-        pytest.skip("the openssl command is not installed")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        [
-            "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
-            "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", str(key), "-out", str(cert),
-            "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1",
-        ],
-        check=True, capture_output=True, timeout=30 * UNIT,
-    )  # fmt: skip
+    cert, key = certificate
     server = start_server(
         tmp_path / "data", 1, extra_args=["--tls-cert", str(cert), "--tls-key", str(key)]
     )
@@ -127,12 +118,6 @@ def test_ping_and_status_against_a_real_tls_server_hint_at_tls_ca(tmp_path: Path
             assert run_lottery(*args, "--tls-ca", str(cert)).returncode == 0, args
     finally:
         assert stop_server(server) == 0
-
-
-def run_lottery(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*lottery_command(), *args], capture_output=True, text=True, timeout=30 * UNIT, check=False
-    )
 
 
 # -- a broken log pipe ----------------------------------------------------------------------

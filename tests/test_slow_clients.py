@@ -12,7 +12,6 @@ limit are refused out loud.
 from __future__ import annotations
 
 import io
-import resource
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from lottery.log import configure
 from lottery.protocol import Error, ErrorCode, Status, StatusQuery
 
 from .conftest import UNIT
-from .helpers import REPLY_TIMEOUT, RawConnection, running_server
+from .helpers import REPLY_TIMEOUT, RawConnection, open_files, running_server
 
 pytestmark = pytest.mark.timeout(120 * UNIT)
 
@@ -46,16 +45,8 @@ def quiet_logs() -> Iterator[None]:
 @pytest.fixture
 def many_files() -> Iterator[None]:
     """Room for the crowd's sockets at both ends; the old limit is restored after."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    wanted = 2 * CROWD + 1024
-    if soft < wanted:
-        if hard != resource.RLIM_INFINITY and hard < wanted:
-            pytest.skip(f"the open-file hard limit ({hard}) is below {wanted}")
-        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
-    try:
+    with open_files(2 * CROWD + 1024):
         yield
-    finally:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 @pytest.mark.slow

@@ -126,6 +126,27 @@ def _insert(db: sqlite3.Connection, sql: str, rows: Sequence[tuple[object, ...]]
 
 
 @contextlib.contextmanager
+def _transaction(db: sqlite3.Connection, failure: str) -> Iterator[None]:
+    """One ``BEGIN IMMEDIATE`` … ``COMMIT``, rolled back whole if the body raises.
+
+    The body may roll back itself (nothing to write after all); an sqlite3
+    error becomes a `StoreError` that starts with ``failure``.
+    """
+    try:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            if db.in_transaction:
+                db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+    except sqlite3.Error as exc:
+        raise StoreError(f"{failure}: {exc}") from exc
+
+
+@contextlib.contextmanager
 def _reading(what: str) -> Iterator[None]:
     try:
         yield
@@ -370,26 +391,17 @@ class SQLiteStore:
             if progress.get(agency) != self._progress.get(agency)
         ]
         db = self._db
-        try:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                _insert(db, "INSERT INTO batches VALUES {}", stored)
-                _insert(db, "INSERT INTO winners VALUES {}", winners)
-                _insert(
-                    db,
-                    "INSERT INTO agencies (agency, last_seq, committed_bets, input_rows, digest) "
-                    "VALUES {} ON CONFLICT(agency) DO UPDATE SET "
-                    "last_seq = excluded.last_seq, committed_bets = excluded.committed_bets, "
-                    "input_rows = excluded.input_rows, digest = excluded.digest",
-                    changed,
-                )
-                db.execute("COMMIT")
-            except BaseException:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-                raise
-        except sqlite3.Error as exc:
-            raise StoreError(f"commit of {len(batches)} batches failed: {exc}") from exc
+        with _transaction(db, f"commit of {len(batches)} batches failed"):
+            _insert(db, "INSERT INTO batches VALUES {}", stored)
+            _insert(db, "INSERT INTO winners VALUES {}", winners)
+            _insert(
+                db,
+                "INSERT INTO agencies (agency, last_seq, committed_bets, input_rows, digest) "
+                "VALUES {} ON CONFLICT(agency) DO UPDATE SET "
+                "last_seq = excluded.last_seq, committed_bets = excluded.committed_bets, "
+                "input_rows = excluded.input_rows, digest = excluded.digest",
+                changed,
+            )
         self._progress = progress
         self._digests.update(digests)
         return outcomes
@@ -443,44 +455,34 @@ class SQLiteStore:
     def _draw_random(self) -> bool:
         """Record the draw, its number, winners and receipts in one transaction."""
         db = self._db
-        try:
-            db.execute("BEGIN IMMEDIATE")
+        with _transaction(db, "cannot record the draw"):
+            made = db.execute("INSERT OR IGNORE INTO settings VALUES ('drawn', '')").rowcount
+            if made != 1:
+                db.execute("ROLLBACK")
+                self._drawn = True
+                return False
+            state = self.draw_state()
+            assert state.seed is not None
+            number = derive_number(state.seed, state.reveals, state.beacon)
+            scan = DrawScan(number)
             try:
-                made = db.execute("INSERT OR IGNORE INTO settings VALUES ('drawn', '')").rowcount
-                if made != 1:
-                    db.execute("ROLLBACK")
-                    self._drawn = True
-                    return False
-                state = self.draw_state()
-                assert state.seed is not None
-                number = derive_number(state.seed, state.reveals, state.beacon)
-                scan = DrawScan(number)
-                try:
-                    # As bytes: the digests want the UTF-8 bytes, and only the
-                    # records holding the number are ever decoded.
-                    for agency, count, data in db.execute(
-                        "SELECT agency, bets, CAST(records AS BLOB) FROM batches "
-                        "ORDER BY agency, seq"
-                    ):
-                        scan.feed(agency, count, data)
-                except BaseException:
-                    scan.abort()
-                    raise
-                digests, winners = scan.finish().digests, scan.winners
-                _insert(db, "INSERT INTO winners VALUES {}", winners)
-                _insert(
-                    db,
-                    "INSERT INTO receipts VALUES {}",
-                    [(a, d.bets, d.digest()) for a, d in sorted(digests.items())],
-                )
-                db.execute("INSERT INTO settings VALUES ('number', ?)", (str(number),))
-                db.execute("COMMIT")
+                # As bytes: the digests want the UTF-8 bytes, and only the
+                # records holding the number are ever decoded.
+                for agency, count, data in db.execute(
+                    "SELECT agency, bets, CAST(records AS BLOB) FROM batches ORDER BY agency, seq"
+                ):
+                    scan.feed(agency, count, data)
             except BaseException:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
+                scan.abort()
                 raise
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot record the draw: {exc}") from exc
+            digests, winners = scan.finish().digests, scan.winners
+            _insert(db, "INSERT INTO winners VALUES {}", winners)
+            _insert(
+                db,
+                "INSERT INTO receipts VALUES {}",
+                [(a, d.bets, d.digest()) for a, d in sorted(digests.items())],
+            )
+            db.execute("INSERT INTO settings VALUES ('number', ?)", (str(number),))
         self._drawn = True
         return True
 
