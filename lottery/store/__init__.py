@@ -8,7 +8,16 @@ store on a thread of its own, `ThreadedStore`.
 
 from __future__ import annotations
 
-from .base import AsyncStore, DrawState, Outcome, PendingBatch, Progress, Store
+from .base import (
+    AsyncStore,
+    DrawState,
+    Outcome,
+    PendingBatch,
+    Progress,
+    RoundView,
+    SharedStore,
+    Store,
+)
 from .sqlite import DB_FILENAME, SYNC_MODES, SQLiteStore
 from .threaded import ThreadedStore
 
@@ -20,7 +29,9 @@ __all__ = [
     "Outcome",
     "PendingBatch",
     "Progress",
+    "RoundView",
     "SQLiteStore",
+    "SharedStore",
     "Store",
     "ThreadedStore",
 ]

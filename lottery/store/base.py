@@ -46,12 +46,27 @@ backend (a shared PostgreSQL, say) is a new class, not a change to the server:
    undamaged store it equals `progress`'s).
    `draw_state` reads all of it back, the same after any restart.
 
+7. **Fencing, for a store several servers share** (`SharedStore`). Each
+   handshake calls `admit(agency)`, which bumps the agency's *epoch* and
+   records this server as the one the agency speaks to, in one transaction,
+   and returns the new epoch with the agency's progress. Every batch carries
+   the epoch of the connection that read it (`PendingBatch.epoch`); `commit`
+   checks it *inside its own transaction*, with the agency's progress row
+   locked: a batch whose epoch is no longer the agency's current one is
+   `STALE`, not stored, and takes no sequence number. So a server that
+   stalled with batches read but not committed cannot store them after the
+   agency moved to another server and was told what is stored there.
+
 Two shapes of the same contract:
 
 - `Store` blocks. A backend whose driver blocks (sqlite3) implements it and
   runs behind `ThreadedStore`, on one thread of its own, off the event loop.
 - `AsyncStore` is what the server holds. A backend with an asyncio driver may
   implement it natively, with no thread.
+
+`SharedStore` adds what several servers over one store need: fencing
+(guarantee 7), a view of the whole round (`RoundView`) and a way to wait for
+another server's change (`wait_changed`: LISTEN/NOTIFY, with polling behind).
 """
 
 from __future__ import annotations
@@ -63,7 +78,16 @@ from typing import NamedTuple, Protocol
 
 from ..models import EMPTY_DIGEST, Record
 
-__all__ = ["AsyncStore", "DrawState", "Outcome", "PendingBatch", "Progress", "Store"]
+__all__ = [
+    "AsyncStore",
+    "DrawState",
+    "Outcome",
+    "PendingBatch",
+    "Progress",
+    "RoundView",
+    "SharedStore",
+    "Store",
+]
 
 
 class Progress(NamedTuple):
@@ -82,6 +106,7 @@ class Outcome(enum.Enum):
     DUPLICATE = "duplicate"  # its sequence was already committed: acknowledge again
     GAP = "gap"  # its sequence skips ahead of the last committed one: refuse
     LATE = "late"  # the draw was made first: not stored
+    STALE = "stale"  # a newer connection of its agency was admitted (guarantee 7): not stored
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +117,9 @@ class PendingBatch:
     seq: int
     records: Sequence[Record]  # a `Records` from the server; any rows will do
     input_rows: int = 0  # the agency's input position after the batch's last bet
+    #: The fencing token of the connection that read it (`SharedStore.admit`);
+    #: 0 for a store only one server uses, which ignores it.
+    epoch: int = 0
 
 
 @dataclass(frozen=True)
@@ -215,4 +243,47 @@ class AsyncStore(Protocol):
 
     async def aclose(self) -> None:
         """Close the store; safe to call twice."""
+        ...
+
+
+@dataclass(frozen=True)
+class RoundView:
+    """The whole round as a shared store holds it: every server's part."""
+
+    done: frozenset[int] = frozenset()
+    drawn: bool = False
+    #: agency -> what it has stored (every agency that stored something).
+    progress: dict[int, Progress] = field(default_factory=dict)
+    #: agency -> id of the server it is connected to now (absent: none).
+    servers: dict[int, str] = field(default_factory=dict)
+
+
+class SharedStore(AsyncStore, Protocol):
+    """An `AsyncStore` several server processes share: one round across them."""
+
+    #: This server's id among the store's users (host:port, or one given).
+    server_id: str
+
+    async def admit(self, agency: int) -> tuple[int, Progress]:
+        """Bump ``agency``'s epoch, record this server as its server (guarantee 7).
+
+        Returns the new epoch and what is stored of the agency, read in the
+        same transaction: every later commit of a batch with an older epoch
+        is `Outcome.STALE`.
+        """
+        ...
+
+    async def release(self, agency: int, epoch: int) -> None:
+        """The connection admitted with ``epoch`` closed: clear this server's mark
+        of ``agency`` if no newer admission replaced it."""
+        ...
+
+    async def view(self) -> RoundView:
+        """The whole round: done marks, the draw, progress and servers."""
+        ...
+
+    async def wait_changed(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` s for another server's change (a done mark, the
+        draw, an admission); True if one was signalled, False on timeout (the
+        caller then reads `view` anyway: polling is the fallback)."""
         ...
