@@ -62,7 +62,7 @@ import secrets
 import socket
 import time
 import urllib.parse
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from typing import Any
 
 import asyncpg
@@ -767,7 +767,7 @@ class PostgresStore:
 
     # -- export -----------------------------------------------------------------------------
 
-    async def bets(self) -> AsyncIterator[tuple[int, str, str, str, str, int]]:
+    async def bets(self) -> AsyncGenerator[tuple[int, str, str, str, str, int], None]:
         """Every stored bet, in store order (for the export), as `SQLiteStore.bets` gives it."""
         async with (
             self._connection("cannot read the bets") as conn,
