@@ -397,20 +397,7 @@ class PostgresStore:
             if await conn.fetchval("SELECT drawn FROM round FOR SHARE"):
                 self._drawn = True
                 return [Outcome.LATE] * len(batches)
-            await conn.execute(
-                "INSERT INTO agencies (agency) SELECT unnest($1::integer[]) ON CONFLICT DO NOTHING",
-                agencies,
-            )
-            # In agency order: two servers locking overlapping groups never deadlock.
-            locked = {
-                row["agency"]: row
-                for row in await conn.fetch(
-                    "SELECT agency, last_seq, committed_bets, input_rows, digest, epoch "
-                    "FROM agencies WHERE agency = ANY($1::integer[]) "
-                    "ORDER BY agency FOR UPDATE",
-                    agencies,
-                )
-            }
+            locked = await self._lock_agencies(conn, agencies)
             outcomes, copy, stored, changed = await self._decide(conn, batches, locked, digests)
             if stored:
                 data = "".join(copy).encode()
@@ -430,6 +417,24 @@ class PostgresStore:
                 )
         self._digests.update(digests)  # published only once the transaction committed
         return outcomes
+
+    async def _lock_agencies(
+        self, conn: PoolConnectionProxy[Record], agencies: list[int]
+    ) -> dict[int, Record]:
+        """Lock the progress rows of ``agencies`` (sorted), making the missing ones."""
+        # In agency order: two servers locking overlapping groups never deadlock.
+        select = (
+            "SELECT agency, last_seq, committed_bets, input_rows, digest, epoch "
+            "FROM agencies WHERE agency = ANY($1::integer[]) ORDER BY agency FOR UPDATE"
+        )
+        locked = {row["agency"]: row for row in await conn.fetch(select, agencies)}
+        if len(locked) < len(agencies):  # an agency's first batch (no admission made its row)
+            await conn.execute(
+                "INSERT INTO agencies (agency) SELECT unnest($1::integer[]) ON CONFLICT DO NOTHING",
+                [a for a in agencies if a not in locked],
+            )
+            locked = {row["agency"]: row for row in await conn.fetch(select, agencies)}
+        return locked
 
     async def _decide(
         self,
