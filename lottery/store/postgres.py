@@ -597,6 +597,8 @@ class PostgresStore:
         )
         try:
             await conn.add_listener(CHANNEL, self._on_notify)
+            # Lost, it may have missed notifications: wake the waiter to read the round.
+            conn.add_termination_listener(self._on_lost)
         except BaseException:
             conn.terminate()
             raise
@@ -606,8 +608,13 @@ class PostgresStore:
         if not str(payload).endswith(self._token):
             self._changed.set()
 
+    def _on_lost(self, conn: object) -> None:
+        self._changed.set()
+
     async def _drop_listener(self) -> None:
         listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.remove_termination_listener(self._on_lost)
         if listener is not None and not listener.is_closed():
             try:
                 async with asyncio.timeout(CONNECT_TIMEOUT):
