@@ -159,6 +159,39 @@ async def test_two_stores_racing_the_draw_make_it_once(pg_dsn: str) -> None:
             await s.aclose()
 
 
+async def test_the_draw_waits_for_a_commit_in_flight_and_later_commits_are_late(
+    store: PostgresStore, pg_dsn: str
+) -> None:
+    """Guarantee 3 across servers: a draw waits for a commit holding the round row, whose
+    bets then take part; a server that has not seen the draw finds its commit LATE."""
+    other = await PostgresStore.open(pg_dsn, agencies=AGENCIES)
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        async with conn.transaction():  # what a commit holds while it writes
+            await conn.fetchval("SELECT drawn FROM round FOR SHARE")
+            drawing = asyncio.create_task(store.draw())
+            for _ in range(500):  # until the draw's backend waits for the row lock
+                waiting = await conn.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                    "AND query LIKE 'SELECT drawn, seed%'"
+                )
+                if waiting:
+                    break
+                await asyncio.sleep(0.01)
+            assert waiting and not drawing.done()
+            await conn.execute(
+                "INSERT INTO bets (agency, seq, first_name, last_name, document, birthdate, "
+                "number) VALUES (1, 1, 'A', 'B', 'in-flight', '1990-01-01', $1)",
+                WINNING,
+            )
+        assert await drawing is True
+        assert await store.winners() == {1: ["in-flight"]}
+        assert await other.commit([batch(2, 1, rec("late", "7574"))]) == [Outcome.LATE]
+    finally:
+        await conn.close()
+        await other.aclose()
+
+
 async def test_random_draw_number_and_receipts(pg_dsn: str) -> None:
     """A random draw derives its number from seed, reveals and beacon, and each receipt equals
     the agency's stored count and digest."""
