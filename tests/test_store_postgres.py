@@ -12,6 +12,7 @@ import asyncpg
 import pytest
 
 import pg_cluster as cluster
+from lottery.config import load_server_config
 from lottery.draw import derive_number
 from lottery.errors import ConfigError, StoreError
 from lottery.models import EMPTY_DIGEST, FS, RS, agency_digest
@@ -427,3 +428,26 @@ async def test_a_commit_while_postgresql_is_down_fails_and_the_store_recovers(
             await other.aclose()
     finally:
         await s.aclose()
+
+
+# -- choosing the store ------------------------------------------------------------------------
+
+
+def test_store_setting_comes_from_flag_environment_or_config_ini(tmp_path: Path) -> None:
+    """--store, else LOTTERY_STORE, else config.ini's STORE; none: SQLite in --data-dir."""
+    ini = tmp_path / "config.ini"
+    ini.write_text("[DEFAULT]\nSTORE = postgresql://f@h:1/file\n", encoding="utf-8")
+    env = {"LOTTERY_STORE": "postgresql://e@h:1/env"}
+    flag = {"store": "postgresql://c@h:1/flag"}
+    assert load_server_config(flag, env, str(ini)).store == "postgresql://c@h:1/flag"
+    assert load_server_config({}, env, str(ini)).store == "postgresql://e@h:1/env"
+    assert load_server_config({}, {}, str(ini)).store == "postgresql://f@h:1/file"
+    assert load_server_config({}, {}, None).store == ""
+
+
+def test_a_store_that_is_not_postgresql_is_refused_in_one_line() -> None:
+    """LOTTERY_STORE=sqlite:///x is a ConfigError naming the setting and the value."""
+    with pytest.raises(ConfigError) as error:
+        load_server_config({}, {"LOTTERY_STORE": "sqlite:///x"}, None)
+    assert "LOTTERY_STORE" in str(error.value) and "sqlite:///x" in str(error.value)
+    assert "\n" not in str(error.value)
