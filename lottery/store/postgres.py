@@ -310,7 +310,10 @@ class PostgresStore:
             async with asyncio.timeout(OPERATION_TIMEOUT):
                 pool = await asyncpg.create_pool(
                     dsn,
-                    min_size=1,
+                    # No floor: asyncpg would keep reconnecting a floor in the background
+                    # (logging a traceback a try) while PostgreSQL is down; this store
+                    # reconnects on its next call instead, after `_Reconnect`'s pause.
+                    min_size=0,
                     max_size=POOL_SIZE,
                     timeout=CONNECT_TIMEOUT,
                     command_timeout=OPERATION_TIMEOUT,
@@ -329,7 +332,9 @@ class PostgresStore:
                 )
         except BaseException as exc:
             await _close_pool(pool)
-            if isinstance(exc, (*_CONNECTION_ERRORS, asyncpg.PostgresError)):
+            if isinstance(exc, _CONNECTION_ERRORS):  # the pool connects on first use
+                raise StoreError(f"cannot reach PostgreSQL at {where}: {_plain(exc)}") from exc
+            if isinstance(exc, asyncpg.PostgresError):
                 raise StoreError(f"cannot open the store at {where}: {_plain(exc)}") from exc
             raise
         return cls(pool, dsn, settings, server_id or f"{socket.gethostname()}:{os.getpid()}")
