@@ -411,15 +411,17 @@ class PostgresStore:
                 await conn.copy_to_table(
                     "bets", source=_one_chunk(data), columns=_BET_COLUMNS, format="text"
                 )
-                await conn.copy_records_to_table(
-                    "batches", records=stored, columns=("agency", "seq", "bets", "records")
-                )
+                # The batches and the progress in one statement: one round trip.
                 await conn.execute(
+                    "WITH stored AS (INSERT INTO batches (agency, seq, bets, records) "
+                    "SELECT * FROM unnest($1::integer[], $2::bigint[], $3::integer[], "
+                    "$4::bytea[])) "
                     "UPDATE agencies a SET last_seq = u.last_seq, "
                     "committed_bets = u.bets, input_rows = u.input_rows, digest = u.digest "
-                    "FROM unnest($1::integer[], $2::bigint[], $3::bigint[], $4::bigint[], "
-                    "$5::bytea[]) AS u(agency, last_seq, bets, input_rows, digest) "
+                    "FROM unnest($5::integer[], $6::bigint[], $7::bigint[], $8::bigint[], "
+                    "$9::bytea[]) AS u(agency, last_seq, bets, input_rows, digest) "
                     "WHERE a.agency = u.agency",
+                    *zip(*stored, strict=True),
                     *zip(*changed, strict=True),
                 )
         self._digests.update(digests)  # published only once the transaction committed
