@@ -28,8 +28,9 @@ How each guarantee of lottery/store/base.py holds with several servers:
    decides DUPLICATE/GAP/STALE against them, loads the bets with one text
    COPY (the record text turned into COPY's text format by three C-speed
    string replacements, several times less client CPU than building a Python
-   tuple per bet for a binary COPY) and the batches with a binary COPY.
-   ``synchronous_commit`` is on: a returned commit is durable.
+   tuple per bet for a binary COPY), then inserts the batches and updates
+   the progress in one statement. ``synchronous_commit`` is on: a returned
+   commit is durable.
 3. Commits take the ``round`` row ``FOR SHARE``, the draw takes it ``FOR
    UPDATE``: the draw waits for the commits in flight, and a commit that
    comes after it finds it drawn (every batch LATE). The draw is one
