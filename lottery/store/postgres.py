@@ -105,6 +105,9 @@ CONNECT_TIMEOUT = 5.0
 POOL_SIZE = 4
 #: Rows fetched per round trip by the export's cursor.
 FETCH_ROWS = 10_000
+#: Longest wait for one of them: the first waits for PostgreSQL to sort every
+#: bet into store order (no index on ``bets``: loading stays fast).
+EXPORT_FETCH_TIMEOUT = 300.0
 #: Pauses between reconnection attempts after a lost connection.
 RECONNECT_FIRST, RECONNECT_MAX = 0.05, 1.0
 # Serialises schema creation and the round row across servers starting at once.
@@ -343,14 +346,21 @@ class PostgresStore:
     # -- the connection, bounded and reconnecting -------------------------------------------
 
     @contextlib.asynccontextmanager
-    async def _connection(self, failure: str) -> AsyncIterator[PoolConnectionProxy[Record]]:
-        """A pooled connection for one operation; errors become `StoreError(failure: ...)`."""
+    async def _connection(
+        self, failure: str, *, bounded: bool = True
+    ) -> AsyncIterator[PoolConnectionProxy[Record]]:
+        """A pooled connection for one operation; errors become `StoreError(failure: ...)`.
+
+        The whole operation has `OPERATION_TIMEOUT`; with ``bounded=False``
+        (a long read, whose every fetch is bounded instead) only getting the
+        connection is, and each statement by asyncpg's command timeout.
+        """
         if self._closed:
             raise StoreError(f"{failure}: the store is closed")
         try:
-            async with asyncio.timeout(OPERATION_TIMEOUT):
+            async with asyncio.timeout(OPERATION_TIMEOUT if bounded else None):
                 await self._reconnect.wait()
-                async with self._pool.acquire() as conn:
+                async with self._pool.acquire(timeout=OPERATION_TIMEOUT) as conn:
                     yield conn
         except _CONNECTION_ERRORS as exc:
             self._reconnect.failed()
@@ -799,16 +809,19 @@ class PostgresStore:
 
     async def bets(self) -> AsyncGenerator[tuple[int, str, str, str, str, int], None]:
         """Every stored bet, in store order (for the export), as `SQLiteStore.bets` gives it."""
+        # Ten million bets take longer than any one operation may: each fetch is
+        # bounded instead (and the snapshot keeps the export consistent).
         async with (
-            self._connection("cannot read the bets") as conn,
+            self._connection("cannot read the bets", bounded=False) as conn,
             conn.transaction(isolation="repeatable_read", readonly=True),
         ):
-            async for agency, first, last, document, birthdate, number in conn.cursor(
+            cursor = await conn.cursor(
                 "SELECT agency, first_name, last_name, document, birthdate, number "
-                "FROM bets ORDER BY id",
-                prefetch=FETCH_ROWS,
-            ):
-                yield agency, first, last, document, birthdate.isoformat(), number
+                "FROM bets ORDER BY id"
+            )
+            while rows := await cursor.fetch(FETCH_ROWS, timeout=EXPORT_FETCH_TIMEOUT):
+                for agency, first, last, document, birthdate, number in rows:
+                    yield agency, first, last, document, birthdate.isoformat(), number
 
     # -- closing ----------------------------------------------------------------------------
 
