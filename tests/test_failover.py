@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -20,6 +21,7 @@ import pytest
 
 from lottery import backoff
 from lottery.backoff import Retry
+from lottery.cli import main
 from lottery.client import AsyncAgency
 from lottery.config import load_agency_config, parse_addresses
 from lottery.errors import ConfigError, ConnectionLost
@@ -261,6 +263,41 @@ async def test_an_unresolvable_name_in_a_list_is_skipped(tmp_path: Path) -> None
         winners = await run_round([("no-such-host.invalid", 12345), (LOOPBACK, server.port)])
     assert winners == WINNERS
     assert_stored_once(tmp_path)
+
+
+# -- status and ping ----------------------------------------------------------------------------
+# main() runs its own event loop, so it runs in a thread while the server runs in the test's.
+
+
+async def test_ping_and_status_use_the_first_server_that_answers(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], log_stream: io.StringIO
+) -> None:
+    """`lottery ping` and `status` given DOWN,UP skip the closed port and ask the next."""
+    timeout = ["--timeout", str(REPLY_TIMEOUT)]
+    async with running_server(tmp_path, agencies=1) as server:
+        up = f"{LOOPBACK}:{server.port}"
+        listed = f"{LOOPBACK}:{closed_port()},{up}"
+        pinged = await asyncio.to_thread(main, ["ping", listed, *timeout])
+        ping_out = capsys.readouterr().out
+        asked = await asyncio.to_thread(main, ["status", "--server", listed, "--json", *timeout])
+    assert (pinged, asked) == (0, 0)
+    assert ping_out.startswith(f"lottery ping: {up} answers; ")
+    assert json.loads(capsys.readouterr().out)["agencies"] == 1
+
+
+async def test_ping_of_a_list_with_nobody_up_exits_1(capsys: pytest.CaptureFixture[str]) -> None:
+    """When no server of the list answers, ping says so for the whole list and exits 1."""
+    listed = f"{LOOPBACK}:{closed_port()},{LOOPBACK}:{closed_port()}"
+    assert await asyncio.to_thread(main, ["ping", listed, "--timeout", "1"]) == 1
+    assert capsys.readouterr().out.startswith(f"lottery ping: {listed} did not answer")
+
+
+def test_status_with_a_bad_entry_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    """A bad entry in status's --server list is a usage error naming the flag and the entry."""
+    assert main(["status", "--server", "a:1,nowhere"]) == 2
+    assert capsys.readouterr().err == (
+        "lottery status: --server: server 2 of 2 in 'a:1,nowhere': 'nowhere' is not HOST:PORT\n"
+    )
 
 
 # -- a real agency process ------------------------------------------------------------------
