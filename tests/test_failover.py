@@ -126,6 +126,23 @@ def test_a_retry_over_several_servers_counts_whole_rounds() -> None:
     assert (retry.failures, retry.tries) == (0, 0)
 
 
+def test_an_empty_server_list_is_refused() -> None:
+    """servers=[] is a mistake, not a wish for the default server."""
+    with pytest.raises(ValueError, match="at least one server"):
+        AsyncAgency(1, servers=[])
+
+
+def test_host_and_port_still_name_one_server() -> None:
+    """AsyncAgency(id, host, port) is a list of one, and says which server it uses."""
+    client = AsyncAgency(1, "example.org", 4000)
+    assert (client.host, client.port, client.servers) == (
+        "example.org",
+        4000,
+        [("example.org", 4000)],
+    )
+    assert "example.org:4000" in repr(client)
+
+
 # -- the address list -----------------------------------------------------------------------
 
 
