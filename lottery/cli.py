@@ -44,6 +44,7 @@ from .log import configure, get_logger
 from .participant import DrawParticipant, nonce_file
 from .progress import agency_progress, console_for, count_lines, log_stream, progress_wanted
 from .server import Server
+from .servers import address_text
 from .status import render as render_status
 from .status import summary
 from .store import DB_FILENAME, SQLiteStore
@@ -489,7 +490,7 @@ async def _first_status(
     """The STATUS of the first server that answers, and its ``HOST:PORT``; else the last error."""
     for n, (host, port) in enumerate(servers, 1):
         try:
-            return f"{host}:{port}", await query_status(host, port, timeout, tls, token)
+            return address_text((host, port)), await query_status(host, port, timeout, tls, token)
         except (OSError, LotteryError):
             if n == len(servers):
                 raise
