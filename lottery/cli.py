@@ -519,7 +519,7 @@ def run_ping(args: argparse.Namespace) -> int:
     try:
         where, status = asyncio.run(_first_status(servers, args.timeout, tls, None))
     except (OSError, LotteryError) as exc:
-        print(f"lottery ping: {args.server} did not answer: {exc or type(exc).__name__}")
+        print(f"lottery ping: {args.server} did not answer: {str(exc) or type(exc).__name__}")
         return EXIT_FAILED
     print(f"lottery ping: {where} answers; {summary(status)}")
     return EXIT_OK
