@@ -21,8 +21,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import IO
 
-from .errors import InvalidBatch, InvalidBet, ProtocolError
-from .models import FS, RS, encode_record, validate_records
+from .errors import InvalidBet
+from .models import FS, RS, csv_rows_pattern, encode_record, has_forbidden_utf8
 
 __all__ = [
     "FORMULA_STARTS",
@@ -64,31 +64,76 @@ class RecordBlock:
 
 _BOM = b"\xef\xbb\xbf"
 
+# Bytes a plain line may hold anywhere: no C0 control but its line end, no DEL.
+_ALLOWED_BYTES = bytes(range(0x20, 0x7F)) + bytes(range(0x80, 0x100)) + b"\r\n"
+# CSV line → wire record, once a line is known to be five plain fields.
+_TO_RECORDS = bytes.maketrans(b",\n", (FS + RS).encode())
 
-def _plain_to_records(text: str) -> str:
-    """Whole CSV lines with no quotes → records, in three C-level passes."""
-    return text.replace("\r\n", "\n").replace(",", FS).replace("\n", RS)
 
+def _plain_lines_to_records(data: bytes, crlf: bool, today: str) -> bytes | None:
+    """Whole CSV lines holding no quote → wire records; None unless every row is valid.
 
-def _to_records(text: str) -> str | None:
-    """Whole CSV lines → records; only the lines holding a quote use the csv module.
-
-    Returns None if the csv module refuses a line (the slow path says why).
+    `csv_rows_pattern` checks the fields but lets a name be any bytes but a
+    comma; the checks around it make that exact: no control byte at all
+    besides the line ends, four commas a line (so no row spans two lines),
+    CR only before LF (so deleting CRs deletes line ends only), and valid
+    UTF-8 holding no C1 or format control. All are C-level passes over the
+    whole block; nothing here runs once per row.
     """
+    lines = data.count(b"\n")
+    if data.translate(None, _ALLOWED_BYTES):
+        return None  # a control byte
+    if data.count(b",") != 4 * lines or data.count(b"\r") != (lines if crlf else 0):
+        return None
+    if not data.isascii():
+        try:
+            data.decode()
+        except UnicodeDecodeError:
+            return None
+        if has_forbidden_utf8(data):
+            return None
+    if not csv_rows_pattern(today, crlf).fullmatch(data):
+        return None
+    return data.translate(_TO_RECORDS, b"\r")
+
+
+def _quoted_line_to_record(line: bytes, today: str) -> bytes | None:
+    """One CSV line holding a quote → its wire record, or None if it is not a valid row."""
+    try:
+        row = next(csv.reader((line.decode(),), strict=True))
+        return encode_record(row, today)
+    except (UnicodeDecodeError, csv.Error, StopIteration, InvalidBet):
+        return None
+
+
+def _lines_to_records(data: bytes, today: str) -> bytes | None:
+    """Whole CSV lines, each ended by LF → wire records, or None unless all are valid.
+
+    Only the lines holding a quote go through the csv module, one by one.
+    """
+    first_end = data.find(b"\n")
+    crlf = first_end > 0 and data[first_end - 1] == 0x0D
+    if b'"' not in data:
+        return _plain_lines_to_records(data, crlf, today)
     parts = []
     pos = 0
-    while (quote := text.find('"', pos)) >= 0:
-        start = text.rfind("\n", 0, quote) + 1
-        end = text.index("\n", quote) + 1  # every line ends with a newline here
-        parts.append(_plain_to_records(text[pos:start]))
-        try:
-            row = next(csv.reader((text[start:end],), strict=True))
-        except csv.Error:
-            return None
-        parts.append(FS.join(row) + RS)
+    while (quote := data.find(b'"', pos)) >= 0:
+        start = data.rfind(b"\n", 0, quote) + 1
+        end = data.index(b"\n", quote) + 1
+        for part in (
+            _plain_lines_to_records(data[pos:start], crlf, today) if start > pos else b"",
+            _quoted_line_to_record(data[start:end], today),
+        ):
+            if part is None:
+                return None
+            parts.append(part)
         pos = end
-    parts.append(_plain_to_records(text[pos:]))
-    return "".join(parts)
+    if pos < len(data):
+        rest = _plain_lines_to_records(data[pos:], crlf, today)
+        if rest is None:
+            return None
+        parts.append(rest)
+    return b"".join(parts)
 
 
 class AgencyFileReader:
@@ -164,23 +209,18 @@ class AgencyFileReader:
         return self._line
 
     def _convert(self, raw: bytes, first_line: int) -> RecordBlock | None:
-        """The fast path: the whole block at once, or None if any row is bad."""
-        try:
-            text = raw.decode()
-        except UnicodeDecodeError:
-            return None
-        if not text.endswith("\n"):
-            text += "\n"
-        body = _to_records(text) if '"' in text else _plain_to_records(text)
-        if body is None or body.count(RS) != text.count("\n"):
-            return None  # a blank line, or a quote the csv module refuses
-        try:
-            count = validate_records(body, self.today)
-        except (InvalidBatch, ProtocolError):
-            return None
+        """The fast path: the whole block at once, or None if any row may be bad."""
+        if not raw.endswith(b"\n"):  # the file's last line, without its line end
+            first_end = raw.find(b"\n")
+            crlf = first_end > 0 and raw[first_end - 1] == 0x0D and not raw.endswith(b"\r")
+            raw += b"\r\n" if crlf else b"\n"
+        body = _lines_to_records(raw, self.today)
+        if body is None:
+            return None  # a bad row, a blank line, or a quote the csv module refuses
+        count = raw.count(b"\n")
         self.rows_read += count
         # Every line is a record here (a blank line takes the slow path).
-        return RecordBlock(body.encode(), count, range(first_line, first_line + count))
+        return RecordBlock(body, count, range(first_line, first_line + count))
 
     def _convert_line_by_line(self, raw: bytes, first_line: int) -> RecordBlock:
         """The slow path: each line alone, so each bad row is named."""

@@ -186,9 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.profile.mkdir(parents=True, exist_ok=True)
     best: list[float] | None = None
     for run in range(args.repeat):
-        per_bet = one_round(
-            data.files, args.bets, args.batch_max_amount, args.window, args.profile
-        )
+        per_bet = one_round(data.files, args.bets, args.batch_max_amount, args.window, args.profile)
         figures = " ".join(f"{us:.3f}" for us in per_bet)
         print(f"round {run + 1}: agency CPU µs/bet: {figures}", flush=True)
         best = per_bet if best is None else [min(a, b) for a, b in zip(best, per_bet, strict=True)]
