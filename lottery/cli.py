@@ -9,21 +9,15 @@ SIGINT or SIGTERM.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import csv
-import json
 import os
-import signal
-import ssl
 import sys
 from collections.abc import Callable, Coroutine, Iterator, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+# Each command imports what it runs, inside its function: `lottery agency
+# --help` must start in 60 ms, and an agency has no use for the server, its
+# store, the draw's verification or rich (docs/PERFORMANCE.md).
 from . import __version__
-from .advice import batch_cap_advice, log_advice
-from .auth import load_operator_token, make_secrets, parse_secret
-from .client import AsyncAgency, query_status, tls_context
 from .config import (
     AGENCY_OPTIONS,
     DEFAULT_BATCH_MAX_AMOUNT,
@@ -36,20 +30,15 @@ from .config import (
     load_server_config,
     parse_address,
 )
-from .csvfiles import read_bets_csv, write_bets_csv
-from .draw import MODE_RANDOM, VerifyError, build_record, verify_record
 from .errors import AgencyError, ConfigError, InvalidBet, LotteryError, StoreError
-from .fdlimit import raise_nofile_limit
-from .log import configure, get_logger
-from .participant import DrawParticipant, nonce_file
-from .progress import agency_progress, console_for, count_lines, log_stream, progress_wanted
-from .server import Server
-from .status import render as render_status
-from .status import summary
-from .store import DB_FILENAME, SQLiteStore
-from .store.archive import archive_round
 
 if TYPE_CHECKING:
+    import asyncio
+    import ssl
+
+    from .client import AsyncAgency
+    from .server import Server
+    from .store import SQLiteStore
     from .web import HttpServer
 
 __all__ = ["main"]
@@ -68,6 +57,8 @@ TP0_SINGLE_BET_ENV = ("NOMBRE", "APELLIDO", "DOCUMENTO", "NACIMIENTO", "NUMERO")
 
 def loop_factory(name: str = "auto") -> Callable[[], asyncio.AbstractEventLoop]:
     """uvloop's loop when installed (or asked for), else asyncio's own."""
+    import asyncio
+
     if name in ("auto", "uvloop"):
         try:
             import uvloop
@@ -200,6 +191,11 @@ def _flags(args: argparse.Namespace) -> dict[str, Any]:
 
 
 async def _serve(config: ServerConfig) -> None:
+    import asyncio
+    import signal
+
+    from .server import Server
+
     server = Server(config)
     http = None
     if config.http_address is not None:  # first, so a taken port fails before the store opens
@@ -238,6 +234,8 @@ async def _serve(config: ServerConfig) -> None:
 
 async def _serve_http(server: Server, config: ServerConfig) -> HttpServer:
     """The HTTP listener of --http-port (or --metrics-port): page, status, metrics."""
+    from .auth import load_operator_token
+    from .log import get_logger
     from .metrics import MISSING_DEPENDENCY, make_metrics
     from .web import Access, serve_http  # h11 only when asked for
 
@@ -264,6 +262,13 @@ async def _serve_http(server: Server, config: ServerConfig) -> HttpServer:
 
 
 def run_server(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from .advice import log_advice
+    from .fdlimit import raise_nofile_limit
+    from .log import configure, get_logger
+    from .store.archive import archive_round
+
     warnings: list[str] = []
     config = load_server_config(_flags(args), os.environ, args.config, warnings)
     configure(config.log_level, config.log_format)
@@ -294,6 +299,10 @@ def _single_bet_from_env() -> tuple[str, ...] | None:
 
 
 def _agency_secret(config: AgencyConfig) -> bytes | None:
+    from pathlib import Path
+
+    from .auth import parse_secret
+
     if config.secret_file:
         try:
             text = Path(config.secret_file).read_text(encoding="utf-8")
@@ -306,6 +315,10 @@ def _agency_secret(config: AgencyConfig) -> bytes | None:
 
 
 def _client_tls(ca_file: str | None) -> ssl.SSLContext | None:
+    import ssl
+
+    from .connection import tls_context
+
     if not ca_file:
         return None
     try:
@@ -315,6 +328,9 @@ def _client_tls(ca_file: str | None) -> ssl.SSLContext | None:
 
 
 def _write_stats(path: str, agency: AsyncAgency, acknowledged: int) -> None:
+    import json
+    from pathlib import Path
+
     figures = {
         "agency": agency.agency_id,
         "acknowledged": acknowledged,
@@ -339,6 +355,10 @@ class Interrupt:
 
     def log(self) -> None:
         """One line: which signal, what is stored, how to resume."""
+        import signal
+
+        from .log import get_logger
+
         stored = self.agency.bets_acknowledged if self.agency is not None else 0
         get_logger(agencia=self.agency_id).warning(
             "interrumpida", result="fail", senal=signal.Signals(self.signum).name,
@@ -350,6 +370,9 @@ class Interrupt:
 
 async def _until_signal(round_: Coroutine[Any, Any, int], interrupt: Interrupt) -> int:
     """Run an agency's round; SIGINT or SIGTERM cancels it, so its cleanup runs."""
+    import asyncio
+    import signal
+
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
     assert task is not None
@@ -379,6 +402,14 @@ async def _agency_round(
     console: Any = None,
     interrupt: Interrupt | None = None,
 ) -> int:
+    import asyncio
+    from pathlib import Path
+
+    from .client import AsyncAgency
+    from .log import get_logger
+    from .participant import DrawParticipant, nonce_file
+    from .progress import agency_progress, count_lines
+
     log = get_logger(agencia=config.id)
     host, port = parse_address(config.server_address)
     single = None if config.bets else _single_bet_from_env()
@@ -447,6 +478,12 @@ async def _agency_round(
 
 
 def run_agency(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from .advice import batch_cap_advice, log_advice
+    from .log import configure, get_logger
+    from .progress import console_for, log_stream, progress_wanted
+
     warnings: list[str] = []
     config = load_agency_config(_flags(args), os.environ, args.config, warnings)
     # tp0's default of 200 is near what a frame holds: only a chosen size is worth a word.
@@ -484,6 +521,13 @@ def _server_address(raw: str, flag: str) -> tuple[str, int]:
 
 
 def run_status(args: argparse.Namespace) -> int:
+    import asyncio
+    import json
+
+    from .auth import load_operator_token
+    from .connection import query_status
+    from .status import render as render_status
+
     host, port = _server_address(args.server, "--server")
     token = None
     if args.token_file:
@@ -499,6 +543,11 @@ def run_status(args: argparse.Namespace) -> int:
 
 
 def run_ping(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from .connection import query_status
+    from .status import summary
+
     host, port = _server_address(args.server, "server")
     try:
         status = asyncio.run(query_status(host, port, args.timeout, _client_tls(args.tls_ca)))
@@ -510,6 +559,10 @@ def run_ping(args: argparse.Namespace) -> int:
 
 
 def run_make_secrets(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .auth import make_secrets
+
     if not 1 <= args.agencies <= 100_000:
         raise ConfigError(f"agencies: {args.agencies} must be from 1 to 100000")
     make_secrets(args.agencies, args.file, per_agency_dir=args.per_agency_dir)
@@ -529,12 +582,22 @@ def run_make_secrets(args: argparse.Namespace) -> int:
 
 
 def _open_data_dir(data_dir: str) -> SQLiteStore:
+    from pathlib import Path
+
+    from .store import DB_FILENAME, SQLiteStore
+
     if not (Path(data_dir) / DB_FILENAME).exists():
         raise ConfigError(f"--data-dir {data_dir}: no {DB_FILENAME} there")
     return SQLiteStore(data_dir)
 
 
 def run_export(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from .csvfiles import write_bets_csv
+    from .log import configure, get_logger
+
     configure()
     if not (args.csv or args.draw_record):
         raise ConfigError("export: pass --csv FILE, --draw-record FILE, or both")
@@ -561,6 +624,8 @@ def run_export(args: argparse.Namespace) -> int:
 
 def draw_record(store: SQLiteStore) -> dict[str, Any]:
     """The draw record of a drawn store (`ConfigError` if it is not drawn)."""
+    from .draw import build_record
+
     state = store.draw_state()
     if not state.drawn or state.number is None:
         raise ConfigError("export --draw-record: the draw is not made yet")
@@ -579,6 +644,11 @@ def draw_record(store: SQLiteStore) -> dict[str, Any]:
 
 def _csv_bets(path: str) -> Iterator[tuple[int, str, str, str, str, int]]:
     """The bets of a ``bets.csv``, checked row by row (`VerifyError` names the line)."""
+    import csv
+
+    from .csvfiles import read_bets_csv
+    from .draw import VerifyError
+
     try:
         for line, row in enumerate(read_bets_csv(path), 1):
             if len(row) != 6 or not row[0].isdigit() or not row[5].isdigit():
@@ -589,6 +659,11 @@ def _csv_bets(path: str) -> Iterator[tuple[int, str, str, str, str, int]]:
 
 
 def run_verify(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from .draw import VerifyError, verify_record
+
     try:
         record = json.loads(Path(args.record).read_text(encoding="utf-8"))
     except OSError as exc:
@@ -619,6 +694,8 @@ def run_verify(args: argparse.Namespace) -> int:
 
 
 def run_draw(args: argparse.Namespace) -> int:
+    from .draw import MODE_RANDOM
+
     try:
         beacon = bytes.fromhex(args.beacon)
     except ValueError:
