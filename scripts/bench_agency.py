@@ -44,9 +44,9 @@ GOAL_US_PER_BET = 1.0
 GOAL_STARTUP_MS = 60.0
 
 
-def reap(agencies: Sequence[AgencyProcess], timeout: float) -> list[float]:
-    """Wait for every agency with os.wait4; each one's CPU seconds (user + system)."""
-    cpu: dict[int, float] = {}
+def reap(agencies: Sequence[AgencyProcess], timeout: float) -> list[tuple[float, float]]:
+    """Wait for every agency with os.wait4; each one's user and system CPU seconds."""
+    cpu: dict[int, tuple[float, float]] = {}
     deadline = time.monotonic() + timeout
     pending = {a.proc.pid: a for a in agencies}
     while pending:
@@ -54,7 +54,7 @@ def reap(agencies: Sequence[AgencyProcess], timeout: float) -> list[float]:
             done, status, usage = os.wait4(pid, os.WNOHANG)
             if done:
                 agency.proc.returncode = agency.returncode = os.waitstatus_to_exitcode(status)
-                cpu[pid] = usage.ru_utime + usage.ru_stime
+                cpu[pid] = (usage.ru_utime, usage.ru_stime)
                 del pending[pid]
         if pending and time.monotonic() > deadline:
             for pid in pending:
@@ -70,8 +70,8 @@ def reap(agencies: Sequence[AgencyProcess], timeout: float) -> list[float]:
 
 def one_round(
     files: Sequence[Path], bets: int, batch: int, window: int, profile: Path | None
-) -> list[float]:
-    """One round; each agency's CPU µs per bet."""
+) -> list[tuple[float, float]]:
+    """One round; each agency's user and system CPU, µs per bet."""
     with tempfile.TemporaryDirectory(prefix="lottery-bench-agency-") as tmp:
         server = start_server(Path(tmp) / "store", len(files), extra_args=["--sync", "OFF"])
         try:
@@ -92,7 +92,7 @@ def one_round(
     for agency in agencies:
         if agency.returncode != 0:
             raise SystemExit(f"agency {agency.agency} exited {agency.returncode}:\n{agency.output}")
-    return [seconds / bets * 1e6 for seconds in cpu]
+    return [(user / bets * 1e6, system / bets * 1e6) for user, system in cpu]
 
 
 def startup_ms(runs: int) -> float:
@@ -186,9 +186,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.profile.mkdir(parents=True, exist_ok=True)
     best: list[float] | None = None
     for run in range(args.repeat):
-        per_bet = one_round(data.files, args.bets, args.batch_max_amount, args.window, args.profile)
-        figures = " ".join(f"{us:.3f}" for us in per_bet)
-        print(f"round {run + 1}: agency CPU µs/bet: {figures}", flush=True)
+        split = one_round(data.files, args.bets, args.batch_max_amount, args.window, args.profile)
+        per_bet = [user + system for user, system in split]
+        figures = " ".join(f"{u + s:.3f} ({u:.3f}+{s:.3f})" for u, s in split)
+        print(f"round {run + 1}: agency CPU µs/bet, user+system: {figures}", flush=True)
         best = per_bet if best is None else [min(a, b) for a, b in zip(best, per_bet, strict=True)]
     assert best is not None
     worst = max(best)
