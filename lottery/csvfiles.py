@@ -21,8 +21,15 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import IO
 
-from .errors import InvalidBet
-from .models import FS, RS, csv_rows_pattern, encode_record, has_forbidden_utf8
+from .errors import InvalidBatch, InvalidBet, ProtocolError
+from .models import (
+    FS,
+    RS,
+    csv_rows_pattern,
+    encode_record,
+    has_forbidden_utf8,
+    validate_records,
+)
 
 __all__ = [
     "FORMULA_STARTS",
@@ -64,75 +71,86 @@ class RecordBlock:
 
 _BOM = b"\xef\xbb\xbf"
 
-# Bytes a plain line may hold anywhere: no C0 control but its line end, no DEL.
-_ALLOWED_BYTES = bytes(range(0x20, 0x7F)) + bytes(range(0x80, 0x100)) + b"\r\n"
 # CSV line → wire record, once a line is known to be five plain fields.
 _TO_RECORDS = bytes.maketrans(b",\n", (FS + RS).encode())
 
 
-def _plain_lines_to_records(data: bytes, crlf: bool, today: str) -> bytes | None:
-    """Whole CSV lines holding no quote → wire records; None unless every row is valid.
+def _plain_lines_valid(data: bytes, crlf: bool, today: str) -> bool:
+    """Whether every line of ``data`` (whole lines, none holding a quote) is a valid row.
 
-    `csv_rows_pattern` checks the fields but lets a name be any bytes but a
-    comma; the checks around it make that exact: no control byte at all
-    besides the line ends, four commas a line (so no row spans two lines),
-    CR only before LF (so deleting CRs deletes line ends only), and valid
-    UTF-8 holding no C1 or format control. All are C-level passes over the
-    whole block; nothing here runs once per row.
+    `csv_rows_pattern` checks each row's bytes, a name being any bytes but
+    a comma or a control; what it cannot see in bytes is checked on the whole
+    block at once: valid UTF-8 holding no C1 or format control.
     """
-    lines = data.count(b"\n")
-    if data.translate(None, _ALLOWED_BYTES):
-        return None  # a control byte
-    if data.count(b",") != 4 * lines or data.count(b"\r") != (lines if crlf else 0):
-        return None
+    if not data:
+        return True
     if not data.isascii():
         try:
             data.decode()
         except UnicodeDecodeError:
-            return None
+            return False
         if has_forbidden_utf8(data):
-            return None
-    if not csv_rows_pattern(today, crlf).fullmatch(data):
-        return None
-    return data.translate(_TO_RECORDS, b"\r")
+            return False
+    return csv_rows_pattern(today, crlf).fullmatch(data) is not None
 
 
-def _quoted_line_to_record(line: bytes, today: str) -> bytes | None:
-    """One CSV line holding a quote → its wire record, or None if it is not a valid row."""
+def _quoted_lines_to_records(lines: list[bytes], today: str) -> list[bytes] | None:
+    """Each CSV line (each holding a quote) → its wire record; None unless all are valid.
+
+    One csv reader goes through all of them: a line whose quote is not closed
+    would take the next line in, which the row count shows.
+    """
     try:
-        row = next(csv.reader((line.decode(),), strict=True))
-        return encode_record(row, today)
-    except (UnicodeDecodeError, csv.Error, StopIteration, InvalidBet):
+        text = b"".join(lines).decode()
+        rows = list(csv.reader(text.split("\n")[:-1], strict=True))
+    except (UnicodeDecodeError, csv.Error):
         return None
+    if len(rows) != len(lines):
+        return None
+    body = "".join([FS.join(row) + RS for row in rows])
+    try:
+        validate_records(body, today)
+    except (InvalidBatch, ProtocolError):
+        return None
+    records = body.encode().split(RS.encode())
+    records.pop()  # after the last separator
+    return [record + RS.encode() for record in records]
 
 
 def _lines_to_records(data: bytes, today: str) -> bytes | None:
     """Whole CSV lines, each ended by LF → wire records, or None unless all are valid.
 
-    Only the lines holding a quote go through the csv module, one by one.
+    The lines holding no quote, nearly all, are checked together in one
+    regex pass and converted by one ``translate`` each run (CRs deleted: the
+    pattern allows them only before a LF); the lines holding a quote go
+    through the csv module, together.
     """
     first_end = data.find(b"\n")
     crlf = first_end > 0 and data[first_end - 1] == 0x0D
     if b'"' not in data:
-        return _plain_lines_to_records(data, crlf, today)
-    parts = []
+        if not _plain_lines_valid(data, crlf, today):
+            return None
+        return data.translate(_TO_RECORDS, b"\r")
+    runs: list[bytes] = []  # runs of plain lines; runs[i] comes before quoted[i]
+    quoted: list[bytes] = []
     pos = 0
     while (quote := data.find(b'"', pos)) >= 0:
         start = data.rfind(b"\n", 0, quote) + 1
         end = data.index(b"\n", quote) + 1
-        for part in (
-            _plain_lines_to_records(data[pos:start], crlf, today) if start > pos else b"",
-            _quoted_line_to_record(data[start:end], today),
-        ):
-            if part is None:
-                return None
-            parts.append(part)
+        runs.append(data[pos:start])
+        quoted.append(data[start:end])
         pos = end
-    if pos < len(data):
-        rest = _plain_lines_to_records(data[pos:], crlf, today)
-        if rest is None:
-            return None
-        parts.append(rest)
+    runs.append(data[pos:])
+    if not _plain_lines_valid(b"".join(runs), crlf, today):
+        return None
+    records = _quoted_lines_to_records(quoted, today)
+    if records is None:
+        return None
+    records.append(b"")
+    parts = []
+    for run, record in zip(runs, records, strict=True):
+        parts.append(run.translate(_TO_RECORDS, b"\r"))
+        parts.append(record)
     return b"".join(parts)
 
 
@@ -173,8 +191,10 @@ class AgencyFileReader:
         """The next block of valid records, or None at the end of the file."""
         while raw := self._next_lines():
             first_line = self._line + 1
-            self._line += raw.count(b"\n") + (not raw.endswith(b"\n"))
-            block = self._convert(raw, first_line) or self._convert_line_by_line(raw, first_line)
+            count = raw.count(b"\n") + (not raw.endswith(b"\n"))
+            self._line += count
+            block = self._convert(raw, first_line, count)
+            block = block or self._convert_line_by_line(raw, first_line)
             if block.count:
                 return block
         return None
@@ -208,7 +228,7 @@ class AgencyFileReader:
         """Input rows (lines) read so far."""
         return self._line
 
-    def _convert(self, raw: bytes, first_line: int) -> RecordBlock | None:
+    def _convert(self, raw: bytes, first_line: int, count: int) -> RecordBlock | None:
         """The fast path: the whole block at once, or None if any row may be bad."""
         if not raw.endswith(b"\n"):  # the file's last line, without its line end
             first_end = raw.find(b"\n")
@@ -217,7 +237,6 @@ class AgencyFileReader:
         body = _lines_to_records(raw, self.today)
         if body is None:
             return None  # a bad row, a blank line, or a quote the csv module refuses
-        count = raw.count(b"\n")
         self.rows_read += count
         # Every line is a record here (a blank line takes the slow path).
         return RecordBlock(body, count, range(first_line, first_line + count))

@@ -299,21 +299,19 @@ def _records_re(today: str) -> re.Pattern[str]:
 
 @functools.lru_cache(maxsize=8)
 def csv_rows_pattern(today: str, crlf: bool) -> re.Pattern[bytes]:
-    """A screen for plain agency-file lines (UTF-8, no quotes), for the agency's reader.
+    """Plain agency-file lines (UTF-8, no quotes) of valid rows, for the agency's reader.
 
     It matches one or more lines ``first,last,document,birthdate,number``
     ended by CRLF (``crlf``) or LF, the last three fields checked exactly as in
-    `field_patterns`. A name is only "1 to 100 bytes, no comma": the pattern
-    alone does not prove a row valid. `csvfiles.AgencyFileReader` makes it
-    exact with bulk checks of the whole block (no control byte, four commas
-    per line, line ends only at line ends, valid UTF-8 with none of the
-    format controls), so a name's bytes can be skipped by the fastest loop
-    the regex engine has (a negated literal); 100 bytes are at most 100
-    characters, and a longer name takes the exact path.
+    `field_patterns`. A name is 1 to 100 bytes, none a comma or a control
+    (C0 or DEL): 100 bytes are at most 100 characters (a longer name takes
+    the exact path), and what bytes alone do not show, that the name is
+    UTF-8 free of C1 and format controls, `has_forbidden_utf8` and a decode
+    check for the whole block at once (lottery/csvfiles.py).
     """
     _, _, document, birthdate, number = field_patterns(today)
-    name = f"[^,]{{1,{MAX_NAME_LENGTH}}}+"
-    row = ",".join((name, name, document, birthdate, number)) + ("\r\n" if crlf else "\n")
+    name = f"[^,\\x00-\\x1f\\x7f]{{1,{MAX_NAME_LENGTH}}}+"
+    row = ",".join((name, name, document, birthdate, number)) + ("\\r\\n" if crlf else "\\n")
     return re.compile(f"(?:{row})++".encode("ascii"))
 
 

@@ -135,7 +135,7 @@ class BatchSender:
             try:
                 conn = await self.session.ensure_open()
                 # The handshake says what the server stored: those need no resend.
-                self._acknowledged(await window.acknowledge_through(self.session.last_seq), report)
+                self._acknowledged(window.acknowledge_through(self.session.last_seq), report)
                 now = asyncio.get_running_loop().time()
                 for item in window.unacked.values():  # resend, in order, after a reconnect
                     item.sent = now
@@ -169,17 +169,25 @@ class BatchSender:
     async def _write_batches(
         self, conn: Connection, batches: asyncio.Queue[Any], window: Window
     ) -> None:
+        loop = asyncio.get_running_loop()
         while not window.input_done:
             await window.wait_for_room()
             item = await batches.get()
-            if item is None:
-                await window.update(input_done=True)
-                return
-            await window.update(self._number(item))  # before sending: a lost line resends it
-            item.sent = asyncio.get_running_loop().time()
-            conn.send_batch(item.seq, item.records, item.count, item.input_rows)
-            self.batches_sent += 1
-            self.bets_sent += item.count
+            # Send what is ready while the window has room, then drain once:
+            # acks come in bunches (one per group commit), so batches go out
+            # in bunches too, and the window, not drain, bounds what is buffered.
+            while True:
+                if item is None:
+                    window.finish_input()
+                    break
+                window.add(self._number(item))  # before sending: a lost line resends it
+                item.sent = loop.time()
+                conn.send_batch(item.seq, item.records, item.count, item.input_rows)
+                self.batches_sent += 1
+                self.bets_sent += item.count
+                if len(window.unacked) >= window.size or batches.empty():
+                    break
+                item = batches.get_nowait()
             await conn.drain(self.session.timeout)
 
     async def _receive_acks(self, conn: Connection, window: Window, report: SendReport) -> None:
@@ -194,4 +202,4 @@ class BatchSender:
             if not isinstance(reply, Ack):
                 raise_for(reply)
             now = asyncio.get_running_loop().time()
-            self._acknowledged(await window.acknowledge_through(reply.seq), report, now)
+            self._acknowledged(window.acknowledge_through(reply.seq), report, now)
