@@ -48,6 +48,7 @@ __all__ = [
     "Tp0Renderer",
     "configure",
     "get_logger",
+    "preload",
 ]
 
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -192,6 +193,11 @@ def _structlog() -> ModuleType:
             if sys.modules.get(name, 0) is None:
                 del sys.modules[name]
     return structlog
+
+
+def preload() -> None:
+    """Import structlog now rather than at the first log line (for start-up work done up front)."""
+    _structlog()
 
 
 def configure(level: str = "INFO", fmt: str = "console", stream: TextIO | None = None) -> None:

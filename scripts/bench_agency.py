@@ -42,6 +42,23 @@ ROOT = HERE.parent
 ROUND_TIMEOUT = 600.0
 GOAL_US_PER_BET = 1.0
 GOAL_STARTUP_MS = 60.0
+# Bytecode as an installed package has it (pip compiles a wheel's modules): the
+# agencies cache theirs under one prefix, whatever checkout --lottery names and
+# whatever PYTHONDONTWRITEBYTECODE says, so that no figure includes compiling.
+CHILD_ENV: dict[str, str | None] = {
+    "PYTHONDONTWRITEBYTECODE": None,
+    "PYTHONPYCACHEPREFIX": str(Path(tempfile.gettempdir()) / "lottery-bench-pycache"),
+}
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    for key, value in CHILD_ENV.items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
+    return env
 
 
 def reap(agencies: Sequence[AgencyProcess], timeout: float) -> list[tuple[float, float]]:
@@ -69,7 +86,12 @@ def reap(agencies: Sequence[AgencyProcess], timeout: float) -> list[tuple[float,
 
 
 def one_round(
-    files: Sequence[Path], bets: int, batch: int, window: int, profile: Path | None
+    files: Sequence[Path],
+    bets: int,
+    batch: int,
+    window: int,
+    profile: Path | None,
+    agency_program: Sequence[str] | None = None,
 ) -> list[tuple[float, float]]:
     """One round; each agency's user and system CPU, µs per bet."""
     with tempfile.TemporaryDirectory(prefix="lottery-bench-agency-") as tmp:
@@ -77,13 +99,15 @@ def one_round(
         try:
             agencies = []
             for i, path in enumerate(files, 1):
-                program = None
+                program = agency_program
                 if profile is not None:
                     out = profile / f"agency-{i}.prof"
                     program = [sys.executable, "-m", "cProfile", "-o", str(out), "-m", "lottery"]
                 extra = ["--max-in-flight", str(window), "--batch-max-amount", str(batch)]
                 agencies.append(
-                    start_agency(i, server.port, path, extra_args=extra, program=program)
+                    start_agency(
+                        i, server.port, path, extra_args=extra, program=program, env=CHILD_ENV
+                    )
                 )
             cpu = reap(agencies, ROUND_TIMEOUT)
         finally:
@@ -95,21 +119,21 @@ def one_round(
     return [(user / bets * 1e6, system / bets * 1e6) for user, system in cpu]
 
 
-def startup_ms(runs: int) -> float:
+def startup_ms(runs: int, command: Sequence[str]) -> float:
     """``lottery agency --help``, wall clock, best of ``runs`` (ms)."""
     best = float("inf")
     for _ in range(runs):
         started = time.perf_counter()
         subprocess.run(
-            [*lottery_command(), "agency", "--help"], check=True, stdout=subprocess.DEVNULL
+            [*command, "agency", "--help"], check=True, stdout=subprocess.DEVNULL, env=_env()
         )
         best = min(best, time.perf_counter() - started)
     return best * 1000
 
 
-def startup_cpu_ms() -> float:
+def startup_cpu_ms(command: Sequence[str]) -> float:
     """``lottery agency --help``'s CPU (os.wait4), ms."""
-    proc = subprocess.Popen([*lottery_command(), "agency", "--help"], stdout=subprocess.DEVNULL)
+    proc = subprocess.Popen([*command, "agency", "--help"], stdout=subprocess.DEVNULL, env=_env())
     _, _, usage = os.wait4(proc.pid, 0)
     proc.returncode = 0
     return (usage.ru_utime + usage.ru_stime) * 1000
@@ -118,10 +142,11 @@ def startup_cpu_ms() -> float:
 _IMPORTTIME = re.compile(r"import time:\s+(\d+) \|\s+(\d+) \|(\s*)(\S+)")
 
 
-def import_top(count: int) -> tuple[int, list[tuple[int, str]]]:
+def import_top(count: int, python: str) -> tuple[int, list[tuple[int, str]]]:
     """Total µs of ``-X importtime`` for ``-m lottery agency --help``, and its top modules."""
     err = subprocess.run(
-        [sys.executable, "-X", "importtime", "-m", "lottery", "agency", "--help"],
+        [python, "-X", "importtime", "-m", "lottery", "agency", "--help"],
+        env=_env(),
         check=True,
         capture_output=True,
         text=True,
@@ -163,14 +188,22 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--skip-round", action="store_true", help="start-up figures only")
     parser.add_argument("--profile", type=Path, help="run the agencies under cProfile, into DIR")
     parser.add_argument("--data-root", type=Path, default=ROOT / "bench-data")
+    parser.add_argument(
+        "--lottery",
+        help="the lottery command whose agencies to measure (default: this venv's); "
+        "its python must be beside it (e.g. another checkout's .venv/bin/lottery)",
+    )
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    ms = startup_ms(args.startup_runs)
-    cpu_ms = startup_cpu_ms()
-    total, top = import_top(args.import_top)
+    command = [args.lottery] if args.lottery else lottery_command()
+    python = str(Path(args.lottery).parent / "python") if args.lottery else sys.executable
+    startup_ms(1, command)  # writes the bytecode
+    ms = startup_ms(args.startup_runs, command)
+    cpu_ms = startup_cpu_ms(command)
+    total, top = import_top(args.import_top, python)
     verdict = "ok" if ms <= GOAL_STARTUP_MS else "MISSED"
     print(
         f"lottery agency --help: {ms:.1f} ms wall (best of {args.startup_runs}), "
@@ -184,9 +217,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     data = ensure_dataset(args.data_root, args.agencies, args.bets)
     if args.profile is not None:
         args.profile.mkdir(parents=True, exist_ok=True)
+    # A first, unmeasured round writes every module's bytecode.
+    one_round(data.files[:1], args.bets, args.batch_max_amount, args.window, None, command)
     best: list[float] | None = None
     for run in range(args.repeat):
-        split = one_round(data.files, args.bets, args.batch_max_amount, args.window, args.profile)
+        split = one_round(
+            data.files, args.bets, args.batch_max_amount, args.window, args.profile, command
+        )
         per_bet = [user + system for user, system in split]
         figures = " ".join(f"{u + s:.3f} ({u:.3f}+{s:.3f})" for u, s in split)
         print(f"round {run + 1}: agency CPU µs/bet, user+system: {figures}", flush=True)
