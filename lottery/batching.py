@@ -5,8 +5,9 @@
 - `cut_batches`, the *cutter*, skips what an earlier run stored (by input
   position, checked by digest: lottery/resume.py), then cuts records into
   batches of at most ``batch_max_amount`` bets that also fit the 8 KiB frame
-  limit, each with the input position of its last bet. The batches go out
-  unnumbered: the sender numbers each one when it first goes out.
+  limit, each with the input position of its last bet, and hands each
+  block's batches over as one list. The batches go out unnumbered: the
+  sender numbers each one when it first goes out.
 
 Both are joined to the sender (lottery/sender.py) by bounded queues.
 """
@@ -68,7 +69,7 @@ async def read_blocks(
 
 async def cut_batches(
     inp: asyncio.Queue[RecordBlock | None],
-    out: asyncio.Queue[Any],
+    out: asyncio.Queue[list[Outgoing] | None],
     report: SendReport,
     batch_max_amount: int,
     session: Session,
@@ -97,11 +98,15 @@ async def cut_batches(
         report.skipped += skipped
         if at:
             lines.append(at)
-        for records, count in cutter.feed(data):
-            await out.put(Outgoing(0, records, count, lines=_lines_of(lines, count)))
+        cut = [
+            Outgoing(0, records, count, lines=_lines_of(lines, count))
+            for records, count in cutter.feed(data)
+        ]
+        if cut:  # a block's batches in one hand-over: the writer takes them as room allows
+            await out.put(cut)
     resume.check()  # the input may end inside the stored prefix: check it all the same
     last = cutter.flush()
     if last is not None:  # the last, short batch: never drop it
         records, count = last
-        await out.put(Outgoing(0, records, count, lines=_lines_of(lines, count)))
+        await out.put([Outgoing(0, records, count, lines=_lines_of(lines, count))])
     await out.put(None)

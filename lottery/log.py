@@ -17,7 +17,7 @@ Only entry points call `configure`; library modules just call `get_logger`.
 structlog is imported on first use, not with this module: `lottery agency
 --help` never needs it. And it is imported without rich: structlog.dev would
 import rich's traceback machinery (about 25 ms of every process's start) for
-a console renderer we never use; our renderers are our own.
+a console renderer we never use (our renderers are our own); greenlet likewise.
 
 A log line must never take the program down with it: `lottery server ...
 2>&1 | head -1` closes the pipe after one line, and every later write fails.
@@ -175,6 +175,12 @@ def _silence(stream: TextIO) -> None:
         os.close(devnull)
 
 
+# What structlog imports if it can, for features we do not use: rich and
+# better_exceptions for its console renderer's tracebacks, greenlet for its
+# deprecated thread-local context.
+_OPTIONAL = ("rich", "better_exceptions", "greenlet")
+
+
 def _structlog() -> ModuleType:
     """structlog, imported on first use, without rich (see the module docstring)."""
     module = sys.modules.get("structlog")
@@ -183,7 +189,7 @@ def _structlog() -> ModuleType:
     # None in sys.modules makes ``import rich`` fail, which structlog expects
     # when rich is not installed; a rich imported already (the progress bar's)
     # is left alone, and the block is lifted at once.
-    blocked = [name for name in ("rich", "better_exceptions") if name not in sys.modules]
+    blocked = [name for name in _OPTIONAL if name not in sys.modules]
     for name in blocked:
         sys.modules[name] = None  # type: ignore[assignment]
     try:

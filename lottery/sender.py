@@ -44,10 +44,12 @@ from .reports import SendReport
 from .session import Session
 from .window import Outgoing, Window
 
-__all__ = ["BLOCK_QUEUE_SIZE", "BatchSender", "SendReport"]
+__all__ = ["BATCH_LISTS_QUEUE_SIZE", "BLOCK_QUEUE_SIZE", "BatchSender", "SendReport"]
 
 #: Blocks of validated records waiting for the cutter.
 BLOCK_QUEUE_SIZE = 4
+#: Blocks' worth of batches cut and waiting for the writer.
+BATCH_LISTS_QUEUE_SIZE = 2
 
 
 class BatchSender:
@@ -68,6 +70,8 @@ class BatchSender:
         self._window: Window | None = None  # while send() runs
         self._reader: BlockReader | None = None  # the same
         self._base = 0  # input rows of the sources sent before this one
+        #: Batches taken off the queue and not sent yet; kept across reconnects.
+        self._cut: collections.deque[Outgoing] = collections.deque()
         self._log = get_logger(agencia=session.agency_id)
 
     def __repr__(self) -> str:
@@ -98,7 +102,9 @@ class BatchSender:
         self._base = self.session.position
         self.input_rows_stored = max(self.input_rows_stored, self.session.resume.input_rows)
         blocks: asyncio.Queue[RecordBlock | None] = asyncio.Queue(BLOCK_QUEUE_SIZE)
-        batches: asyncio.Queue[Outgoing | None] = asyncio.Queue(self.max_in_flight)
+        # A block's batches travel together: one hand-over per block, not per batch.
+        batches: asyncio.Queue[list[Outgoing] | None] = asyncio.Queue(BATCH_LISTS_QUEUE_SIZE)
+        self._cut.clear()
         try:
             await run_together(
                 read_blocks(reader, blocks, self._log, self._count_read),
@@ -167,27 +173,28 @@ class BatchSender:
                 self.ack_latencies.append(now - item.sent)
 
     async def _write_batches(
-        self, conn: Connection, batches: asyncio.Queue[Any], window: Window
+        self, conn: Connection, batches: asyncio.Queue[list[Outgoing] | None], window: Window
     ) -> None:
         loop = asyncio.get_running_loop()
+        cut = self._cut
         while not window.input_done:
             await window.wait_for_room()
-            item = await batches.get()
-            # Send what is ready while the window has room, then drain once:
-            # acks come in bunches (one per group commit), so batches go out
-            # in bunches too, and the window, not drain, bounds what is buffered.
-            while True:
-                if item is None:
+            if not cut:
+                ready = await batches.get()
+                if ready is None:
                     window.finish_input()
-                    break
-                window.add(self._number(item))  # before sending: a lost line resends it
+                    return
+                cut.extend(ready)
+            # Send what the window has room for, then drain once: acks come in
+            # bunches (one per group commit), so batches go out in bunches too,
+            # and the window, not drain, bounds what is buffered.
+            while cut and len(window.unacked) < window.size:
+                item = self._number(cut.popleft())
+                window.add(item)  # before sending: a lost line resends it
                 item.sent = loop.time()
                 conn.send_batch(item.seq, item.records, item.count, item.input_rows)
                 self.batches_sent += 1
                 self.bets_sent += item.count
-                if len(window.unacked) >= window.size or batches.empty():
-                    break
-                item = batches.get_nowait()
             await conn.drain(self.session.timeout)
 
     async def _receive_acks(self, conn: Connection, window: Window, report: SendReport) -> None:
