@@ -147,6 +147,7 @@ def import_top(count: int, python: str) -> tuple[int, list[tuple[int, str]]]:
     err = subprocess.run(
         [python, "-X", "importtime", "-m", "lottery", "agency", "--help"],
         env=_env(),
+        cwd=tempfile.gettempdir(),  # -m puts the working directory first on sys.path
         check=True,
         capture_output=True,
         text=True,
