@@ -198,6 +198,7 @@ class BatchSender:
             await conn.drain(self.session.timeout)
 
     async def _receive_acks(self, conn: Connection, window: Window, report: SendReport) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             await window.wait_for_unacked()
             if window.input_done and not window.unacked:
@@ -208,5 +209,4 @@ class BatchSender:
                 raise refused
             if not isinstance(reply, Ack):
                 raise_for(reply)
-            now = asyncio.get_running_loop().time()
-            self._acknowledged(window.acknowledge_through(reply.seq), report, now)
+            self._acknowledged(window.acknowledge_through(reply.seq), report, loop.time())
