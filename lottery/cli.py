@@ -105,13 +105,19 @@ def _add_options(
         )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The ``lottery`` command line; given ``command``, the settings of the others are left out.
+
+    The server's and the agency's settings are most of the parser: a process
+    that runs one of them need not build the other's (start-up time).
+    """
     parser = argparse.ArgumentParser(prog="lottery", description=DESCRIPTION, epilog=EPILOG)
     parser.add_argument("--version", action="version", version=f"lottery {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     server = commands.add_parser("server", help="run the central server")
-    _add_options(server, SERVER_OPTIONS, ServerConfig(), "config.ini")
+    if command in (None, "server"):
+        _add_options(server, SERVER_OPTIONS, ServerConfig(), "config.ini")
     fresh = server.add_mutually_exclusive_group()
     fresh.add_argument(
         "--new-round",
@@ -126,7 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common(server)
 
     agency = commands.add_parser("agency", help="run one agency: send bets, get winners")
-    _add_options(agency, AGENCY_OPTIONS, AgencyConfig(), "config.yaml")
+    if command in (None, "agency"):
+        _add_options(agency, AGENCY_OPTIONS, AgencyConfig(), "config.yaml")
     agency.add_argument("--stats-file", help="write the round's figures (ack latencies) as JSON")
     agency.add_argument(
         "--quiet", action="store_true", help="no progress bar on a terminal (log lines unchanged)"
@@ -739,7 +746,9 @@ def run_draw(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    given = sys.argv[1:] if argv is None else list(argv)
+    # The command is the first argument (the top level has no option taking a value).
+    args = build_parser(given[0] if given else None).parse_args(given)
     commands = {
         "server": run_server,
         "agency": run_agency,

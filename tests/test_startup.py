@@ -71,3 +71,20 @@ def test_logging_imports_structlog_without_rich_and_leaves_rich_importable() -> 
 def test_the_sync_modes_the_settings_offer_are_the_stores() -> None:
     """config's copy of the store's sync modes (kept to spare the import) is the store's own."""
     assert config.SYNC_MODES == SYNC_MODES
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["agency", "--id", "3", "--server", "h:1", "--bets", "f.csv", "--quiet"],
+        ["server", "--agencies", "5", "--port", "0", "--new-round"],
+        ["status", "--server", "h:1", "--json"],
+    ],
+)
+def test_a_parser_built_for_one_command_parses_it_as_the_whole_parser_does(
+    argv: list[str],
+) -> None:
+    """Leaving the other commands' settings out changes nothing for the command given."""
+    from lottery.cli import build_parser
+
+    assert build_parser(argv[0]).parse_args(argv) == build_parser().parse_args(argv)
