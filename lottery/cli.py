@@ -29,7 +29,7 @@ from .config import (
     boolean,
     load_agency_config,
     load_server_config,
-    parse_address,
+    parse_addresses,
 )
 from .errors import AgencyError, ConfigError, InvalidBet, LotteryError, StoreError
 
@@ -141,7 +141,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     _common(agency)
 
     status = commands.add_parser("status", help="show the round: agencies, bets, the draw")
-    status.add_argument("--server", required=True, help="HOST:PORT of the server")
+    status.add_argument(
+        "--server", required=True, help="HOST:PORT of the server (a list: the first that answers)"
+    )
     status.add_argument("--json", action="store_true", help="print the raw JSON")
     status.add_argument("--timeout", type=float, default=5.0)
     status.add_argument("--tls-ca", help="CA certificate to trust for a TLS server (PEM)")
@@ -154,7 +156,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     )
 
     ping = commands.add_parser("ping", help="exit 0 if a server answers (health checks)")
-    ping.add_argument("server", help="HOST:PORT of the server")
+    ping.add_argument("server", help="HOST:PORT of the server (a list: the first that answers)")
     ping.add_argument("--timeout", type=float, default=5.0)
     ping.add_argument("--tls-ca", help="CA certificate to trust for a TLS server (PEM)")
 
@@ -419,7 +421,6 @@ async def _agency_round(
     from .progress import agency_progress, count_lines
 
     log = get_logger(agencia=config.id)
-    host, port = parse_address(config.server_address)
     single = None if config.bets else _single_bet_from_env()
     if not config.bets and single is None:
         raise ConfigError(
@@ -429,8 +430,7 @@ async def _agency_round(
     draw = DrawParticipant(config.id, nonce_file(state_dir, config.id) if state_dir else None)
     agency = AsyncAgency(
         config.id,
-        host,
-        port,
+        servers=config.servers,
         batch_max_amount=config.batch_max_amount,
         max_in_flight=config.max_in_flight,
         timeout=config.timeout,
@@ -545,9 +545,9 @@ def run_agency(args: argparse.Namespace) -> int:
 # -- status and ping ------------------------------------------------------------------------
 
 
-def _server_address(raw: str, flag: str) -> tuple[str, int]:
+def _server_addresses(raw: str, flag: str) -> list[tuple[str, int]]:
     try:
-        return parse_address(raw)
+        return parse_addresses(raw)
     except ValueError as exc:
         raise ConfigError(f"{flag}: {exc}") from None
 
@@ -557,16 +557,17 @@ def run_status(args: argparse.Namespace) -> int:
     import json
 
     from .auth import load_operator_token
-    from .connection import query_status
+    from .servers import first_status
     from .status import render as render_status
 
-    host, port = _server_address(args.server, "--server")
+    servers = _server_addresses(args.server, "--server")
     token = None
     if args.token_file:
         token = load_operator_token(args.token_file)
         if token is None:
             raise ConfigError(f"--token-file {args.token_file}: no operator: line")
-    status = asyncio.run(query_status(host, port, args.timeout, _client_tls(args.tls_ca), token))
+    tls = _client_tls(args.tls_ca)
+    _, status = asyncio.run(first_status(servers, args.timeout, tls, token))
     if args.json:
         print(json.dumps(status, indent=2))
     else:
@@ -577,16 +578,17 @@ def run_status(args: argparse.Namespace) -> int:
 def run_ping(args: argparse.Namespace) -> int:
     import asyncio
 
-    from .connection import query_status
+    from .servers import first_status
     from .status import summary
 
-    host, port = _server_address(args.server, "server")
+    servers = _server_addresses(args.server, "server")
+    tls = _client_tls(args.tls_ca)
     try:
-        status = asyncio.run(query_status(host, port, args.timeout, _client_tls(args.tls_ca)))
+        where, status = asyncio.run(first_status(servers, args.timeout, tls))
     except (OSError, LotteryError) as exc:
-        print(f"lottery ping: {host}:{port} did not answer: {exc or type(exc).__name__}")
+        print(f"lottery ping: {args.server} did not answer: {str(exc) or type(exc).__name__}")
         return EXIT_FAILED
-    print(f"lottery ping: {host}:{port} answers; {summary(status)}")
+    print(f"lottery ping: {where} answers; {summary(status)}")
     return EXIT_OK
 
 
