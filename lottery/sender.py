@@ -177,6 +177,7 @@ class BatchSender:
     ) -> None:
         loop = asyncio.get_running_loop()
         cut = self._cut
+        undrained = 0  # batches written since the last drain
         while not window.input_done:
             await window.wait_for_room()
             if not cut:
@@ -185,9 +186,9 @@ class BatchSender:
                     window.finish_input()
                     return
                 cut.extend(ready)
-            # Send what the window has room for, then drain once: acks come in
-            # bunches (one per group commit), so batches go out in bunches too,
-            # and the window, not drain, bounds what is buffered.
+            # Send what the window has room for. The window already bounds what
+            # the transport buffers, so drain once a window's worth has gone
+            # out, not after every batch (each drain arms a timeout).
             while cut and len(window.unacked) < window.size:
                 item = self._number(cut.popleft())
                 window.add(item)  # before sending: a lost line resends it
@@ -195,7 +196,10 @@ class BatchSender:
                 conn.send_batch(item.seq, item.records, item.count, item.input_rows)
                 self.batches_sent += 1
                 self.bets_sent += item.count
-            await conn.drain(self.session.timeout)
+                undrained += 1
+            if undrained >= window.size:
+                await conn.drain(self.session.timeout)
+                undrained = 0
 
     async def _receive_acks(self, conn: Connection, window: Window, report: SendReport) -> None:
         loop = asyncio.get_running_loop()
