@@ -26,7 +26,11 @@ from .reports import SendReport
 from .session import Session
 from .window import Outgoing
 
-__all__ = ["BLOCKS_PER_READ", "cut_batches", "read_blocks"]
+__all__ = ["BATCH_LISTS_QUEUE_SIZE", "BLOCKS_PER_READ", "cut_batches", "read_blocks"]
+
+#: Blocks' worth of batches cut and waiting for the sender: a block's batches
+#: travel together, one hand-over per block, not per batch.
+BATCH_LISTS_QUEUE_SIZE = 2
 
 
 def _lines_of(blocks: collections.deque[Sequence[int]], count: int) -> Sequence[int]:

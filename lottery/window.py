@@ -10,6 +10,7 @@ The writer waits for room, the ack reader for something to wait on; one
 from __future__ import annotations
 
 import asyncio
+import collections
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -45,6 +46,8 @@ class Window:
     def __init__(self, size: int) -> None:
         self.size = size
         self.unacked: dict[int, Outgoing] = {}
+        #: Batches cut and waiting for room, in order; numbered as they go out.
+        self.pending: collections.deque[Outgoing] = collections.deque()
         self.input_done = False
         # Set on every change; a waiter clears it, then waits for the next one.
         # Clearing never loses a wake-up: set() has already resolved the other
