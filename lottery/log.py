@@ -14,6 +14,11 @@ is one JSON object per line.
 
 Only entry points call `configure`; library modules just call `get_logger`.
 
+structlog is imported on first use, not with this module: `lottery agency
+--help` never needs it. And it is imported without rich: structlog.dev would
+import rich's traceback machinery (about 25 ms of every process's start) for
+a console renderer we never use (our renderers are our own); greenlet likewise.
+
 A log line must never take the program down with it: `lottery server ...
 2>&1 | head -1` closes the pipe after one line, and every later write fails.
 `configure` therefore wraps the stream in a `SafeStream`, which never raises:
@@ -27,15 +32,13 @@ were lost.
 from __future__ import annotations
 
 import errno
-import logging
 import os
 import sys
 import threading
 import time
 from collections.abc import MutableMapping
+from types import ModuleType
 from typing import Any, TextIO
-
-import structlog
 
 __all__ = [
     "CONTEXT_FIELDS",
@@ -45,6 +48,7 @@ __all__ = [
     "Tp0Renderer",
     "configure",
     "get_logger",
+    "preload",
 ]
 
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -171,12 +175,46 @@ def _silence(stream: TextIO) -> None:
         os.close(devnull)
 
 
+# What structlog imports if it can, for features we do not use: rich and
+# better_exceptions for its console renderer's tracebacks, greenlet for its
+# deprecated thread-local context.
+_OPTIONAL = ("rich", "better_exceptions", "greenlet")
+
+
+def _structlog() -> ModuleType:
+    """structlog, imported on first use, without rich (see the module docstring)."""
+    module = sys.modules.get("structlog")
+    if module is not None:
+        return module
+    # None in sys.modules makes ``import rich`` fail, which structlog expects
+    # when rich is not installed; a rich imported already (the progress bar's)
+    # is left alone, and the block is lifted at once.
+    blocked = [name for name in _OPTIONAL if name not in sys.modules]
+    for name in blocked:
+        sys.modules[name] = None  # type: ignore[assignment]
+    try:
+        import structlog
+    finally:
+        for name in blocked:
+            if sys.modules.get(name, 0) is None:
+                del sys.modules[name]
+    return structlog
+
+
+def preload() -> None:
+    """Import structlog now rather than at the first log line (for start-up work done up front)."""
+    _structlog()
+
+
 def configure(level: str = "INFO", fmt: str = "console", stream: TextIO | None = None) -> None:
     """Set up structlog for the whole process (entry points only).
 
     Lines go to ``stream`` (stderr by default) through a `SafeStream`, so a
     failing log never raises into the code that logs.
     """
+    import logging  # for its level names, and only here
+
+    structlog = _structlog()
     processors: list[Any] = [structlog.processors.TimeStamper(fmt="%Y-%m-%d %H:%M:%S")]
     if fmt == "json":
         processors += [
@@ -190,14 +228,10 @@ def configure(level: str = "INFO", fmt: str = "console", stream: TextIO | None =
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
         logger_factory=structlog.WriteLoggerFactory(
-            file=SafeStream(stream or sys.stderr, fallback=sys.__stderr__)  # type: ignore[arg-type]
+            file=SafeStream(stream or sys.stderr, fallback=sys.__stderr__)
         ),
         cache_logger_on_first_use=True,
     )
-
-
-#: What a logger renders with when no entry point configured structlog.
-_DEFAULT_PROCESSORS = (structlog.processors.TimeStamper(fmt="%Y-%m-%d %H:%M:%S"), Tp0Renderer())
 
 
 def get_logger(**context: Any) -> Any:
@@ -207,6 +241,9 @@ def get_logger(**context: Any) -> Any:
     as a library) structlog's own default would print its key=value lines;
     the lines are tp0's there too, whatever their level.
     """
+    structlog = _structlog()
     if structlog.is_configured():
         return structlog.get_logger().bind(**context)
-    return structlog.get_logger(processors=list(_DEFAULT_PROCESSORS)).bind(**context)
+    # What a logger renders with when no entry point configured structlog.
+    processors = [structlog.processors.TimeStamper(fmt="%Y-%m-%d %H:%M:%S"), Tp0Renderer()]
+    return structlog.get_logger(processors=processors).bind(**context)
