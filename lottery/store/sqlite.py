@@ -110,18 +110,22 @@ _ADDED_COLUMNS = {
 _MAX_PARAMETERS = 999
 
 
-def _insert(db: sqlite3.Connection, sql: str, rows: Sequence[tuple[object, ...]]) -> None:
+def _insert(
+    db: sqlite3.Connection, sql: str, rows: Sequence[tuple[object, ...]], row: str | None = None
+) -> None:
     """Insert ``rows`` with as few multi-row statements as the parameter limit allows.
 
-    ``sql`` holds ``{}`` where the ``VALUES`` list goes.
+    ``sql`` holds ``{}`` where the ``VALUES`` list goes; ``row`` is one row's
+    placeholders (``(?, ?)`` by default, one per value).
     """
     if not rows:
         return
     width = len(rows[0])
+    row = row or "(" + ", ".join("?" * width) + ")"
     per_statement = _MAX_PARAMETERS // width
     for start in range(0, len(rows), per_statement):
         chunk = rows[start : start + per_statement]
-        values = ", ".join(["(" + ", ".join("?" * width) + ")"] * len(chunk))
+        values = ", ".join([row] * len(chunk))
         db.execute(sql.format(values), [value for row in chunk for value in row])
 
 
@@ -357,7 +361,7 @@ class SQLiteStore:
         outcomes: list[Outcome] = []
         progress = dict(self._progress)  # published only once the commit succeeds
         digests: dict[int, RunningDigest] = {}  # copies, published with progress
-        stored: list[tuple[int, int, int, str]] = []
+        stored: list[tuple[int, int, int, bytes]] = []
         winners: list[tuple[int, str]] = []
         # In random mode the number is unknown until the draw: nothing to pick.
         marks = self._winner_marks() if self.draw_mode == MODE_FIXED else ()
@@ -372,7 +376,9 @@ class SQLiteStore:
             records = batch.records
             if not isinstance(records, Records):
                 records = Records.from_fields(records)
-            stored.append((batch.agency, batch.seq, len(records), records.text))
+            # The UTF-8 the wire carried: hashed and stored as it is, never re-encoded.
+            data = records.utf8()
+            stored.append((batch.agency, batch.seq, len(records), data))
             if any(mark in records.text for mark in marks):
                 number = self.winning_number
                 winners += [(batch.agency, r[2]) for r in records if int(r[4]) == number]
@@ -380,11 +386,12 @@ class SQLiteStore:
             if running is None:
                 base = self._digests.get(batch.agency)
                 running = digests[batch.agency] = base.copy() if base else agency_digest()
-            running.update(records.text.encode())
-            progress[batch.agency] = Progress(
-                batch.seq, count + len(records), batch.input_rows, running.digest()
-            )
+            running.update(data)
+            # The digest is read once per agency below, not after every batch.
+            progress[batch.agency] = Progress(batch.seq, count + len(records), batch.input_rows)
             outcomes.append(Outcome.STORED)
+        for agency, running in digests.items():
+            progress[agency] = progress[agency]._replace(digest=running.digest())
         changed = [
             (agency, *progress[agency])
             for agency in {b.agency for b in batches}
@@ -392,7 +399,8 @@ class SQLiteStore:
         ]
         db = self._db
         with _transaction(db, f"commit of {len(batches)} batches failed"):
-            _insert(db, "INSERT INTO batches VALUES {}", stored)
+            # CAST: SQLite keeps the UTF-8 bytes as they are, as TEXT (what readers get).
+            _insert(db, "INSERT INTO batches VALUES {}", stored, "(?, ?, ?, CAST(? AS TEXT))")
             _insert(db, "INSERT INTO winners VALUES {}", winners)
             _insert(
                 db,
