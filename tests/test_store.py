@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +14,7 @@ import pytest
 
 from lottery.errors import ConfigError, StoreError
 from lottery.protocol import Record
-from lottery.store import DB_FILENAME, Outcome, PendingBatch, SQLiteStore
+from lottery.store import DB_FILENAME, Outcome, PendingBatch, SQLiteStore, ThreadedStore
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -487,3 +489,64 @@ def test_reading_a_store_needs_no_restating_how_it_was_made(data_dir: Path) -> N
         s.close()
     with pytest.raises(ConfigError, match="won by number 1234, not won by number 7574"):
         SQLiteStore(data_dir, AGENCIES, 7574)
+
+
+# -- done marks through the store thread --------------------------------------
+
+
+class _CountingStore(SQLiteStore):
+    """A SQLiteStore that records each mark_done_many call, and can fail them."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.mark_calls: list[list[int]] = []
+        self.fail = False
+
+    def mark_done_many(self, agencies: Any) -> None:
+        self.mark_calls.append(list(agencies))
+        if self.fail:
+            raise StoreError("disk full")
+        super().mark_done_many(agencies)
+
+
+async def _marks_behind_a_busy_thread(
+    data_dir: Path, fail: bool
+) -> tuple[_CountingStore, list[BaseException | None]]:
+    """Three DONE marks asked while the store thread is busy; what each came to."""
+    made: list[_CountingStore] = []
+
+    def open_store() -> _CountingStore:
+        made.append(_CountingStore(data_dir, AGENCIES, WINNING))
+        return made[0]
+
+    threaded = await ThreadedStore.open(open_store)
+    made[0].fail = fail
+    gate = threading.Event()
+    busy = asyncio.ensure_future(threaded.call(lambda _: gate.wait(10)))
+    marks = [asyncio.ensure_future(threaded.mark_done(agency)) for agency in (1, 2, 3)]
+    await asyncio.sleep(0)  # every mark is queued behind the busy job
+    gate.set()
+    await busy
+    results = await asyncio.gather(*marks, return_exceptions=True)
+    await threaded.aclose()
+    return made[0], [r if isinstance(r, BaseException) else None for r in results]
+
+
+async def test_done_marks_asked_together_are_one_transaction(data_dir: Path) -> None:
+    """Marks that wait for the store thread are made by one mark_done_many call."""
+    store, results = await _marks_behind_a_busy_thread(data_dir, fail=False)
+    assert results == [None, None, None]
+    assert store.mark_calls == [[1, 2, 3]]
+    reopened = SQLiteStore(data_dir)
+    assert reopened.done_agencies() == {1, 2, 3}
+    reopened.close()
+
+
+async def test_a_failed_group_of_done_marks_fails_every_mark(data_dir: Path) -> None:
+    """If the one transaction fails, every DONE in it is refused (and may be asked again)."""
+    store, results = await _marks_behind_a_busy_thread(data_dir, fail=True)
+    assert [str(r) for r in results] == ["disk full"] * 3
+    assert store.mark_calls == [[1, 2, 3]]
+    reopened = SQLiteStore(data_dir)
+    assert reopened.done_agencies() == set()
+    reopened.close()
