@@ -223,6 +223,27 @@ def _silence(stream: TextIO) -> None:
         os.close(devnull)
 
 
+#: (second, its text): one tuple, so a thread never sees one without the other.
+_stamp: tuple[int, str] = (-1, "")
+
+
+def _timestamp() -> str:
+    """The time as every line shows it (UTC, to the second), formatted once a second."""
+    global _stamp  # a cache
+    now = int(time.time())
+    second, text = _stamp
+    if now != second:
+        text = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(now))
+        _stamp = (now, text)
+    return text
+
+
+def _add_timestamp(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> Any:
+    """structlog's TimeStamper(fmt="%Y-%m-%d %H:%M:%S"), at a fraction of its cost."""
+    event["timestamp"] = _timestamp()
+    return event
+
+
 def configure(level: str = "INFO", fmt: str = "console", stream: TextIO | None = None) -> None:
     """Set up structlog for the whole process (entry points only).
 
@@ -230,7 +251,7 @@ def configure(level: str = "INFO", fmt: str = "console", stream: TextIO | None =
     failing log never raises into the code that logs.
     """
     global _hot  # the process's one log configuration
-    processors: list[Any] = [structlog.processors.TimeStamper(fmt="%Y-%m-%d %H:%M:%S")]
+    processors: list[Any] = [_add_timestamp]
     safe = SafeStream(stream or sys.stderr, fallback=sys.__stderr__)
     factory = structlog.WriteLoggerFactory(file=safe)  # type: ignore[arg-type]
     _hot = None
@@ -256,18 +277,6 @@ def configure(level: str = "INFO", fmt: str = "console", stream: TextIO | None =
 #: logger factory it installed (to tell whether it is still the one in use)
 #: and the stream it writes to.
 _hot: tuple[object, SafeStream] | None = None
-_stamp_second = -1
-_stamp = ""
-
-
-def _timestamp() -> str:
-    """The time as `configure`'s TimeStamper writes it (UTC), computed once a second."""
-    global _stamp_second, _stamp  # a cache
-    now = int(time.time())
-    if now != _stamp_second:
-        _stamp_second = now
-        _stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(now))
-    return _stamp
 
 
 def hot_line(action: str, result: str, key: str, **context: object) -> Callable[[int], None] | None:
@@ -296,7 +305,7 @@ def hot_line(action: str, result: str, key: str, **context: object) -> Callable[
 
 
 #: What a logger renders with when no entry point configured structlog.
-_DEFAULT_PROCESSORS = (structlog.processors.TimeStamper(fmt="%Y-%m-%d %H:%M:%S"), Tp0Renderer())
+_DEFAULT_PROCESSORS = (_add_timestamp, Tp0Renderer())
 
 
 def get_logger(**context: Any) -> Any:

@@ -11,10 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from lottery.errors import ConfigError, StoreError
+from lottery.models import FS, RS
 from lottery.protocol import Record
 from lottery.store import DB_FILENAME, Outcome, PendingBatch, SQLiteStore, ThreadedStore
+from lottery.store.sqlite import _marked_documents
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -550,3 +554,24 @@ async def test_a_failed_group_of_done_marks_fails_every_mark(data_dir: Path) -> 
     reopened = SQLiteStore(data_dir)
     assert reopened.done_agencies() == set()
     reopened.close()
+
+
+@given(
+    number=st.integers(0, 9999),
+    numbers=st.lists(st.integers(0, 9999) | st.just(-1), min_size=1, max_size=20),
+    padded=st.lists(st.booleans(), min_size=20, max_size=20),
+)
+def test_winners_are_picked_from_the_record_text_as_from_the_rows(
+    number: int, numbers: list[int], padded: list[bool]
+) -> None:
+    """The commit's search of the text finds exactly the rows whose number wins, in order."""
+    rows = []
+    for i, n in enumerate(numbers):
+        n = number if n < 0 else n  # -1: a winner
+        rows.append(
+            ("Ana", "Soto", str(1000 + i), "1990-05-17", str(n).zfill(4) if padded[i] else str(n))
+        )
+    text = "".join(FS.join(r) + RS for r in rows)
+    digits = str(number)
+    marks = tuple(f"{FS}{'0' * pad}{digits}{RS}" for pad in range(5 - len(digits)))
+    assert _marked_documents(text, marks) == [r[2] for r in rows if int(r[4]) == number]

@@ -132,6 +132,22 @@ def _insert(
         db.execute(sql.format(values), [value for row in chunk for value in row])
 
 
+def _marked_documents(text: str, marks: Sequence[str]) -> list[str]:
+    """The documents of the records in ``text`` whose number is one of ``marks``, in order.
+
+    Only the records found are split into fields: a batch is not turned into
+    two hundred tuples to find the two that won.
+    """
+    found: list[tuple[int, str]] = []
+    for mark in marks:  # FS + number + RS: the record's last field
+        at = text.find(mark)
+        while at >= 0:
+            start = text.rfind(RS, 0, at) + 1
+            found.append((start, text[start:at].split(FS)[2]))
+            at = text.find(mark, at + len(mark))
+    return [document for _, document in sorted(found)]
+
+
 @contextlib.contextmanager
 def _transaction(db: sqlite3.Connection, failure: str) -> Iterator[None]:
     """One ``BEGIN IMMEDIATE`` … ``COMMIT``, rolled back whole if the body raises.
@@ -383,8 +399,7 @@ class SQLiteStore:
             data = records.utf8()
             stored.append((batch.agency, batch.seq, len(records), data))
             if any(mark in records.text for mark in marks):
-                number = self.winning_number
-                winners += [(batch.agency, r[2]) for r in records if int(r[4]) == number]
+                winners += [(batch.agency, d) for d in _marked_documents(records.text, marks)]
             running = digests.get(batch.agency)
             if running is None:
                 base = self._digests.get(batch.agency)
