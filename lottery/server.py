@@ -90,6 +90,8 @@ READ_SIZE = 65536
 MAX_PENDING_REPLIES = 64
 CLOSE_TIMEOUT = 1.0
 LINGER = 0.5  # seconds a closing connection may still drain what the peer sends
+#: Most missing agencies a NOT_READY names (it says how many there are in all).
+MAX_LISTED_MISSING = 100
 #: Descriptors kept out of the connection limit: the store's files, the log,
 #: the metrics listener, and the connections being refused at any moment.
 RESERVED_FDS = 128
@@ -970,8 +972,16 @@ class Handler:
             return RevealWanted()
         if winners is WinnersWait.NOT_READY:
             missing = self._round.barrier.missing
-            self._log.info("consulta_ganadores", result="in_progress", faltan=missing)
-            return NotReady(len(missing), tuple(missing))
+            # The first few only: with 10,000 agencies a full list in every
+            # answer (and log line) to every early agency would be megabytes.
+            listed = tuple(missing[:MAX_LISTED_MISSING])
+            self._log.info(
+                "consulta_ganadores",
+                result="in_progress",
+                faltan=len(missing),
+                primeras=" ".join(map(str, listed)),
+            )
+            return NotReady(len(missing), listed)
         if winners is WinnersWait.SHUTTING_DOWN:
             return Error(ErrorCode.SHUTTING_DOWN, "the server is shutting down")
         self._log.info("consulta_ganadores", result="success", cant_ganadores=len(winners))
