@@ -575,3 +575,20 @@ def test_winners_are_picked_from_the_record_text_as_from_the_rows(
     digits = str(number)
     marks = tuple(f"{FS}{'0' * pad}{digits}{RS}" for pad in range(5 - len(digits)))
     assert _marked_documents(text, marks) == [r[2] for r in rows if int(r[4]) == number]
+
+
+async def test_progress_reads_are_batched_but_never_pass_a_commit(data_dir: Path) -> None:
+    """Reads waiting together share a job; one asked after a commit was queued sees it."""
+    threaded = await ThreadedStore.open(lambda: SQLiteStore(data_dir, AGENCIES, WINNING))
+    gate = threading.Event()
+    busy = asyncio.ensure_future(threaded.call(lambda _: gate.wait(10)))
+    before = [asyncio.ensure_future(threaded.progress(agency)) for agency in (1, 1, 2)]
+    commit = asyncio.ensure_future(threaded.commit([batch(1, 1)]))
+    after = asyncio.ensure_future(threaded.progress(1))
+    await asyncio.sleep(0)
+    gate.set()
+    await busy
+    assert [p.last_seq for p in await asyncio.gather(*before)] == [0, 0, 0]
+    assert await commit == [Outcome.STORED]
+    assert (await after).last_seq == 1
+    await threaded.aclose()
