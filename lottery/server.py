@@ -48,6 +48,7 @@ from .auth import load_operator_token, load_secrets
 from .committer import Committer
 from .config import ServerConfig
 from .errors import ConfigError, ErrorCode, ProtocolError, StoreError
+from .fdlimit import raise_nofile_limit
 from .log import get_logger, hot_line
 from .protocol import (
     NONCE_SIZE,
@@ -220,15 +221,18 @@ class Server:
 
         Returns the (soft, hard) RLIMIT_NOFILE (-1: unlimited).
         """
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         wanted = self.admission.total
+        soft, hard = raise_nofile_limit(wanted + RESERVED_FDS)
         if soft != resource.RLIM_INFINITY and soft - RESERVED_FDS < wanted:
             # Past the descriptors, accept() fails and asyncio leaves the peer
             # waiting in the backlog, told nothing: refuse out loud instead.
             room = max(soft - RESERVED_FDS, self.config.agencies, 1)
-            # Room kept for every agency and a reconnect of each, as by default.
+            # Room kept for every agency and a reconnect of each, as by default;
+            # if even that does not fit, half of what one slot per agency leaves.
+            agencies = self.config.agencies
             unauthenticated = min(
-                self.admission.unauthenticated, max(room - 2 * self.config.agencies, 1)
+                self.admission.unauthenticated,
+                max(room - 2 * agencies, (room - agencies) // 2, 1),
             )
             self.admission = Admission(room, unauthenticated, self.admission.per_address)
             self._log.warning(
