@@ -64,6 +64,12 @@ class _Batch(Generic[A, R]):
             self._open, self._open_job = [(item, future)], last_job + 1
             return self._open
 
+    def abandon(self, calls: list[tuple[A, asyncio.Future[R]]]) -> None:
+        """``calls`` will never run (their job could not be queued): close them to joiners."""
+        with self._lock:
+            if self._open is calls:
+                self._open = None
+
     def run(
         self,
         store: Store,
@@ -134,7 +140,11 @@ class ThreadedStore:
         calls = batch.add(item, future, self._jobs)
         if calls is not None:
             self._jobs += 1
-            self._executor.submit(batch.run, store, loop, calls)
+            try:
+                self._executor.submit(batch.run, store, loop, calls)
+            except RuntimeError:  # the thread is shut down: nobody may join that job
+                batch.abandon(calls)
+                raise
         return await future
 
     def _read_progress(self, store: Store, agencies: list[int]) -> list[Progress | Exception]:
