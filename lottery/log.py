@@ -36,6 +36,7 @@ were lost.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import errno
 import logging
@@ -277,6 +278,13 @@ def configure(level: str = "INFO", fmt: str = "console", stream: TextIO | None =
 #: logger factory it installed (to tell whether it is still the one in use)
 #: and the stream it writes to.
 _hot: tuple[object, SafeStream] | None = None
+
+
+@atexit.register
+def _write_queued_lines() -> None:
+    """Lines queued by `hot_line` whose loop stopped before writing them: now."""
+    if _hot is not None:
+        _hot[1].write("")
 
 
 def hot_line(action: str, result: str, key: str, **context: object) -> Callable[[int], None] | None:
