@@ -182,12 +182,19 @@ class Records(Sequence[Record]):
     list of `Record` tuples.
     """
 
-    __slots__ = ("_length", "_rows", "text")
+    __slots__ = ("_data", "_length", "_rows", "text")
 
-    def __init__(self, text: str, count: int) -> None:
+    def __init__(self, text: str, count: int, data: bytes | None = None) -> None:
         self.text = text  # every record ended by RS
         self._length = count  # not `count`: that is Sequence.count(value)
         self._rows: list[Record] | None = None
+        self._data = data  # ``text`` in UTF-8, when the caller has it already
+
+    def utf8(self) -> bytes:
+        """``text`` in UTF-8: the bytes the wire carried (no re-encoding when known)."""
+        if self._data is None:
+            self._data = self.text.encode()
+        return self._data
 
     @classmethod
     def from_fields(cls, rows: Iterable[Sequence[str]]) -> Records:
