@@ -29,7 +29,7 @@ from lottery.config import (
     load_server_config,
 )
 from lottery.errors import ConfigError
-from lottery.log import Tp0Renderer, configure, get_logger, hot_line
+from lottery.log import LineLogger, Tp0Renderer, configure, get_logger, hot_line, line_logger
 from lottery.server import Server
 
 from .conftest import UNIT
@@ -415,6 +415,38 @@ async def test_hot_line_writes_what_the_logger_would_after_the_lines_before_it()
     assert done.startswith("INFO     action: agencia_lista")
     assert last.endswith("| cantidad: 7 | ip: 127.0.0.1 | agencia: 3")
     structlog.reset_defaults()
+
+
+async def test_line_logger_writes_what_the_structlog_logger_would() -> None:
+    """The per-connection lines' cheap path: the same text, bound fields and all, in order."""
+    stream = io.StringIO()
+    configure("DEBUG", "console", stream)
+    plain = get_logger(ip="127.0.0.1").bind(agencia=3)
+    cheap = line_logger(ip="127.0.0.1").bind(agencia=3)
+    assert isinstance(cheap, LineLogger)
+    for log in (plain, cheap):
+        log.info("handshake", result="success", last_seq=0, bets=1, filas="a|b")
+        log.info("close_resource", result="success", resource="connection", agencia=None)
+        log.warning("protocolo", result="fail", error="bad\nframe")
+        log.error("sorteo", result="fail", error="x")
+        log.debug("apuesta_duplicada", result="success", seq=4)
+        await asyncio.sleep(0)  # the cheap path's INFO lines go out at the end of the turn
+    lines = [text.split(" ", 2)[2] for text in stream.getvalue().splitlines()]
+    assert len(lines) == 10
+    assert lines[:5] == lines[5:]
+    assert lines[1].endswith("resource: connection | ip: 127.0.0.1 | agencia: None")
+    structlog.reset_defaults()
+
+
+@pytest.mark.parametrize(("level", "fmt"), [("WARNING", "console"), ("INFO", "json")])
+def test_line_logger_is_structlog_where_it_would_not_write_console_lines(
+    level: str, fmt: str
+) -> None:
+    """JSON lines and levels above INFO take structlog's path."""
+    configure(level, fmt, io.StringIO())
+    assert not isinstance(line_logger(agencia=1), LineLogger)
+    structlog.reset_defaults()
+    assert not isinstance(line_logger(agencia=1), LineLogger)
 
 
 @pytest.mark.parametrize(("level", "fmt"), [("WARNING", "console"), ("INFO", "json")])
