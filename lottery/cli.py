@@ -296,6 +296,7 @@ def run_server(args: argparse.Namespace) -> int:
 
     from .advice import log_advice
     from .fdlimit import raise_nofile_limit
+    from .gcpolicy import tune as tune_gc
     from .log import configure, get_logger
     from .store.archive import archive_round
 
@@ -304,6 +305,7 @@ def run_server(args: argparse.Namespace) -> int:
     configure(config.log_level, config.log_format)
     log_advice(warnings)
     raise_nofile_limit()  # the server logs the limit it got and sizes its connections to it
+    tune_gc()  # no full garbage collection pausing a round (lottery/gcpolicy.py)
     if (args.new_round or args.new_round_if_finished) and config.store:
         raise ConfigError("--new-round archives a --data-dir round; for --store, use a new DB")
     if args.new_round or args.new_round_if_finished:

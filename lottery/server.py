@@ -84,8 +84,7 @@ from .protocol import (
 )
 from .ratelimit import StatusSnapshots, TokenBucket
 from .round import Round, Superseded, WinnersWait
-from .store import AsyncStore, Outcome, PostgresStore, SQLiteStore, Store, ThreadedStore
-from .store.postgres import safe_dsn
+from .store import AsyncStore, Outcome, SQLiteStore, Store, ThreadedStore
 
 __all__ = ["Handler", "Server"]
 
@@ -193,7 +192,7 @@ class Server:
             logging_level=cfg.log_level,
             agencies=cfg.agencies,
             data_dir=cfg.data_dir,
-            store=safe_dsn(cfg.store) if cfg.store else "sqlite",
+            store=_safe_dsn(cfg.store) if cfg.store else "sqlite",
             sync=cfg.sync,
             agencies_done=len(self._round.barrier.done),
             drawn=self._round.drawn,
@@ -211,7 +210,7 @@ class Server:
                 "ronda_terminada",
                 result="in_progress",
                 ronda=self._round.round_id,
-                detalle=f"{safe_dsn(cfg.store) if cfg.store else cfg.data_dir} holds a round "
+                detalle=f"{_safe_dsn(cfg.store) if cfg.store else cfg.data_dir} holds a round "
                 "whose draw is already made: this server only answers its winners; for a new "
                 "round, start with --new-round (or, with --store, another database)",
             )
@@ -228,6 +227,8 @@ class Server:
         cfg = self.config
         if not cfg.store:
             return await ThreadedStore.open(self._open_store)
+        from .store.postgres import PostgresStore  # asyncpg: only for this store
+
         return await PostgresStore.open(
             cfg.store,
             agencies=cfg.agencies,
@@ -444,6 +445,12 @@ class Server:
             await _close_writer(writer, reader)
         finally:
             self._refusing -= 1
+
+
+def _safe_dsn(dsn: str) -> str:
+    from .store.postgres import safe_dsn  # asyncpg (30 ms of start-up): only with --store
+
+    return safe_dsn(dsn)
 
 
 def _tls_context(config: ServerConfig) -> ssl.SSLContext | None:

@@ -9,6 +9,9 @@ several servers share, `PostgresStore` (asyncpg, a `SharedStore`).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
+from ..config import is_postgres_dsn
 from .base import (
     AsyncStore,
     DrawState,
@@ -19,9 +22,11 @@ from .base import (
     SharedStore,
     Store,
 )
-from .postgres import PostgresStore, is_postgres_dsn
 from .sqlite import DB_FILENAME, SYNC_MODES, SQLiteStore
 from .threaded import ThreadedStore
+
+if TYPE_CHECKING:
+    from .postgres import PostgresStore
 
 __all__ = [
     "DB_FILENAME",
@@ -39,3 +44,13 @@ __all__ = [
     "ThreadedStore",
     "is_postgres_dsn",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # PostgresStore imports asyncpg, 30 ms of every server's start-up: loaded
+    # on first use (PEP 562), so a server on SQLite never imports it.
+    if name == "PostgresStore":
+        from .postgres import PostgresStore
+
+        return PostgresStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
