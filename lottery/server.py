@@ -496,7 +496,7 @@ class _Submitted:
 
     request: Batch | SingleBet
     future: asyncio.Future[Any]
-    received: float  # loop time when it was read, for the ack latency
+    received: float  # loop time the read that brought it returned, for the ack latency
 
 
 #: What the reader queues for the writer, one per reply, in arrival order: the
@@ -579,6 +579,9 @@ class Handler:
         self._read_deadline = 0.0
         self._reading: asyncio.Task[Any] | None = None  # the task blocked in a read, if any
         self._read_expired = False
+        #: Loop time the last read returned: a batch's ack latency starts there,
+        #: so its wait for room in the commit queue (and for a reply slot) counts.
+        self._read_at = 0.0
         self.task: asyncio.Task[Any] | None = None
         self.agency: int | None = None
         #: The agency asked how the round is drawn (DRAW_QUERY): it speaks the
@@ -696,6 +699,7 @@ class Handler:
                     self._peer_gone.set()
                     self._protocol.receive_eof()
                     return
+                self._read_at = loop.time()
                 self._protocol.receive_data(data)
                 if not await self._handle_requests():
                     return
@@ -816,8 +820,7 @@ class Handler:
         self._unanswered += 1
         records = request.records if isinstance(request, Batch) else (request.record,)
         future = self._round.submit(self.agency, request.seq, records, request.input_rows)
-        received = asyncio.get_running_loop().time()
-        self._put(_Submitted(request, future, received))
+        self._put(_Submitted(request, future, self._read_at))
 
     # -- writer --------------------------------------------------------------------------
 
