@@ -11,10 +11,12 @@ A group is capped at `max_group_bets` bets (4096 by default) so that, with
 hundreds of agencies, one huge transaction cannot hold every acknowledgement
 back for long. The pending list is bounded too: once a group's worth of bets
 waits for a commit, handlers await `wait_for_room` before reading more, and the
-backpressure reaches the agencies through TCP. They wait in line, and room wakes
-them one at a time (each woken handler submits, which wakes the next while room
-is left): with 10,000 connections waiting, a commit must not wake them all to
-let forty through. A batch then waits for at most
+backpressure reaches the agencies through TCP. They wait in line, each saying
+how many bets it brings, and room wakes as many as it holds, in order (their
+bets reserved until they submit): with 10,000 connections waiting, a commit
+must not wake them all to let forty through, nor one per event-loop turn (a
+turn with thousands of connections busy takes milliseconds, and one woken
+waiter a turn made a line of forty wait 100-200 ms). A batch then waits for at most
 the running commit and its own, however many agencies send at once (measured
 with 1,000 agencies: p99 from reading a batch to its ack about 32 ms; bigger
 groups raise it, see docs/PERFORMANCE.md).
@@ -61,8 +63,12 @@ class Committer:
         self._pending_bets = 0
         self._in_flight: list[tuple[PendingBatch, asyncio.Future[CommitResult]]] = []
         self._group_done = asyncio.Event()  # set after every group, for settle()
-        #: Handlers waiting for room, in arrival order (see `wait_for_room`).
-        self._room_waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        #: Handlers waiting for room, in arrival order, with their bets (see `wait_for_room`).
+        self._room_waiters: collections.deque[tuple[asyncio.Future[None], int]] = (
+            collections.deque()
+        )
+        #: Bets of handlers woken for room that have not submitted yet.
+        self._reserved_bets = 0
         self._pending: list[tuple[PendingBatch, asyncio.Future[CommitResult]]] = []
         self._wakeup = asyncio.Event()
         self._closing = False
@@ -77,34 +83,41 @@ class Committer:
         """Start the commit task (in the running loop)."""
         self._task = asyncio.create_task(self._commit_loop(), name="lottery-committer")
 
-    async def wait_for_room(self) -> None:
+    async def wait_for_room(self, bets: int = 1) -> None:
         """Wait until the pending bets are under the bound (backpressure), in line.
 
-        The caller must `submit` as soon as this returns: that is what wakes
-        the next one in line while there is room.
+        ``bets`` is the size of the batch the caller will submit: room is kept
+        for it from the moment it is woken. The caller must `submit` as soon as
+        this returns, with no await in between.
         """
-        if self._pending_bets < self._max_pending_bets and not self._room_waiters:
+        if self._pending_bets + self._reserved_bets < self._max_pending_bets and (
+            not self._room_waiters
+        ):
             return
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._room_waiters.append(waiter)
+        entry = (waiter, bets)
+        self._room_waiters.append(entry)
         try:
             await waiter
         except asyncio.CancelledError:
             if waiter.done() and not waiter.cancelled():
-                self._wake_next()  # it was woken, but will not submit: pass it on
+                self._reserved_bets -= bets  # woken, but will not submit: pass it on
+                self._wake_next()
             else:  # still in line, unless `_wake_next` dropped it already
                 with contextlib.suppress(ValueError):
-                    self._room_waiters.remove(waiter)
+                    self._room_waiters.remove(entry)
             raise
+        # Its submit follows at once (no await in between) and counts the bets.
+        self._reserved_bets -= bets
 
     def _wake_next(self) -> None:
-        """Wake the first handler in line if there is room for its batch."""
+        """Wake the handlers first in line while there is room for their batches."""
         waiters = self._room_waiters
-        while waiters and self._pending_bets < self._max_pending_bets:
-            waiter = waiters.popleft()
+        while waiters and self._pending_bets + self._reserved_bets < self._max_pending_bets:
+            waiter, bets = waiters.popleft()
             if not waiter.done():
                 waiter.set_result(None)
-                return
+                self._reserved_bets += bets
 
     async def settle(self, agency: int) -> None:
         """Wait until no batch of ``agency`` is waiting for, or inside, a commit.

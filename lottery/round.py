@@ -478,9 +478,9 @@ class Round:
         if not speakers:
             self._speakers.pop(agency, None)
 
-    async def wait_for_room(self) -> None:
-        """Backpressure: wait until the commit queue takes more bets."""
-        await self._committer.wait_for_room()
+    async def wait_for_room(self, bets: int = 1) -> None:
+        """Backpressure: wait until the commit queue takes ``bets`` more bets."""
+        await self._committer.wait_for_room(bets)
 
     def submit(
         self, agency: int, seq: int, records: Sequence[Record], input_rows: int = 0

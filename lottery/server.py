@@ -816,9 +816,9 @@ class Handler:
         await self._slots.acquire()
         # Every connection shares one commit queue: when it is full, stop
         # reading; TCP then slows the agency down instead of memory filling up.
-        await self._round.wait_for_room()
-        self._unanswered += 1
         records = request.records if isinstance(request, Batch) else (request.record,)
+        await self._round.wait_for_room(len(records))
+        self._unanswered += 1
         future = self._round.submit(self.agency, request.seq, records, request.input_rows)
         self._put(_Submitted(request, future, self._read_at))
 

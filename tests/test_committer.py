@@ -168,26 +168,33 @@ async def test_pending_bets_are_bounded(make_committer: MakeCommitter, fake: Fak
     assert await settled(asyncio.gather(first, *queued)) == [Outcome.STORED] * 3
 
 
-async def test_room_wakes_waiters_in_line_one_at_a_time(
+async def test_room_wakes_waiters_in_line_while_their_batches_fit(
     make_committer: MakeCommitter, fake: FakeStore
 ) -> None:
-    """Room wakes the first in line only; its submit wakes the next while room is left."""
+    """Room wakes those first in line whose bets it holds, together; the rest wait for more."""
     committer = await make_committer(max_group_bets=4, max_pending_bets=4)
+
+    async def handler(agency: int) -> asyncio.Future[CommitResult]:
+        await committer.wait_for_room(2)
+        return committer.submit(batch(agency, 1, bets=2))  # at once, as the contract says
+
     fake.commit_gate.clear()
     first = committer.submit(batch(1, 1, bets=4))
     await wait_for_thread_event(fake.commit_entered)  # taken: 0 pending, but the commit holds
-    queued = [committer.submit(batch(2, 1, bets=4))]  # full again
-    waiters = [asyncio.ensure_future(committer.wait_for_room()) for _ in range(3)]
-    assert await still_pending(asyncio.gather(*waiters))
-    fake.commit_gate.set()  # the next group is taken: room, and every commit goes through
-    await settled(waiters[0])
-    # Room is left, but the next in line waits until the woken one has submitted.
-    assert await still_pending(asyncio.gather(*waiters[1:]))
-    queued.append(committer.submit(batch(3, 1, bets=2)))
-    await settled(waiters[1])
-    queued.append(committer.submit(batch(4, 1, bets=2)))
-    await settled(waiters[2])
-    assert await settled(asyncio.gather(first, *queued)) == [Outcome.STORED] * 4
+    second = committer.submit(batch(2, 1, bets=4))  # full again
+    handlers = [asyncio.ensure_future(handler(agency)) for agency in (3, 4, 5)]
+    assert await still_pending(asyncio.gather(*handlers))
+    fake.commit_entered.clear()
+    fake.commit_gate.set()  # the first commit ends...
+    fake.commit_gate.clear()  # ...and the second is held
+    await wait_for_thread_event(fake.commit_entered)  # the second group is taken: room for 4
+    # The two batches that fit are let in; the third waits for the next group.
+    submitted = await settled(asyncio.gather(handlers[0], handlers[1]))
+    assert await still_pending(handlers[2])
+    fake.commit_gate.set()
+    submitted.append(await settled(handlers[2]))
+    results = await settled(asyncio.gather(first, second, *submitted))
+    assert results == [Outcome.STORED] * 5
 
 
 async def test_a_waiter_cancelled_in_line_leaves_it(

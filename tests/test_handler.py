@@ -71,7 +71,7 @@ class FakeRound:
     def leave(self, agency: int, speaker: Speaker) -> None:
         self.left.append(agency)
 
-    async def wait_for_room(self) -> None:
+    async def wait_for_room(self, bets: int = 1) -> None:
         return None
 
     today = "2024-06-01"
