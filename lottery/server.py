@@ -37,6 +37,7 @@ import functools
 import hmac
 import resource
 import secrets
+import socket
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -78,8 +79,8 @@ from .protocol import (
     operator_proof,
 )
 from .ratelimit import StatusSnapshots, TokenBucket
-from .round import Round, Superseded, WinnersWait
-from .store import Outcome, SQLiteStore, Store, ThreadedStore
+from .round import Round, Superseded, WinnersWait, shared_store
+from .store import AsyncStore, Outcome, SQLiteStore, Store, ThreadedStore
 
 __all__ = ["Handler", "Server"]
 
@@ -104,10 +105,19 @@ class Server:
         config: the settings.
         open_store: builds a blocking store (default: `SQLiteStore` in
             ``config.data_dir``); called on the store's own thread.
+        store: an open `AsyncStore` to serve instead (a `SharedStore` makes
+            this server one of several over one round); the server closes it.
     """
 
-    def __init__(self, config: ServerConfig, open_store: Callable[[], Store] | None = None) -> None:
+    def __init__(
+        self,
+        config: ServerConfig,
+        open_store: Callable[[], Store] | None = None,
+        *,
+        store: AsyncStore | None = None,
+    ) -> None:
         self.config = config
+        self._given_store = store
         self._log = get_logger()
         self._open_store = open_store or functools.partial(
             SQLiteStore,
@@ -145,7 +155,12 @@ class Server:
             self.operator_token = load_operator_token(cfg.secrets_file)
         tls = self._tls = _tls_context(cfg)
         nofile = self._size_limits()
-        store = self._store = await ThreadedStore.open(self._open_store)
+        store: AsyncStore
+        if self._given_store is not None:
+            store = self._given_store
+        else:
+            store = self._store = await ThreadedStore.open(self._open_store)
+        self._async_store = store
         try:
             committer = self._committer = Committer(store, max_group_bets=cfg.max_group_bets)
             committer.start()
@@ -167,6 +182,9 @@ class Server:
             self._listener = await asyncio.start_server(
                 self._accept, cfg.host, cfg.port, backlog=cfg.listen_backlog
             )
+            shared = shared_store(store)
+            if shared is not None:  # named before any agency is admitted
+                shared.server_id = cfg.server_id or f"{_public_host(cfg.host)}:{self.port}"
         except BaseException:  # e.g. the port is taken: close the store and its thread
             if self._round is not None:
                 self._round.shutdown()
@@ -318,7 +336,7 @@ class Server:
         committer = self.committer
         await committer.close()
         await round_.wait_closed()
-        await self.store.aclose()
+        await self._async_store.aclose()
         log.info("close_resource", result="success", resource="store")
         latencies = round_.stats.ack_latencies
         log.info(
@@ -415,6 +433,11 @@ class Server:
             await _close_writer(writer, reader)
         finally:
             self._refusing -= 1
+
+
+def _public_host(host: str) -> str:
+    """The host part of a server id: this machine's name when listening on every address."""
+    return host if host not in ("", "0.0.0.0", "::") else socket.gethostname()
 
 
 def _tls_context(config: ServerConfig) -> ssl.SSLContext | None:
@@ -536,6 +559,7 @@ class Handler:
         self._reader_task: asyncio.Task[None] | None = None
         self.task: asyncio.Task[Any] | None = None
         self.agency: int | None = None
+        self._epoch = 0  # the fencing token the round gave this connection (store guarantee 7)
         #: The agency asked how the round is drawn (DRAW_QUERY): it speaks the
         #: draw's frames. One that never does cannot take part in a random draw.
         self._draw_aware = False
@@ -716,7 +740,9 @@ class Handler:
         await self._round.wait_for_room()
         self._unanswered += 1
         records = request.records if isinstance(request, Batch) else (request.record,)
-        future = self._round.submit(self.agency, request.seq, records, request.input_rows)
+        future = self._round.submit(
+            self.agency, request.seq, records, request.input_rows, self._epoch
+        )
         received = asyncio.get_running_loop().time()
         self._replies.put_nowait(_Submitted(request, future, received))
 
@@ -826,6 +852,16 @@ class Handler:
             return Error(
                 ErrorCode.BAD_SEQUENCE, f"batch {request.seq} skips ahead of the last stored"
             )
+        if result is Outcome.STALE:
+            # The agency was admitted again (here or on another server): nothing
+            # this connection sends can be stored any more. Retry-able, and the
+            # connection ends; the agency has moved on anyway.
+            self.stop_reading()
+            return Error(
+                ErrorCode.STORAGE,
+                f"batch {request.seq} was not stored: agency {self.agency} "
+                "was admitted on a newer connection",
+            )
         return Error(ErrorCode.STORAGE, f"batch {request.seq} was not stored: {result}")
 
     async def _answer_hello(self, hello: Hello) -> Message:
@@ -857,9 +893,12 @@ class Handler:
 
     async def _admit(self, agency: int) -> Welcome | Error:
         try:
-            progress = await self._round.admit(agency, self)
+            self._epoch, progress = await self._round.admit(agency, self)
         except Superseded as exc:
             return self._refuse(Error(ErrorCode.OUT_OF_ORDER, str(exc)))
+        except StoreError as exc:  # a shared store that is down: try again (elsewhere)
+            self.stop_reading()
+            return self._refuse(Error(ErrorCode.STORAGE, f"agency {agency}: {exc}"))
         self.agency = agency
         if self._ticket is not None:
             self._ticket.admit()  # to the agency pool: its unauthenticated slot is free
