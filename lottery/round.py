@@ -636,7 +636,7 @@ class Round:
             self._finishing.discard(agency)  # not done after all: it may try again
             raise
         self._log.info("agencia_lista", result="success", agencia=agency)
-        if self.barrier.arrive(agency):
+        if self.barrier.arrive(agency) | await self._arrive_from_store():
             if self._fault_draw_delay:
                 self._log.warning("sorteo", result="in_progress", demora=self._fault_draw_delay)
                 await asyncio.sleep(self._fault_draw_delay)
@@ -684,13 +684,33 @@ class Round:
         for agency in sorted(view.done - self.barrier.done):
             if 1 <= agency <= self.agencies:
                 opened |= self.barrier.arrive(agency)  # done on another server
-        if opened:
+        if opened:  # the server that stored the last DONE may have died before drawing
             self._log.info("barrera", result="success", detalle="last agency done elsewhere")
             await self._betting_closed()
         elif self.barrier.opened and not self.drawn and (self._draw_due or not self.random):
             # Betting closed and nobody recorded the draw: the server that
             # should have died, or it failed here. The store makes it once.
             await self.draw()
+
+    async def _arrive_from_store(self) -> bool:
+        """A shared store: count every agency done on any server; True if that opened the barrier.
+
+        Read after this server's own done mark is stored, so of two servers
+        storing the last two marks at once, at least the later one sees them
+        both (and both may: the store makes one draw).
+        """
+        if self._shared is None:
+            return False
+        try:
+            done = await self._shared.done_agencies()
+        except StoreError as exc:  # the watcher will see them once the store is back
+            self._log.warning("barrera", result="fail", error=str(exc))
+            return False
+        opened = False
+        for agency in sorted(done - self.barrier.done):
+            if 1 <= agency <= self.agencies:
+                opened |= self.barrier.arrive(agency)
+        return opened
 
     async def _refresh_draw_state(self) -> None:
         """A shared store: read the commitments and reveals every server took."""
