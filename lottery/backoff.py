@@ -9,6 +9,12 @@ generator of the same name.
 Full jitter (a wait drawn from 0 up to the exponential ceiling) spreads
 agencies that lost the server at the same moment, so they do not all knock
 again in step.
+
+An agency given several servers tries each in turn (lottery/session.py).
+Its `Retry` then counts in rounds of that many tries, a ``cycle``: a
+fruitless try moves on to the next server at once, and only a whole round
+without a reply counts as one failure and waits. So ``attempts`` means the
+same with one server or five: rounds through the list without a reply.
 """
 
 from __future__ import annotations
@@ -40,14 +46,23 @@ class Retry:
     """Counts the fruitless tries in a row of one loop, and waits between them.
 
     Args:
-        attempts: how many fruitless tries in a row the loop may make.
+        attempts: how many fruitless tries (rounds of ``cycle`` tries) in a
+            row the loop may make.
         base_delay: the ceiling of the first wait, doubled after each.
         floor: see `exponential_backoff`.
+        cycle: tries in one round, one per server; a try that is not the
+            last of its round is not counted and waits for nothing.
     """
 
-    def __init__(self, attempts: int, base_delay: float, *, floor: float = 0.0) -> None:
+    def __init__(
+        self, attempts: int, base_delay: float, *, floor: float = 0.0, cycle: int = 1
+    ) -> None:
+        if cycle < 1:
+            raise ValueError("cycle must be at least 1")
         self.attempts = attempts
+        self.cycle = cycle
         self.failures = 0
+        self.tries = 0  # fruitless tries since the last progress, in all rounds
         self._base = base_delay
         self._floor = floor
         self._delays = exponential_backoff(base_delay, floor=floor)
@@ -56,13 +71,25 @@ class Retry:
         return f"<Retry {self.failures}/{self.attempts} failed>"
 
     def failed(self) -> bool:
-        """Count one fruitless try; True if the loop may try again."""
+        """Count one fruitless try; True if the loop may try again.
+
+        Within a round (``cycle`` > 1) a try only moves the loop on; the
+        round's last one counts as one failure.
+        """
+        self.tries += 1
+        if not self.round_over:
+            return True
         self.failures += 1
         return self.failures < self.attempts
 
+    @property
+    def round_over(self) -> bool:
+        """Whether the last fruitless try ended a round: wait before the next."""
+        return self.tries % self.cycle == 0
+
     def reset(self) -> None:
         """A try made progress: the count, and the waits, start over."""
-        self.failures = 0
+        self.failures = self.tries = 0
         self._delays = exponential_backoff(self._base, floor=self._floor)
 
     def next_delay(self) -> float:

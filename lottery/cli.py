@@ -34,7 +34,7 @@ from .config import (
     boolean,
     load_agency_config,
     load_server_config,
-    parse_address,
+    parse_addresses,
 )
 from .csvfiles import read_bets_csv, write_bets_csv
 from .draw import MODE_RANDOM, VerifyError, build_record, verify_record
@@ -142,7 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     _common(agency)
 
     status = commands.add_parser("status", help="show the round: agencies, bets, the draw")
-    status.add_argument("--server", required=True, help="HOST:PORT of the server")
+    status.add_argument(
+        "--server", required=True, help="HOST:PORT of the server (a list: the first that answers)"
+    )
     status.add_argument("--json", action="store_true", help="print the raw JSON")
     status.add_argument("--timeout", type=float, default=5.0)
     status.add_argument("--tls-ca", help="CA certificate to trust for a TLS server (PEM)")
@@ -155,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     ping = commands.add_parser("ping", help="exit 0 if a server answers (health checks)")
-    ping.add_argument("server", help="HOST:PORT of the server")
+    ping.add_argument("server", help="HOST:PORT of the server (a list: the first that answers)")
     ping.add_argument("--timeout", type=float, default=5.0)
     ping.add_argument("--tls-ca", help="CA certificate to trust for a TLS server (PEM)")
 
@@ -380,7 +382,6 @@ async def _agency_round(
     interrupt: Interrupt | None = None,
 ) -> int:
     log = get_logger(agencia=config.id)
-    host, port = parse_address(config.server_address)
     single = None if config.bets else _single_bet_from_env()
     if not config.bets and single is None:
         raise ConfigError(
@@ -390,8 +391,7 @@ async def _agency_round(
     draw = DrawParticipant(config.id, nonce_file(state_dir, config.id) if state_dir else None)
     agency = AsyncAgency(
         config.id,
-        host,
-        port,
+        servers=config.servers,
         batch_max_amount=config.batch_max_amount,
         max_in_flight=config.max_in_flight,
         timeout=config.timeout,
@@ -476,21 +476,35 @@ def run_agency(args: argparse.Namespace) -> int:
 # -- status and ping ------------------------------------------------------------------------
 
 
-def _server_address(raw: str, flag: str) -> tuple[str, int]:
+def _server_addresses(raw: str, flag: str) -> list[tuple[str, int]]:
     try:
-        return parse_address(raw)
+        return parse_addresses(raw)
     except ValueError as exc:
         raise ConfigError(f"{flag}: {exc}") from None
 
 
+async def _first_status(
+    servers: list[tuple[str, int]], timeout: float, tls: ssl.SSLContext | None, token: bytes | None
+) -> tuple[str, dict[str, Any]]:
+    """The STATUS of the first server that answers, and its ``HOST:PORT``; else the last error."""
+    for n, (host, port) in enumerate(servers, 1):
+        try:
+            return f"{host}:{port}", await query_status(host, port, timeout, tls, token)
+        except (OSError, LotteryError):
+            if n == len(servers):
+                raise
+    raise AssertionError("unreachable: parse_addresses returns at least one server")
+
+
 def run_status(args: argparse.Namespace) -> int:
-    host, port = _server_address(args.server, "--server")
+    servers = _server_addresses(args.server, "--server")
     token = None
     if args.token_file:
         token = load_operator_token(args.token_file)
         if token is None:
             raise ConfigError(f"--token-file {args.token_file}: no operator: line")
-    status = asyncio.run(query_status(host, port, args.timeout, _client_tls(args.tls_ca), token))
+    tls = _client_tls(args.tls_ca)
+    _, status = asyncio.run(_first_status(servers, args.timeout, tls, token))
     if args.json:
         print(json.dumps(status, indent=2))
     else:
@@ -499,13 +513,14 @@ def run_status(args: argparse.Namespace) -> int:
 
 
 def run_ping(args: argparse.Namespace) -> int:
-    host, port = _server_address(args.server, "server")
+    servers = _server_addresses(args.server, "server")
+    tls = _client_tls(args.tls_ca)
     try:
-        status = asyncio.run(query_status(host, port, args.timeout, _client_tls(args.tls_ca)))
+        where, status = asyncio.run(_first_status(servers, args.timeout, tls, None))
     except (OSError, LotteryError) as exc:
-        print(f"lottery ping: {host}:{port} did not answer: {exc or type(exc).__name__}")
+        print(f"lottery ping: {args.server} did not answer: {exc or type(exc).__name__}")
         return EXIT_FAILED
-    print(f"lottery ping: {host}:{port} answers; {summary(status)}")
+    print(f"lottery ping: {where} answers; {summary(status)}")
     return EXIT_OK
 
 

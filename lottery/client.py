@@ -7,7 +7,9 @@
         await agency.notify()                    # "I am done"
         winners = await agency.winners()         # my winners' documents
 
-or ``await agency.run(path)`` for all three.
+or ``await agency.run(path)`` for all three. An agency may be given the
+round's servers, ``AsyncAgency(agency_id, servers=[("a", 12345), ("b", 12345)])``:
+it moves to the next one when the one in use stops answering (lottery/session.py).
 
 The class is a thin front over two parts: a `Session` (lottery/session.py:
 connecting, the handshake, reconnecting, what the WELCOME says) and a
@@ -52,6 +54,11 @@ class AsyncAgency(RoundEnd):
     Args:
         agency_id: this agency's id (1..N); the server files every bet under it.
         host, port: the central server.
+        servers: the round's servers, ``(host, port)`` each, instead of
+            ``host`` and ``port``: all serve one round (a shared store). The
+            agency uses the first that answers, and on a lost line, a time-out
+            or a refusal that allows a retry moves to the next (round robin),
+            resuming from what that server's WELCOME says is stored.
         batch_max_amount: most bets per batch (tp0 ``batch.maxAmount``); a batch
             is also cut before it would exceed the 8 KiB frame limit.
         max_in_flight: batches sent before their acks return.
@@ -62,7 +69,8 @@ class AsyncAgency(RoundEnd):
             a query up to 30 s by default before answering "not ready").
         winners_wait: seconds to wait for the draw in all, then give up naming
             the agencies still missing.
-        reconnect_attempts: tries to reach the server when it is unreachable.
+        reconnect_attempts: tries to reach the server when it is unreachable;
+            with several servers, rounds through the list (each server once).
         secret: this agency's secret, for a server started with ``--secrets``
             (see `lottery.auth`); it never crosses the wire.
         tls: an `ssl.SSLContext` (see `tls_context`) for a server started
@@ -80,6 +88,7 @@ class AsyncAgency(RoundEnd):
         host: str = "127.0.0.1",
         port: int = 12345,
         *,
+        servers: Sequence[tuple[str, int]] | None = None,
         batch_max_amount: int = 200,
         max_in_flight: int = 8,
         timeout: float = 30.0,
@@ -95,7 +104,7 @@ class AsyncAgency(RoundEnd):
     ) -> None:
         if batch_max_amount < 1 or max_in_flight < 1 or winners_attempts < 1:
             raise ValueError("batch_max_amount, max_in_flight and winners_attempts must be ≥ 1")
-        self.agency_id, self.host, self.port = agency_id, host, port
+        self.agency_id = agency_id
         self.batch_max_amount, self.max_in_flight = batch_max_amount, max_in_flight
         self.timeout = timeout
         self.winners_attempts = winners_attempts
@@ -106,7 +115,7 @@ class AsyncAgency(RoundEnd):
         self.reconnect_attempts = reconnect_attempts
         self.reconnect_base_delay = reconnect_base_delay
         self._session = Session(
-            agency_id, host, port, timeout=timeout, attempts=reconnect_attempts,
+            agency_id, servers or [(host, port)], timeout=timeout, attempts=reconnect_attempts,
             base_delay=reconnect_base_delay, secret=secret, tls=tls, draw=draw,
         )  # fmt: skip
         self._sender = BatchSender(self._session, batch_max_amount, max_in_flight)
@@ -115,6 +124,10 @@ class AsyncAgency(RoundEnd):
     def __repr__(self) -> str:
         return f"<AsyncAgency id={self.agency_id} {self._session!r} {self._sender!r}>"
 
+    # The server in use lives in the session, which moves along the list.
+    host = property(lambda self: self._session.servers.host)
+    port = property(lambda self: self._session.servers.port)
+    servers = property(lambda self: list(self._session.servers.servers))
     # The counters live where they are counted; a progress display reads them here.
     reconnects = property(lambda self: self._session.reconnects)
     batches_sent = property(lambda self: self._sender.batches_sent)

@@ -37,6 +37,7 @@ __all__ = [
     "load_agency_config",
     "load_server_config",
     "parse_address",
+    "parse_addresses",
     "unknown_names",
 ]
 
@@ -140,6 +141,7 @@ class AgencyConfig:
     """Everything `lottery agency` needs to know."""
 
     id: int = 0
+    #: One ``HOST:PORT``, or several, comma-separated (`servers`).
     server_address: str = f"127.0.0.1:{DEFAULT_PORT}"
     bets: str = ""
     batch_max_amount: int = DEFAULT_BATCH_MAX_AMOUNT
@@ -164,6 +166,11 @@ class AgencyConfig:
     state_dir: str = ""
     log_level: str = "INFO"
     log_format: str = "console"
+
+    @property
+    def servers(self) -> list[tuple[str, int]]:
+        """``server_address`` as (host, port) pairs, in the order given."""
+        return parse_addresses(self.server_address)
 
 
 # -- value parsers: text in, value out, ValueError with a plain reason -----------
@@ -233,9 +240,28 @@ def parse_address(raw: str) -> tuple[str, int]:
     return host.strip("[]"), integer(1, 65535)(port)
 
 
-def address(raw: str) -> str:
-    parse_address(raw)
-    return str(raw).strip()
+def parse_addresses(raw: str) -> list[tuple[str, int]]:
+    """``HOST:PORT[,HOST:PORT...]`` → [(host, port), ...]; a bad entry is named by place."""
+    entries = str(raw).split(",")
+    if len(entries) == 1:
+        return [parse_address(raw)]
+    servers = []
+    for n, entry in enumerate(entries, 1):
+        try:
+            if not entry.strip():
+                raise ValueError("is empty")
+            servers.append(parse_address(entry))
+        except ValueError as exc:
+            raise ValueError(f"server {n} of {len(entries)} in {raw!r}: {exc}") from None
+    return servers
+
+
+def addresses(raw: str | list[str]) -> str:
+    """One address, or several comma-separated (or a YAML list); kept as text, spaces dropped."""
+    if isinstance(raw, list):
+        raw = ",".join(map(str, raw))
+    parse_addresses(raw)
+    return ",".join(entry.strip() for entry in str(raw).split(","))
 
 
 @dataclass(frozen=True)
@@ -331,8 +357,9 @@ SERVER_OPTIONS = (
 
 AGENCY_OPTIONS = (
     Option("id", "CLI_ID", "id", integer(1, 2**32 - 1), "this agency's id, 1..N"),
-    Option("server_address", "CLI_SERVER_ADDRESS", "server.address", address,
-           "HOST:PORT of the server", flag="--server"),
+    Option("server_address", "CLI_SERVER_ADDRESS", "server.address", addresses,
+           "HOST:PORT of the server, or HOST:PORT,HOST:PORT,... of the round's servers "
+           "(the agency moves to the next when one does not answer)", flag="--server"),
     Option("bets", "CLI_BETS_FILE", "bets.file", text, "the agency's CSV file"),
     Option("batch_max_amount", "CLI_BATCH_MAXAMOUNT", "batch.maxAmount", integer(1, 65535),
            "most bets per batch"),

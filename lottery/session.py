@@ -9,16 +9,18 @@ reach the server only through it; `Session.retry_or_raise` is the shared step
 of their retry loops (drop the line, count the try, wait). The handshake's
 exchange is lottery/handshake.py, the draw's part of it lottery/drawsession.py,
 and the single-bet path over the session lottery/singlebet.py.
+
+With several servers (lottery/servers.py), a try with no reply moves to the next one.
 """
 
 from __future__ import annotations
 
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from . import clock
 from .backoff import Retry
-from .connection import Connection, closed_hint, raise_for, retryable, shielded
+from .connection import Connection, HostNotFound, closed_hint, raise_for, shielded
 from .drawsession import join_draw
 from .errors import ConnectionLost, ServerRefused
 from .handshake import shake_hands
@@ -26,6 +28,7 @@ from .log import get_logger
 from .participant import DrawParticipant
 from .protocol import Message
 from .resume import ResumeCheck
+from .servers import ServerList
 
 __all__ = ["Session"]
 
@@ -36,8 +39,7 @@ class Session:
     def __init__(
         self,
         agency_id: int,
-        host: str,
-        port: int,
+        servers: Sequence[tuple[str, int]],
         *,
         timeout: float,
         attempts: int,
@@ -46,7 +48,8 @@ class Session:
         tls: ssl.SSLContext | None = None,
         draw: DrawParticipant | None = None,
     ) -> None:
-        self.agency_id, self.host, self.port = agency_id, host, port
+        self.agency_id, self._log = agency_id, get_logger(agencia=agency_id)
+        self.servers = ServerList(servers, self._log)
         #: This agency's part in a random draw; None: it never asks how the round is drawn.
         self.draw = draw
         self.timeout, self.attempts, self.base_delay = timeout, attempts, base_delay
@@ -64,19 +67,18 @@ class Session:
         self.resync = False  # numbered requests were abandoned: take next_seq from WELCOME
         self.handshakes = 0
         self.reconnects = 0
-        self._log = get_logger(agencia=agency_id)
 
     def __repr__(self) -> str:
         state = self.conn.protocol.state.value if self.conn else "closed"
         return (
-            f"<Session agency={self.agency_id} {self.host}:{self.port} {state} "
+            f"<Session agency={self.agency_id} {self.servers.where} {state} "
             f"last_seq={self.last_seq} next_seq={self.next_seq} "
             f"handshakes={self.handshakes} reconnects={self.reconnects}>"
         )
 
     def retry(self) -> Retry:
-        """A fresh count of fruitless tries, bounded by the attempts setting."""
-        return Retry(self.attempts, self.base_delay)
+        """A fresh count of fruitless tries, in rounds through the server list."""
+        return Retry(self.attempts, self.base_delay, cycle=len(self.servers))
 
     async def connect(self) -> None:
         """Connect and shake hands, retrying with back-off.
@@ -90,32 +92,31 @@ class Session:
             try:
                 await self.handshake()
                 return
-            except (OSError, ServerRefused) as exc:
-                if not retryable(exc):
+            except (OSError, ServerRefused, HostNotFound) as exc:
+                if not self.servers.retryable(exc):
                     raise
                 hint = closed_hint(exc, self._tls)
                 if not retry.failed():
                     raise ConnectionLost(
-                        f"cannot reach {self.host}:{self.port} after {retry.failures} "
+                        f"cannot reach {self.servers.describe()} after {retry.failures} "
                         f"attempts: {exc}" + (f" ({hint})" if hint else "")
                     ) from None
-                if hint and retry.failures == 1:
+                if hint and retry.tries == 1:
                     # Said at once, not after every retry: the likeliest cause
                     # of a close before any reply is a TLS server.
                     self._log.warning("conectar", result="fail", error=str(exc), pista=hint)
-                self._log.info("conectar", result="in_progress", intento=retry.failures, error=exc)
-                await retry.wait()
+                await self._next_try(retry, exc, "conectar")
 
     async def handshake(self) -> None:
         """One try at connecting: HELLO, the CHALLENGE if any, the WELCOME."""
         self.handshakes += 1
         await self.drop()  # a second connect() replaces the line, never leaks it
+        (host, port), where = self.servers.address, self.servers.where
         try:
-            conn = await Connection.open(self.host, self.port, self.timeout, self._tls)
+            conn = await Connection.open(host, port, self.timeout, self._tls)
         except ssl.SSLError as exc:  # a certificate problem does not heal by retrying
-            raise ConnectionLost(f"TLS with {self.host}:{self.port} failed: {exc}") from None
+            raise ConnectionLost(f"TLS with {where} failed: {exc}") from None
         try:
-            where = f"{self.host}:{self.port}"
             reply = await shake_hands(conn, self.agency_id, self._secret, self.timeout, where)
             if self.draw is not None:
                 await join_draw(conn, self.draw, self.timeout, self._log)
@@ -160,19 +161,25 @@ class Session:
             ``retry`` is out of attempts.
         """
         await self.drop()
-        if not retryable(exc):
+        if not self.servers.retryable(exc):
             raise exc
         if not retry.failed():
             raise ConnectionLost(
-                f"{what}: the connection to {self.host}:{self.port} failed {retry.failures} "
-                f"times in a row with no reply (last: {exc!r})"
+                f"{what}: the connection to {self.servers.describe()} failed "
+                f"{retry.failures} times in a row with no reply (last: {exc!r})"
             ) from None
-        delay = retry.next_delay()
-        self._log.info(
-            "reconectar", result="in_progress", intento=retry.failures,
-            espera=round(delay, 3), error=str(exc) or repr(exc),
-        )  # fmt: skip
-        await retry.wait(delay)
+        await self._next_try(retry, exc, "reconectar")
+
+    async def _next_try(self, retry: Retry, exc: BaseException, action: str) -> None:
+        """On to the next server at once, or, after a whole round with no reply, wait first."""
+        self.servers.move_on(exc)
+        if retry.round_over:
+            delay = retry.next_delay()
+            self._log.info(
+                action, result="in_progress", intento=retry.failures,
+                espera=round(delay, 3), error=str(exc) or repr(exc),
+            )  # fmt: skip
+            await retry.wait(delay)
 
     async def round_trip(self, message: Message, answered: Callable[[Message], bool]) -> None:
         """Send ``message`` until a reply ``answered`` accepts, reconnecting if the line drops."""
