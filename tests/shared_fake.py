@@ -76,6 +76,7 @@ class SharedFake:
         self.commit_gate = asyncio.Event()
         self.commit_gate.set()
         self.commit_entered = asyncio.Event()
+        self.admitted = asyncio.Event()  # this handle admitted an agency
         self.closed = False
         self.view_calls = 0
         self._viewed = asyncio.Event()
@@ -131,6 +132,7 @@ class SharedFake:
         self.db.epochs[agency] += 1
         self.db.servers[agency] = self.server_id
         self.db.changed(self, f"admit {agency}")
+        self.admitted.set()
         return self.db.epochs[agency], self.db.progress.get(agency, Progress())
 
     async def release(self, agency: int, epoch: int) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from lottery.client import AsyncAgency
 from lottery.committer import Committer
 from lottery.config import ServerConfig
 from lottery.errors import ErrorCode
@@ -23,6 +24,7 @@ from lottery.round import Round
 from lottery.server import Server
 from lottery.store import Outcome, Progress
 
+from .conftest import UNIT
 from .fake_store import settled, still_pending
 from .helpers import LOOPBACK, WINNING_NUMBER, make_rows, raw_connection
 from .shared_fake import SharedDatabase, SharedFake
@@ -288,3 +290,30 @@ async def test_fencing_over_the_wire_the_agency_moves_from_a_stalled_server(
         assert a.status()["agency"][2]["committed_bets"] == 3
     assert [bet[3] for bet in db.bets] == [row[2] for row in rows]
     assert rows[1][4] == str(WINNING_NUMBER) and db.draws_made == 1
+
+
+async def test_an_agency_leaves_a_stalled_server_and_finishes_the_round_on_another(
+    db: SharedDatabase,
+) -> None:
+    """AsyncAgency over [A, B]: A stalls with its batches, the agency moves to B; stored once."""
+    a_store, b_store = db.handle(), db.handle()
+    rows = make_rows(120, winners=[3, 77])
+    async with shared_server(a_store, 1) as a, shared_server(b_store, 1) as b:
+        a_store.commit_gate.clear()  # A reads the batches and never commits them...
+
+        async def release_a_once_the_agency_is_on_b() -> None:
+            await b_store.admitted.wait()
+            a_store.commit_gate.set()  # ...until the agency was admitted on B
+
+        releasing = asyncio.create_task(release_a_once_the_agency_is_on_b())
+        servers = [(LOOPBACK, a.port), (LOOPBACK, b.port)]
+        options = {"timeout": 0.5 * UNIT, "reconnect_base_delay": 0.01, "batch_max_amount": 20}
+        async with AsyncAgency(1, servers=servers, **options) as agency:  # type: ignore[arg-type]
+            async with asyncio.timeout(20 * UNIT):
+                result = await agency.run(rows)
+        await settled(releasing)
+    assert result.winners == [rows[3][2], rows[77][2]]
+    assert [bet[3] for bet in db.bets] == [row[2] for row in rows]  # each once, in order
+    late = [what for who, what in db.events if who == a_store.server_id and "commit" in what]
+    assert late and all("stored" not in what for what in late)  # A's commits: all STALE
+    assert db.draws_made == 1
