@@ -14,6 +14,9 @@ import structlog
 
 from lottery.log import configure
 
+#: PostgreSQL fixtures (tests/pg.py): pg_database, pg_dsn, pg_cluster.
+pytest_plugins = ["tests.pg"]
+
 #: One time unit, in seconds. Slow machines can scale every test timeout with
 #: LOTTERY_TEST_TIME_UNIT=2 (websockets' MS idea).
 UNIT = float(os.environ.get("LOTTERY_TEST_TIME_UNIT", "1"))

@@ -3,7 +3,8 @@
 Layout: `base` states the contract every backend keeps (read its docstring
 before writing one) as `Store` (blocking) and `AsyncStore` (awaited);
 `sqlite` is the embedded default, `SQLiteStore`; `threaded` runs a blocking
-store on a thread of its own, `ThreadedStore`.
+store on a thread of its own, `ThreadedStore`; `postgres` is the store
+several servers share, `PostgresStore` (asyncpg, a `SharedStore`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from .base import (
     SharedStore,
     Store,
 )
+from .postgres import PostgresStore, is_postgres_dsn
 from .sqlite import DB_FILENAME, SYNC_MODES, SQLiteStore
 from .threaded import ThreadedStore
 
@@ -28,10 +30,12 @@ __all__ = [
     "DrawState",
     "Outcome",
     "PendingBatch",
+    "PostgresStore",
     "Progress",
     "RoundView",
     "SQLiteStore",
     "SharedStore",
     "Store",
     "ThreadedStore",
+    "is_postgres_dsn",
 ]

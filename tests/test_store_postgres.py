@@ -1,0 +1,387 @@
+"""PostgresStore on a real PostgreSQL: the store contract, typed bets, fencing, faults."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+import pg_cluster as cluster
+from lottery.draw import derive_number
+from lottery.errors import ConfigError, StoreError
+from lottery.models import EMPTY_DIGEST, FS, RS, agency_digest
+from lottery.protocol import Record
+from lottery.store import Outcome, PendingBatch, PostgresStore
+from lottery.store import postgres as postgres_module
+
+pytestmark = pytest.mark.timeout(60)
+
+WINNING = 7574
+AGENCIES = 3
+
+
+def rec(document: str, number: str = "1234", birthdate: str = "1990-05-17") -> Record:
+    return ("Santiago Lionel", "Lorca", document, birthdate, number)
+
+
+def batch(agency: int, seq: int, *records: Record, epoch: int = 0) -> PendingBatch:
+    return PendingBatch(agency, seq, records or (rec(f"{agency}{seq:04d}"),), epoch=epoch)
+
+
+def digest_of(*records: Record) -> bytes:
+    return agency_digest("".join(FS.join(r) + RS for r in records).encode()).digest()
+
+
+async def all_bets(store: PostgresStore) -> list[tuple[Any, ...]]:
+    return [row async for row in store.bets()]
+
+
+@pytest.fixture
+async def store(pg_dsn: str) -> AsyncIterator[PostgresStore]:
+    s = await PostgresStore.open(pg_dsn, agencies=AGENCIES, winning_number=WINNING)
+    yield s
+    await s.aclose()  # closing twice is harmless
+
+
+# -- the contract: ordered, idempotent batches --------------------------------------------------
+
+
+async def test_first_batch_is_stored_and_progress_advances(store: PostgresStore) -> None:
+    """A batch with the next sequence is stored and moves the agency's progress and digest."""
+    assert await store.progress(1) == (0, 0, 0, EMPTY_DIGEST)
+    records = (rec("1"), rec("2"), rec("3"))
+    assert await store.commit([PendingBatch(1, 1, records, input_rows=4)]) == [Outcome.STORED]
+    assert await store.progress(1) == (1, 3, 4, digest_of(*records))
+    assert [r[3] for r in await all_bets(store)] == ["1", "2", "3"]
+
+
+async def test_duplicates_gaps_and_neighbours_in_one_group(store: PostgresStore) -> None:
+    """In one group: a resent batch is DUPLICATE, one that skips ahead is GAP, the rest stored."""
+    outcomes = await store.commit(
+        [batch(1, 1), batch(1, 1), batch(1, 3), batch(2, 1), batch(1, 2), batch(2, 2)]
+    )
+    assert outcomes == [
+        Outcome.STORED, Outcome.DUPLICATE, Outcome.GAP, Outcome.STORED, Outcome.STORED,
+        Outcome.STORED,
+    ]  # fmt: skip
+    assert await store.commit([batch(1, 2)]) == [Outcome.DUPLICATE]
+    assert (await store.progress(1))[:2] == (2, 2)
+    assert (await store.progress(2))[:2] == (2, 2)
+    assert sorted(r[3] for r in await all_bets(store)) == ["10001", "10002", "20001", "20002"]
+
+
+async def test_empty_group_commits_nothing(store: PostgresStore) -> None:
+    """Committing no batches returns no outcomes and changes nothing."""
+    assert await store.commit([]) == []
+    assert await store.all_progress() == {}
+
+
+async def test_progress_done_marks_and_draw_survive_reopen(pg_dsn: str) -> None:
+    """A reopened store (another server, a restart) reads the same progress, done marks and draw."""
+    first = await PostgresStore.open(pg_dsn, agencies=AGENCIES, winning_number=WINNING)
+    try:
+        await first.commit([batch(1, 1, rec("a", "7574")), batch(2, 1)])
+        await first.commit([batch(1, 2)])
+        await first.mark_done(1)
+        await first.mark_done(1)
+    finally:
+        await first.aclose()
+    second = await PostgresStore.open(pg_dsn, agencies=AGENCIES, winning_number=WINNING)
+    try:
+        assert (await second.progress(1))[:2] == (2, 2)
+        assert (await second.progress(1)).digest == digest_of(rec("a", "7574"), rec("10002"))
+        assert await second.done_agencies() == {1}
+        assert await second.draw() is True
+        assert await second.winners() == {1: ["a"]}
+        # This server never stored agency 1's batches: its running digest is rebuilt.
+        assert await second.commit([batch(2, 2)]) == [Outcome.LATE]
+    finally:
+        await second.aclose()
+
+
+async def test_a_second_server_continues_an_agency_with_the_right_digest(pg_dsn: str) -> None:
+    """After another server stored batches, the next commit here extends the digest exactly."""
+    a = await PostgresStore.open(pg_dsn, agencies=AGENCIES)
+    b = await PostgresStore.open(pg_dsn, agencies=AGENCIES)
+    try:
+        await a.commit([batch(1, 1)])
+        await b.commit([batch(1, 2)])
+        await a.commit([batch(1, 3)])
+        assert (await b.progress(1)).digest == digest_of(rec("10001"), rec("10002"), rec("10003"))
+    finally:
+        await a.aclose()
+        await b.aclose()
+
+
+# -- the draw -------------------------------------------------------------------------------
+
+
+async def test_the_draw_is_made_once_and_then_every_batch_is_late(store: PostgresStore) -> None:
+    """Only the first draw() returns True; after it a commit stores nothing (LATE)."""
+    assert await store.draw() is True
+    assert await store.draw() is False
+    assert await store.commit([batch(1, 1)]) == [Outcome.LATE]
+    assert await all_bets(store) == []
+
+
+@pytest.mark.parametrize("number", ["7574", "0042", "042", "42"])
+async def test_winners_by_value_in_store_order(pg_dsn: str, number: str) -> None:
+    """Winners are the bets whose number has the winning value, zero padding or not, in order."""
+    s = await PostgresStore.open(pg_dsn, agencies=AGENCIES, winning_number=int(number))
+    try:
+        await s.commit([batch(2, 1, rec("b1", number), rec("x", "1"))])
+        await s.commit([batch(1, 1, rec("a1", number)), batch(2, 2, rec("b2", number))])
+        assert await s.draw() is True
+        assert await s.winners() == {1: ["a1"], 2: ["b1", "b2"]}
+        state = await s.draw_state()
+        assert (state.drawn, state.number) == (True, int(number))
+    finally:
+        await s.aclose()
+
+
+async def test_two_stores_racing_the_draw_make_it_once(pg_dsn: str) -> None:
+    """Two servers calling draw() at the same moment: exactly one True, the same winners."""
+    stores = [await PostgresStore.open(pg_dsn, agencies=AGENCIES) for _ in range(4)]
+    try:
+        await stores[0].commit([batch(1, 1, rec("w", "7574"))])
+        made = await asyncio.gather(*(s.draw() for s in stores))
+        assert sorted(made) == [False, False, False, True]
+        for s in stores:
+            assert await s.winners() == {1: ["w"]}
+            assert await s.commit([batch(1, 2)]) == [Outcome.LATE]
+    finally:
+        for s in stores:
+            await s.aclose()
+
+
+async def test_random_draw_number_and_receipts(pg_dsn: str) -> None:
+    """A random draw derives its number from seed, reveals and beacon, and each receipt equals
+    the agency's stored count and digest."""
+    s = await PostgresStore.open(pg_dsn, agencies=AGENCIES, draw_mode="random")
+    try:
+        assert (await s.draw_state()).seed is not None
+        await s.commit([batch(1, 1, rec("a"), rec("b", "0042")), batch(2, 1)])
+        await s.commit([batch(1, 2)])
+        assert await s.commit_nonce(1, b"c" * 32) == b"c" * 32
+        assert await s.commit_nonce(1, b"d" * 32) == b"c" * 32  # the first one stays
+        assert await s.record_reveal(1, b"n" * 32) is True
+        await s.commit_nonce(2, b"e" * 32)
+        await s.refuse_reveal(2)
+        assert await s.record_reveal(2, b"m" * 32) is False
+        await s.set_beacon(b"\x01\x02")
+        assert await s.draw() is True
+        state = await s.draw_state()
+        assert state.seed is not None
+        assert state.number == derive_number(state.seed, {1: b"n" * 32}, b"\x01\x02")
+        assert state.refused == {2}
+        for agency in (1, 2):
+            progress = await s.progress(agency)
+            assert state.receipts[agency] == (progress.committed_bets, progress.digest)
+        assert await s.record_reveal(1, b"n" * 32) is False
+        with pytest.raises(StoreError, match="too late"):
+            await s.set_beacon(b"\x03")
+    finally:
+        await s.aclose()
+
+
+# -- fencing (guarantee 7) and the round's view ---------------------------------------------
+
+
+async def test_a_stale_epochs_batches_store_nothing_and_take_no_sequence(
+    store: PostgresStore,
+) -> None:
+    """After a second admission, a batch read under the first epoch is STALE: not stored, and
+    its sequence number stays free for the new connection."""
+    first, progress = await store.admit(1)
+    assert progress == (0, 0, 0, EMPTY_DIGEST)
+    second, _ = await store.admit(1)
+    assert second == first + 1
+    assert await store.commit([batch(1, 1, rec("old"), epoch=first)]) == [Outcome.STALE]
+    assert await store.progress(1) == (0, 0, 0, EMPTY_DIGEST)
+    assert await store.commit([batch(1, 1, rec("new"), epoch=second)]) == [Outcome.STORED]
+    assert [r[3] for r in await all_bets(store)] == ["new"]
+
+
+async def test_view_shows_done_marks_progress_and_servers(pg_dsn: str) -> None:
+    """view() shows the whole round; release() clears a server's mark only for its own epoch."""
+    a = await PostgresStore.open(pg_dsn, agencies=AGENCIES, server_id="a:1")
+    b = await PostgresStore.open(pg_dsn, agencies=AGENCIES, server_id="b:2")
+    try:
+        old, _ = await a.admit(1)
+        new, _ = await b.admit(1)
+        await b.admit(2)
+        await b.commit([batch(1, 1, epoch=new)])
+        await a.mark_done(3)
+        await a.release(1, old)  # superseded: b's mark stays
+        view = await a.view()
+        assert view.servers == {1: "b:2", 2: "b:2"}
+        assert view.done == {3} and not view.drawn
+        assert list(view.progress) == [1]
+        await b.release(1, new)
+        assert (await a.view()).servers == {2: "b:2"}
+    finally:
+        await a.aclose()
+        await b.aclose()
+
+
+async def test_wait_changed_wakes_on_another_servers_change(pg_dsn: str) -> None:
+    """A done mark made by another server wakes wait_changed; one's own changes do not."""
+    a = await PostgresStore.open(pg_dsn, agencies=AGENCIES)
+    b = await PostgresStore.open(pg_dsn, agencies=AGENCIES)
+    try:
+        assert await a.wait_changed(0.05) is False  # opens the listener; nothing yet
+        await a.mark_done(2)
+        assert await a.wait_changed(0.2) is False
+        waiting = asyncio.create_task(a.wait_changed(10))
+        await asyncio.sleep(0)
+        await b.mark_done(1)
+        assert await waiting is True
+        await b.draw()
+        assert await a.wait_changed(10) is True
+        assert await a.drawn() is True
+    finally:
+        await a.aclose()
+        await b.aclose()
+
+
+# -- a real database: typed columns, COPY, settings ------------------------------------------
+
+
+async def test_bets_are_typed_rows_an_operator_can_query(store: PostgresStore, pg_dsn: str) -> None:
+    """One row per bet: birthdate a date, number a smallint, found by document with SQL."""
+    await store.commit([batch(2, 1, rec("30111222", "0042", "1979-02-28"), rec("5"))])
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        row = await conn.fetchrow(
+            "SELECT agency, seq, birthdate, number, pg_typeof(birthdate)::text AS bt, "
+            "pg_typeof(number)::text AS nt FROM bets WHERE document = '30111222'"
+        )
+        version = await conn.fetchval("SELECT version FROM schema_version")
+        sync = await conn.fetchval("SHOW synchronous_commit")
+    finally:
+        await conn.close()
+    assert tuple(row) == (2, 1, datetime.date(1979, 2, 28), 42, "date", "smallint")
+    assert version == postgres_module.SCHEMA_VERSION
+    assert sync == "on"
+    assert (await all_bets(store))[0] == (2, "Santiago Lionel", "Lorca", "30111222", "1979-02-28",
+                                          42)  # fmt: skip
+
+
+async def test_names_with_backslashes_and_quotes_survive_copy(store: PostgresStore) -> None:
+    """COPY's escape character and other odd text in names come back exactly."""
+    odd = ("Ba\\ck\\Nslash", 'O\'Neil "q" ,;\\.', "7", "2000-02-29", "7")
+    await store.commit([PendingBatch(1, 1, [odd])])
+    assert await all_bets(store) == [(1, *odd[:4], 7)]
+    assert (await store.progress(1)).digest == digest_of(odd)
+
+
+async def test_batches_are_loaded_with_copy_not_inserts(
+    store: PostgresStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A commit loads its bets with COPY (and no INSERT into bets)."""
+    copied: list[str] = []
+    statements: list[str] = []
+    real_copy = asyncpg.connection.Connection.copy_to_table
+    real_execute = asyncpg.connection.Connection.execute
+
+    async def copy_to_table(self: Any, table: str, **kwargs: Any) -> str:
+        copied.append(table)
+        return await real_copy(self, table, **kwargs)
+
+    async def execute(self: Any, query: str, *args: Any, **kwargs: Any) -> str:
+        statements.append(query)
+        return await real_execute(self, query, *args, **kwargs)
+
+    monkeypatch.setattr(asyncpg.connection.Connection, "copy_to_table", copy_to_table)
+    monkeypatch.setattr(asyncpg.connection.Connection, "execute", execute)
+    await store.commit([batch(1, 1, *(rec(str(i)) for i in range(100)))])
+    assert copied == ["bets"]
+    assert not any("INSERT INTO bets" in q for q in statements)
+    assert len(await all_bets(store)) == 100
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"agencies": 5}, "holds a round of 3 agencies, not of 5 agencies; use another database"),
+        ({"winning_number": 42}, "won by 7574, not won by 42"),
+        ({"draw_mode": "random"}, "with a fixed draw, not with a random draw"),
+    ],
+)
+async def test_a_store_made_for_another_round_is_refused(
+    store: PostgresStore, pg_dsn: str, kwargs: dict[str, Any], message: str
+) -> None:
+    """Reopened with another agency count, winning number or draw mode: one-line ConfigError."""
+    with pytest.raises(ConfigError, match=message) as caught:
+        await PostgresStore.open(pg_dsn, **kwargs)
+    assert "\n" not in str(caught.value)
+
+
+async def test_readers_take_the_stored_settings_and_need_a_round(
+    store: PostgresStore, pg_dsn: str, pg_database: str
+) -> None:
+    """A reader (export, verify) opens with no settings; a database with no round is refused."""
+    reader = await PostgresStore.open(pg_dsn, create=False)
+    try:
+        assert (reader.agencies, reader.winning_number, reader.draw_mode) == (3, WINNING, "fixed")
+        assert reader.round_id == store.round_id
+    finally:
+        await reader.aclose()
+    empty = pg_dsn.replace("search_path=", "search_path=nothing_here_")
+    with pytest.raises(ConfigError, match="holds no lottery round"):
+        await PostgresStore.open(empty, create=False)
+
+
+async def test_an_unknown_schema_version_is_refused(store: PostgresStore, pg_dsn: str) -> None:
+    """A database written by a newer lottery (another schema version) is refused at open."""
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        await conn.execute("UPDATE schema_version SET version = 99")
+    finally:
+        await conn.close()
+    with pytest.raises(ConfigError, match="schema version 99, this lottery uses version 1"):
+        await PostgresStore.open(pg_dsn, agencies=AGENCIES)
+
+
+async def test_unreachable_postgresql_is_a_plain_store_error() -> None:
+    """Nothing listening at the DSN: StoreError naming it, at once."""
+    with pytest.raises(StoreError, match="cannot reach PostgreSQL at postgresql://u:\\*\\*\\*@"):
+        await PostgresStore.open("postgresql://u:secret@127.0.0.1:9/none")
+
+
+# -- PostgreSQL restarted ------------------------------------------------------------------
+
+
+@pytest.mark.slow
+async def test_a_commit_while_postgresql_is_down_fails_and_the_store_recovers(
+    pg_cluster: tuple[Path, str],
+) -> None:
+    """PostgreSQL stopped: a commit raises StoreError and stores nothing; restarted (even by a
+    crash), the same store reconnects and the batch is stored once."""
+    folder, dsn = pg_cluster
+    s = await PostgresStore.open(dsn, agencies=AGENCIES)
+    try:
+        assert await s.commit([batch(1, 1)]) == [Outcome.STORED]
+        await asyncio.to_thread(cluster.stop, folder, mode="immediate")
+        with pytest.raises(StoreError, match="commit of 1 batches failed"):
+            await s.commit([batch(1, 2)])
+        with pytest.raises(StoreError):
+            await s.progress(1)
+        await asyncio.to_thread(cluster.start, folder)
+        assert await s.commit([batch(1, 2)]) == [Outcome.STORED]
+        await asyncio.to_thread(cluster.restart, folder, immediate=True)
+        try:  # the pooled connection died with the server: this one may fail
+            outcome = await s.commit([batch(1, 3)])
+        except StoreError:
+            outcome = await s.commit([batch(1, 3)])
+        assert outcome == [Outcome.STORED]
+        assert await s.commit([batch(1, 3)]) == [Outcome.DUPLICATE]
+        assert (await s.progress(1))[:2] == (3, 3)
+        assert await s.wait_changed(0.05) is False  # the listener reconnects too
+    finally:
+        await s.aclose()
