@@ -145,7 +145,7 @@ class Round:
         today: str | None = None,
         draw_state: DrawState | None = None,
         reveal_deadline: float = 30.0,
-        poll_interval: float = POLL_INTERVAL,
+        poll_interval: float | None = None,
     ) -> None:
         self.agencies = agencies
         #: The round's identity (from the store): in the start line, status and the logs.
@@ -188,7 +188,7 @@ class Round:
         self.connections = 0
         # Several servers over one store (docs/SCALING.md); None: this process's round.
         self._shared = shared_store(store)
-        self._poll_interval = poll_interval
+        self._poll_interval = POLL_INTERVAL if poll_interval is None else poll_interval
         #: agency -> the server it is connected to, as the shared store last said.
         self._servers: dict[int, str] = {}
         #: The epoch each admitted connection was given (guarantee 7); released on leave.
@@ -207,7 +207,7 @@ class Round:
         fault_draw_delay: float = 0.0,
         winning_number: int | None = None,
         reveal_deadline: float = 30.0,
-        poll_interval: float = POLL_INTERVAL,
+        poll_interval: float | None = None,
     ) -> Round:
         """The round as the store has it; draws at once if every agency was done.
 
@@ -218,7 +218,7 @@ class Round:
             reveal_deadline: random draw: seconds after the barrier opens
                 (or after a restart that finds it open) to wait for reveals.
             poll_interval: a shared store: longest wait between two reads of
-                the whole round when no change is signalled.
+                the whole round when no change is signalled (None: `POLL_INTERVAL`).
         """
         done = sorted(await store.done_agencies())
         progress = await store.all_progress()
