@@ -308,10 +308,19 @@ class Round:
         }
 
     async def _draw_after_reveals(self) -> None:
-        """Wait for every committed agency's nonce, up to the reveal deadline; then draw."""
+        """Wait for every committed agency's nonce, up to the reveal deadline; then draw.
+
+        Over a shared store "every" is checked against the store's own record
+        before drawing: this server's copy may miss a commitment another
+        server took, and a draw made without that agency's nonce would be
+        made too early.
+        """
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self._reveal_deadline):
                 await self._revealed.wait()
+                while not await self._revealed_in_store():
+                    self._revealed.clear()  # set again by a reveal, here or elsewhere
+                    await self._revealed.wait()
         if self._stopping:
             return
         missing = self._unrevealed()
@@ -322,6 +331,16 @@ class Round:
             )  # fmt: skip
         self._draw_due = True
         await self.draw()
+
+    async def _revealed_in_store(self) -> bool:
+        """Whether every committed agency revealed, as the shared store says (True if unshared)."""
+        if self._shared is None:
+            return True
+        try:
+            self._adopt_draw_state(await self._shared.draw_state())
+        except StoreError:
+            return False  # the watcher sets `_revealed` again once it reads the store
+        return all(a in self._reveals or a in self._refused for a in self._commitments)
 
     def _unrevealed(self) -> list[int]:
         return sorted(a for a in self._commitments if a not in self._reveals)
@@ -476,6 +495,10 @@ class Round:
                     return WinnersWait.NOT_READY
                 if self._stopping:
                     return WinnersWait.SHUTTING_DOWN
+            if agency not in self._commitments or agency not in self._reveals:
+                # It may have committed, or revealed, on another server.
+                with contextlib.suppress(StoreError):
+                    await self._refresh_draw_state()
             if (
                 can_reveal
                 and agency in self._commitments

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,6 +20,7 @@ from lottery import round as round_module
 from lottery.client import AsyncAgency
 from lottery.config import ServerConfig
 from lottery.errors import ErrorCode
+from lottery.participant import DrawParticipant
 from lottery.protocol import Ack, Batch, Done, Error, Winners, WinnersQuery
 from lottery.server import Server
 from lottery.store import PendingBatch, PostgresStore
@@ -79,29 +81,30 @@ def count_views(store: PostgresStore) -> Callable[[int], Awaitable[None]]:
 class Cluster:
     """Servers over one PostgreSQL round; each opened with its own store."""
 
-    def __init__(self, dsn: str, agencies: int, stack: AsyncExitStack) -> None:
-        self.dsn, self.agencies, self._stack = dsn, agencies, stack
+    def __init__(self, dsn: str, agencies: int, stack: AsyncExitStack, draw: str) -> None:
+        self.dsn, self.agencies, self._stack, self.draw = dsn, agencies, stack, draw
 
     async def store(self) -> PostgresStore:
         store = await PostgresStore.open(
-            self.dsn, agencies=self.agencies, winning_number=WINNING_NUMBER
+            self.dsn, agencies=self.agencies, winning_number=WINNING_NUMBER, draw_mode=self.draw
         )
         self._stack.push_async_callback(store.aclose)  # closing twice is harmless
         return store
 
     async def server(self, store: PostgresStore | None = None) -> Server:
         config = ServerConfig(
-            host=LOOPBACK, port=0, agencies=self.agencies, timeout_winners=20.0 * UNIT
-        )
+            host=LOOPBACK, port=0, agencies=self.agencies, timeout_winners=20.0 * UNIT,
+            draw=self.draw, reveal_deadline=30.0 * UNIT,
+        )  # fmt: skip
         server = Server(config, store=store or await self.store())
         await self._stack.enter_async_context(server)
         return server
 
 
 @asynccontextmanager
-async def cluster(dsn: str, agencies: int) -> AsyncIterator[Cluster]:
+async def cluster(dsn: str, agencies: int, draw: str = "fixed") -> AsyncIterator[Cluster]:
     async with AsyncExitStack() as stack:
-        yield Cluster(dsn, agencies, stack)
+        yield Cluster(dsn, agencies, stack, draw)
 
 
 async def done(port: int, agency: int) -> None:
@@ -292,3 +295,46 @@ async def test_an_agency_moves_from_a_stalled_server_and_the_round_completes_exa
     assert result.winners == [rows[5][2], rows[140][2]]
     assert stored == [(1, *row[:4], int(row[4])) for row in rows]
     assert held.outcomes and set(held.outcomes) == {"stale"}
+
+
+async def test_a_random_draw_across_servers_counts_a_nonce_committed_on_another(
+    pg_dsn: str, tmp_path: Path
+) -> None:
+    """Agency 1 commits on A, A goes away, it reveals on B: B waits for it; one draw, all count."""
+    async with cluster(pg_dsn, 2, draw="random") as c:
+        a, b = await c.server(), await c.server()
+        servers = {1: [(LOOPBACK, a.port), (LOOPBACK, b.port)], 2: [(LOOPBACK, b.port)]}
+        rows = {
+            agency: [
+                ("Ana", f"Ag{agency}", str(agency * 100_000 + i), "1990-05-17", str(i))
+                for i in range(400)
+            ]
+            for agency in (1, 2)
+        }
+        agencies = {
+            agency: AsyncAgency(
+                agency,
+                servers=servers[agency],
+                draw=DrawParticipant(agency, tmp_path / f"agency-{agency}.json"),
+                batch_max_amount=50,
+                reconnect_base_delay=0.01,
+            )
+            for agency in (1, 2)
+        }
+        async with agencies[1] as one, agencies[2] as two:
+            await one.send_bets(rows[1])
+            await one.notify()  # committed and done on A
+            a.close()
+            await a.wait_closed()  # agency 1 must now reveal on B
+            await two.send_bets(rows[2])
+            await two.notify()  # the last DONE: betting closes on B
+            async with asyncio.timeout(30 * UNIT):
+                winners = await asyncio.gather(one.winners(), two.winners())
+            receipts = [one.receipt, two.receipt]
+        status = b.status()
+    assert status["drawn"] and status["not_revealed"] == []
+    assert sorted(status["reveals"]) == ["1", "2"]
+    number = status["number"]
+    for agency, got in zip((1, 2), winners, strict=True):
+        assert got == [r[2] for r in rows[agency] if int(r[4]) == number]
+    assert all(r is not None and r.ok for r in receipts)
