@@ -35,6 +35,7 @@ from .config import (
     load_agency_config,
     load_server_config,
     parse_addresses,
+    store_location,
 )
 from .csvfiles import read_bets_csv, write_bets_csv
 from .draw import MODE_RANDOM, VerifyError, build_record, verify_record
@@ -48,6 +49,8 @@ from .status import render as render_status
 from .status import summary
 from .store import DB_FILENAME, SQLiteStore
 from .store.archive import archive_round
+from .store.blocking import BlockingPostgres
+from .store.postgres import safe_dsn
 
 if TYPE_CHECKING:
     from .web import HttpServer
@@ -171,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     export = commands.add_parser("export", help="write the stored bets as tp0's bets.csv")
-    export.add_argument("--data-dir", required=True)
+    _store_options(export)
     export.add_argument("--csv", help="output file; - for standard output")
     export.add_argument(
         "--excel-safe",
@@ -186,12 +189,30 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--record", required=True, help="the draw record (JSON)")
     bets = verify.add_mutually_exclusive_group(required=True)
     bets.add_argument("--csv", help="the bets, as `lottery export --csv` wrote them")
-    bets.add_argument("--data-dir", help="the server's data directory")
+    _store_options(verify, bets)
 
     draw = commands.add_parser("draw", help="give the random draw an outside beacon")
-    draw.add_argument("--data-dir", required=True)
+    _store_options(draw)
     draw.add_argument("--beacon", required=True, help="the beacon value, hex (after betting)")
     return parser
+
+
+def _store_options(
+    parser: argparse.ArgumentParser, group: argparse._MutuallyExclusiveGroup | None = None
+) -> None:
+    """--data-dir (SQLite) or --store (PostgreSQL): where a reading command finds the round."""
+    where = group or parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--data-dir", help="the server's data directory (SQLite)")
+    where.add_argument(
+        "--store", type=_store_flag, help="postgresql://USER@HOST:PORT/DB: the server's --store"
+    )
+
+
+def _store_flag(raw: str) -> str:
+    try:
+        return store_location(raw)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _flags(args: argparse.Namespace) -> dict[str, Any]:
@@ -271,6 +292,8 @@ def run_server(args: argparse.Namespace) -> int:
     configure(config.log_level, config.log_format)
     log_advice(warnings)
     raise_nofile_limit()  # the server logs the limit it got and sizes its connections to it
+    if (args.new_round or args.new_round_if_finished) and config.store:
+        raise ConfigError("--new-round archives a --data-dir round; for --store, use a new DB")
     if args.new_round or args.new_round_if_finished:
         archived = archive_round(config.data_dir, only_if_finished=args.new_round_if_finished)
         if archived is not None:
@@ -549,11 +572,18 @@ def _open_data_dir(data_dir: str) -> SQLiteStore:
     return SQLiteStore(data_dir)
 
 
+def _open_reader(args: argparse.Namespace) -> SQLiteStore | BlockingPostgres:
+    """The round a reading command was pointed at: --store (PostgreSQL) or --data-dir."""
+    if args.store:
+        return BlockingPostgres(args.store)
+    return _open_data_dir(args.data_dir)
+
+
 def run_export(args: argparse.Namespace) -> int:
     configure()
     if not (args.csv or args.draw_record):
         raise ConfigError("export: pass --csv FILE, --draw-record FILE, or both")
-    store = _open_data_dir(args.data_dir)
+    store = _open_reader(args)
     try:
         if args.csv == "-":  # the log line goes to stderr, so stdout is the CSV alone
             sys.stdout.reconfigure(newline="", encoding="utf-8")  # type: ignore[union-attr]  # keep the CRLFs
@@ -574,7 +604,7 @@ def run_export(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def draw_record(store: SQLiteStore) -> dict[str, Any]:
+def draw_record(store: SQLiteStore | BlockingPostgres) -> dict[str, Any]:
     """The draw record of a drawn store (`ConfigError` if it is not drawn)."""
     state = store.draw_state()
     if not state.drawn or state.number is None:
@@ -610,7 +640,7 @@ def run_verify(args: argparse.Namespace) -> int:
         raise ConfigError(f"--record {args.record}: {exc.strerror}") from None
     except ValueError as exc:
         raise ConfigError(f"--record {args.record}: not JSON: {exc}") from None
-    store = _open_data_dir(args.data_dir) if args.data_dir else None
+    store = _open_reader(args) if args.data_dir or args.store else None
     try:
         if args.csv is not None and not Path(args.csv).is_file():
             raise ConfigError(f"--csv {args.csv}: no such file")
@@ -640,10 +670,11 @@ def run_draw(args: argparse.Namespace) -> int:
         raise ConfigError(f"--beacon: not hex: {args.beacon[:40]!r}") from None
     if not 1 <= len(beacon) <= 1024:
         raise ConfigError("--beacon: must be 1 to 1024 bytes")
-    store = _open_data_dir(args.data_dir)
+    store = _open_reader(args)
     try:
         if store.draw_mode != MODE_RANDOM:
-            raise ConfigError(f"--data-dir {args.data_dir}: this round's draw is not random")
+            where = safe_dsn(args.store) if args.store else args.data_dir
+            raise ConfigError(f"{where}: this round's draw is not random")
         store.set_beacon(beacon)
     finally:
         store.close()

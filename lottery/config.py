@@ -25,7 +25,7 @@ from typing import Any
 from .errors import ConfigError
 from .log import FORMATS, LEVELS
 from .models import DEFAULT_WINNING_NUMBER
-from .store import SYNC_MODES
+from .store import SYNC_MODES, is_postgres_dsn
 
 __all__ = [
     "AGENCY_OPTIONS",
@@ -38,6 +38,7 @@ __all__ = [
     "load_server_config",
     "parse_address",
     "parse_addresses",
+    "store_location",
     "unknown_names",
 ]
 
@@ -56,6 +57,9 @@ class ServerConfig:
     host: str = "0.0.0.0"
     port: int = DEFAULT_PORT
     data_dir: str = "./data"
+    #: ``postgresql://USER@HOST:PORT/DB``: the round lives there, shared by every
+    #: server given it; empty: SQLite in ``data_dir``.
+    store: str = ""
     listen_backlog: int = 128
     winning_number: int = DEFAULT_WINNING_NUMBER
     sync: str = "FULL"
@@ -232,6 +236,14 @@ def text(raw: str) -> str:
     return value
 
 
+def store_location(raw: str) -> str:
+    """A PostgreSQL DSN (``postgresql://USER@HOST:PORT/DB``) for --store."""
+    value = text(raw)
+    if not is_postgres_dsn(value):
+        raise ValueError(f"{value[:60]!r} is not postgresql://USER@HOST:PORT/DB")
+    return value
+
+
 def parse_address(raw: str) -> tuple[str, int]:
     """``HOST:PORT`` → (host, port)."""
     host, sep, port = str(raw).strip().rpartition(":")
@@ -298,6 +310,9 @@ SERVER_OPTIONS = (
     Option("port", "SERVER_PORT", "SERVER_PORT", integer(0, 65535),
            "TCP port; 0 picks a free one"),
     Option("data_dir", "SERVER_DATA_DIR", "SERVER_DATA_DIR", text, "where the store lives"),
+    Option("store", "LOTTERY_STORE", "STORE", store_location,
+           "postgresql://USER@HOST:PORT/DB: a PostgreSQL store several servers share "
+           "(default: SQLite in --data-dir)"),
     Option("listen_backlog", "SERVER_LISTEN_BACKLOG", "SERVER_LISTEN_BACKLOG", integer(1, 65535),
            "connections the kernel queues before they are accepted"),
     Option("winning_number", "WINNING_NUMBER", "WINNING_NUMBER", integer(0, 9999),

@@ -20,8 +20,9 @@ server.serve_forever()``). Its pieces:
   bytes with `ServerProtocol.send`, writes them, and closes the connection
   when the protocol says so. Acks go out in the order batches came in while
   the reader keeps pipelining;
-- the `Committer` group-commits batches; the store (`ThreadedStore` over
-  `SQLiteStore` by default) keeps them.
+- the `Committer` group-commits batches; the store keeps them: `ThreadedStore`
+  over `SQLiteStore` in ``--data-dir`` by default, or, with ``--store
+  postgresql://...``, a `PostgresStore` that several servers share.
 
 Shutdown (`close()`, plain and safe to call twice; `wait_closed()` waits):
 stop accepting, wake every winners query, stop each reader, let each writer
@@ -35,6 +36,7 @@ import asyncio
 import contextlib
 import functools
 import hmac
+import os
 import resource
 import secrets
 import socket
@@ -80,7 +82,8 @@ from .protocol import (
 )
 from .ratelimit import StatusSnapshots, TokenBucket
 from .round import Round, Superseded, WinnersWait, shared_store
-from .store import AsyncStore, Outcome, SQLiteStore, Store, ThreadedStore
+from .store import AsyncStore, Outcome, PostgresStore, SQLiteStore, Store, ThreadedStore
+from .store.postgres import safe_dsn
 
 __all__ = ["Handler", "Server"]
 
@@ -104,7 +107,8 @@ class Server:
     Args:
         config: the settings.
         open_store: builds a blocking store (default: `SQLiteStore` in
-            ``config.data_dir``); called on the store's own thread.
+            ``config.data_dir``); called on the store's own thread. Unused
+            when ``config.store`` names a PostgreSQL database.
         store: an open `AsyncStore` to serve instead (a `SharedStore` makes
             this server one of several over one round); the server closes it.
     """
@@ -128,7 +132,7 @@ class Server:
             exclusive=True,
             draw_mode=config.draw,
         )
-        self._store: ThreadedStore | None = None
+        self._store: AsyncStore | None = None
         self._committer: Committer | None = None
         self._round: Round | None = None
         #: agency → secret, from --secrets; None: the server runs open, as tp0 did.
@@ -155,12 +159,7 @@ class Server:
             self.operator_token = load_operator_token(cfg.secrets_file)
         tls = self._tls = _tls_context(cfg)
         nofile = self._size_limits()
-        store: AsyncStore
-        if self._given_store is not None:
-            store = self._given_store
-        else:
-            store = self._store = await ThreadedStore.open(self._open_store)
-        self._async_store = store
+        store = self._store = await self._open()
         try:
             committer = self._committer = Committer(store, max_group_bets=cfg.max_group_bets)
             committer.start()
@@ -202,6 +201,7 @@ class Server:
             logging_level=cfg.log_level,
             agencies=cfg.agencies,
             data_dir=cfg.data_dir,
+            store=safe_dsn(cfg.store) if cfg.store else "sqlite",
             sync=cfg.sync,
             agencies_done=len(self._round.barrier.done),
             drawn=self._round.drawn,
@@ -219,8 +219,9 @@ class Server:
                 "ronda_terminada",
                 result="in_progress",
                 ronda=self._round.round_id,
-                detalle=f"{cfg.data_dir} holds a round whose draw is already made: this server "
-                "only answers its winners; for a new round, start with --new-round",
+                detalle=f"{safe_dsn(cfg.store) if cfg.store else cfg.data_dir} holds a round "
+                "whose draw is already made: this server only answers its winners; for a new "
+                "round, start with --new-round (or, with --store, another database)",
             )
         if self.secrets is None:
             self._log.warning(
@@ -229,6 +230,23 @@ class Server:
                 modo="abierto",
                 detalle="no --secrets file: any client may speak as any agency, as in tp0",
             )
+
+    async def _open(self) -> AsyncStore:
+        """The round's store: PostgreSQL with ``--store``, else SQLite on its own thread."""
+        cfg = self.config
+        if self._given_store is not None:
+            return self._given_store
+        if not cfg.store:
+            return await ThreadedStore.open(self._open_store)
+        return await PostgresStore.open(
+            cfg.store,
+            agencies=cfg.agencies,
+            winning_number=cfg.winning_number,
+            draw_mode=cfg.draw,
+            # Named again once the port is bound (`start`): what `lottery status`
+            # shows as the server an agency is connected to.
+            server_id=f"{socket.gethostname()}:{cfg.port or os.getpid()}",
+        )
 
     def _size_limits(self) -> tuple[int, int]:
         """Fit the connection limit to the descriptors this process may open.
@@ -270,8 +288,9 @@ class Server:
         return self._round
 
     @property
-    def store(self) -> ThreadedStore:
-        """The open store (after `start`); tests inject faults through ``store.call``."""
+    def store(self) -> AsyncStore:
+        """The open store (after `start`); tests inject faults through ``store.call``
+        (a `ThreadedStore`'s)."""
         assert self._store is not None, "the server is not started"
         return self._store
 
@@ -336,7 +355,7 @@ class Server:
         committer = self.committer
         await committer.close()
         await round_.wait_closed()
-        await self._async_store.aclose()
+        await self.store.aclose()
         log.info("close_resource", result="success", resource="store")
         latencies = round_.stats.ack_latencies
         log.info(

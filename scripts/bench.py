@@ -6,6 +6,7 @@
     .venv/bin/python scripts/bench.py --agencies 1000 --bets 1000 --skip-e2e --skip-baseline
     .venv/bin/python scripts/bench.py --plot bench.png     # also sweep agencies and window
     .venv/bin/python scripts/bench.py --slow-clients       # also the 1,000 slow clients figure
+    .venv/bin/python scripts/bench.py --store postgresql://postgres@127.0.0.1:5432/postgres
 
 One run measures, on the same agency files (generated once into
 ``bench-data/<agencies>x<bets>/`` and reused):
@@ -27,6 +28,11 @@ One run measures, on the same agency files (generated once into
   never read (another process), over its bets/s without them
   (scripts/attack.py; target ≥ 0.80).
 
+With ``--store DSN`` our server keeps the round in PostgreSQL instead of
+SQLite: each round gets a new database on that server, dropped after it
+(scripts/pg_cluster.py ``fresh_database``); the server's CPU figure leaves
+out PostgreSQL's own processes.
+
 Every round's winners are checked against what the data was generated with; a
 wrong round stops the benchmark (exit 1). Results go to a table on stdout and
 to JSON (``bench-results/bench-<timestamp>.json`` unless ``--json``).
@@ -36,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import csv
 import datetime
 import importlib.metadata
@@ -49,7 +56,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -74,6 +81,7 @@ from lottery.protocol import (
     encode_record,
 )
 from lottery.stats import percentile
+from pg_cluster import fresh_database
 from roundrunner import (
     AgencyProcess,
     ReplyReader,
@@ -320,10 +328,25 @@ def _check_server(mode: str, code: int, server: ServerProcess) -> None:
 # -- the rounds -----------------------------------------------------------------------------
 
 
+def store_flags(args: argparse.Namespace) -> contextlib.AbstractContextManager[list[str]]:
+    """The server's flags for one round's store: --store on a new database, or none (SQLite)."""
+    if not args.store:
+        return contextlib.nullcontext([])
+    return _fresh_store(args.store)
+
+
+@contextlib.contextmanager
+def _fresh_store(dsn: str) -> Iterator[list[str]]:
+    with fresh_database(dsn, "lottery_bench") as store:
+        yield ["--store", store]
+
+
 def run_ours(data: Dataset, args: argparse.Namespace, window: int, stats: bool) -> Round:
     """lottery server + N lottery agency processes."""
-    with tempfile.TemporaryDirectory(prefix="lottery-bench-") as tmp:
-        server = start_server(Path(tmp) / "store", data.agencies, extra_args=["--sync", args.sync])
+    with tempfile.TemporaryDirectory(prefix="lottery-bench-") as tmp, store_flags(args) as store:
+        server = start_server(
+            Path(tmp) / "store", data.agencies, extra_args=["--sync", args.sync, *store]
+        )
         extra = ["--max-in-flight", str(window), "--batch-max-amount", str(args.batch_max_amount)]
         stats_files = [Path(tmp) / f"stats-{i}.json" for i in range(1, data.agencies + 1)]
         try:
@@ -517,8 +540,13 @@ def run_server_alone(
 ) -> Round:
     """lottery server fed pre-encoded frames by this process."""
     latencies: list[float] = []
-    with tempfile.TemporaryDirectory(prefix="lottery-bench-alone-") as tmp:
-        server = start_server(Path(tmp) / "store", data.agencies, extra_args=["--sync", args.sync])
+    with (
+        tempfile.TemporaryDirectory(prefix="lottery-bench-alone-") as tmp,
+        store_flags(args) as store,
+    ):
+        server = start_server(
+            Path(tmp) / "store", data.agencies, extra_args=["--sync", args.sync, *store]
+        )
         try:
             with asyncio.Runner(loop_factory=_new_loop) as runner:
                 seconds, winners = runner.run(
@@ -709,6 +737,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--status-flood", action="store_true",
         help="also measure an agency's bets/s under a STATUS flood (N=1,000) against without",
     )  # fmt: skip
+    parser.add_argument(
+        "--store", help="postgresql://USER@HOST:PORT/DB: our server on PostgreSQL (a new "
+        "database per round, on that server)",
+    )  # fmt: skip
     parser.add_argument("--json", type=Path, help="default bench-results/bench-<timestamp>.json")
     parser.add_argument("--data-root", type=Path, default=ROOT / "bench-data")
     parser.add_argument(
@@ -744,7 +776,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"data: {data.agencies} agencies x {data.bets:,} bets = {data.total:,} bets "
         f"({data.folder}); window {args.window}, batch ≤ {args.batch_max_amount}, "
-        f"sync {args.sync}, best of {args.repeat}",
+        f"sync {args.sync}, best of {args.repeat}"
+        + (f", store {args.store}" if args.store else ""),
         flush=True,
     )
     stats = agency_supports_stats_file()

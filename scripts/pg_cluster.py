@@ -18,16 +18,21 @@ not under a mode-700 folder).
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import glob
 import os
 import pwd
+import secrets
 import shutil
 import socket
 import subprocess
 import sys
+import urllib.parse
+from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["dsn", "pg_bin", "restart", "start", "stop"]
+__all__ = ["dsn", "fresh_database", "pg_bin", "restart", "start", "stop"]
 
 TIMEOUT = 60  # seconds for initdb, start and stop
 DATABASE = "lottery"
@@ -128,6 +133,27 @@ def restart(folder: str | os.PathLike[str], *, immediate: bool = False) -> None:
     mode = "immediate" if immediate else "fast"
     _run(_pg_ctl(root, "-m", mode, "-o", options, "-l", str(root / "log"), "-w", "-t",
                  str(TIMEOUT), "restart"), "restart")  # fmt: skip
+
+
+async def _admin(dsn: str, sql: str) -> None:
+    import asyncpg  # only here: the cluster commands need no driver
+
+    conn = await asyncpg.connect(dsn, timeout=10)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+@contextlib.contextmanager
+def fresh_database(dsn: str, prefix: str = "lottery") -> Iterator[str]:
+    """A new database on the server of ``dsn`` (its DSN), dropped afterwards: one round each."""
+    name = f"{prefix}_{secrets.token_hex(4)}"
+    asyncio.run(_admin(dsn, f'CREATE DATABASE "{name}"'))
+    try:
+        yield urllib.parse.urlunsplit(urllib.parse.urlsplit(dsn)._replace(path=f"/{name}"))
+    finally:
+        asyncio.run(_admin(dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 def main(argv: list[str] | None = None) -> int:
