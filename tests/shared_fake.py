@@ -7,7 +7,8 @@ lottery/store/base.py, guarantee 7 included: each `commit` decides every
 batch at once, with no await between the epoch check and the write, as one
 transaction does. ``commit_gate`` holds a handle's commits *before* that
 check (a server stalled with batches read, not committed); ``unavailable``
-makes every call fail with `StoreError` (the database is down).
+makes every call fail with `StoreError` (the database is down), and a
+handle's ``partitioned`` that handle's calls only (its server is cut off).
 """
 
 from __future__ import annotations
@@ -77,6 +78,8 @@ class SharedFake:
         self.commit_gate.set()
         self.commit_entered = asyncio.Event()
         self.admitted = asyncio.Event()  # this handle admitted an agency
+        #: This server cannot reach the store (a partition); ``db.unavailable``: nobody can.
+        self.partitioned = False
         self.closed = False
         self.view_calls = 0
         self._viewed = asyncio.Event()
@@ -94,7 +97,7 @@ class SharedFake:
 
     def _check(self) -> None:
         assert not self.closed, "a call on a closed store"
-        if self.db.unavailable:
+        if self.db.unavailable or self.partitioned:
             raise StoreError("the shared store is unreachable")
 
     async def commit(self, batches: Sequence[PendingBatch]) -> list[Outcome]:

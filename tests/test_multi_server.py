@@ -317,3 +317,20 @@ async def test_an_agency_leaves_a_stalled_server_and_finishes_the_round_on_anoth
     late = [what for who, what in db.events if who == a_store.server_id and "commit" in what]
     assert late and all("stored" not in what for what in late)  # A's commits: all STALE
     assert db.draws_made == 1
+
+
+async def test_an_agency_leaves_a_server_cut_off_from_the_store(db: SharedDatabase) -> None:
+    """A refuses the handshake with STORAGE (it cannot reach the store): the agency moves to B."""
+    a_store, b_store = db.handle(), db.handle()
+    rows = make_rows(60, winners=[7])
+    async with shared_server(a_store, 1) as a, shared_server(b_store, 1) as b:
+        a_store.partitioned = True
+        servers = [(LOOPBACK, a.port), (LOOPBACK, b.port)]
+        async with AsyncAgency(1, servers=servers, reconnect_base_delay=0.01) as agency:
+            async with asyncio.timeout(20 * UNIT):
+                result = await agency.run(rows)
+        assert b.round.drawn
+    assert result.winners == [rows[7][2]]
+    assert [bet[3] for bet in db.bets] == [row[2] for row in rows]
+    admitted_by = [who for who, what in db.events if what == "admit 1"]
+    assert admitted_by == [b_store.server_id]  # A never could
