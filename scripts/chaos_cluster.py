@@ -432,10 +432,19 @@ class ClusterChaosRun:
             f"server kills: {r.server_kills}; PostgreSQL immediate restarts: {r.pg_restarts}; "
             f"stalls: {r.stalls}; server lives: {len(self.lives)}",
             *(f"  fault: {w.what}" for w in self.windows),
+            f"agencies moved between servers {self._count('action: cambio_servidor')} times; "
+            f"batches refused as stale (fencing) {self._count('on a newer connection')}",
         ]
         lines += [f"  {'ok  ' if c.ok else 'FAIL'} {c.name:<{width}}  {c.detail}" for c in r.checks]
         lines.append("PASS" if r.passed else "FAIL")
         return "\n".join(lines)
+
+    def _count(self, text: str) -> int:
+        lines = [line for _, life in self.lives for line in life.lines]
+        for path in self.logs:
+            with contextlib.suppress(OSError):
+                lines += path.read_text(encoding="utf-8", errors="replace").splitlines()
+        return sum(text in line for line in lines)
 
 
 def _stamp(line: str) -> float | None:
@@ -459,7 +468,7 @@ def run_cluster_chaos(config: ClusterChaosConfig) -> ClusterChaosResult:
     try:
         if pg_cluster.pg_bin() is None:
             raise RuntimeError("PostgreSQL's server binaries (initdb, pg_ctl) are not installed")
-        base = pg_cluster.start(pg_folder)
+        base = pg_cluster.start(pg_folder) if own_cluster else pg_cluster.dsn(pg_folder)
         with pg_cluster.fresh_database(base, "chaos") as dsn:
             run.dsn = dsn
             try:
@@ -509,6 +518,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--keep", type=Path, default=None, help="keep files and logs here")
     parser.add_argument("--pg-folder", type=Path, default=None, help="a pg_cluster.py folder")
     parser.add_argument("--deadline", type=float, default=defaults.deadline)
+    parser.add_argument("--batch-max-amount", type=int, default=defaults.batch_max_amount)
+    parser.add_argument("--max-in-flight", type=int, default=defaults.max_in_flight)
     args = parser.parse_args(argv)
     if args.servers < 2 or args.agencies < 1 or args.bets < 10:
         parser.error("need ≥ 2 servers, ≥ 1 agency and ≥ 10 bets per agency")
@@ -519,6 +530,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         server_kills=args.server_kills, pg_restarts=args.pg_restarts, stall=args.stall,
         agency_timeout=args.agency_timeout, grace=args.grace, seed=args.seed, keep=args.keep,
         pg_folder=args.pg_folder, deadline=args.deadline,
+        batch_max_amount=args.batch_max_amount, max_in_flight=args.max_in_flight,
     )  # fmt: skip
     result = run_cluster_chaos(config)
     print(result.summary)
