@@ -3,6 +3,7 @@
 
     python scripts/bench_draw.py --bets 10000000                 # fixed draw (tp0)
     python scripts/bench_draw.py --bets 10000000 --draw random   # docs/DRAW.md
+    python scripts/bench_draw.py --store postgresql://postgres@127.0.0.1:5432/postgres
 
 Fills a data directory with ``--bets`` bets from 5 agencies (through
 `SQLiteStore.commit`, as the server stores them), with agencies 1-4 already
@@ -16,17 +17,25 @@ its winners, is asked for its nonce (REVEAL_WANTED), reveals it, and asks
 again; the time measured is from the REVEAL (the last one the draw waits
 for) to the RECEIPT and WINNERS, which come after the draw: the number, the
 read of every stored bet for the winners, and every agency's receipt digest.
+
+With ``--store DSN`` the bets go to a new database on that PostgreSQL server
+(through `PostgresStore.commit`, dropped afterwards) and the server runs with
+``--store``: its draw picks the winners with one SQL scan of the ``bets`` table.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import random
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
+
+import asyncpg
 
 from lottery.draw import agency_commitment
 from lottery.protocol import (
@@ -44,17 +53,17 @@ from lottery.protocol import (
     WinnersQuery,
     encode,
 )
-from lottery.store import PendingBatch, SQLiteStore
+from lottery.store import PendingBatch, PostgresStore, SQLiteStore
+from pg_cluster import fresh_database
 from roundrunner import ReplyReader, start_server, stop_server
 
 AGENCIES = 5
 BATCH = 8192
 
 
-def fill(data_dir: Path, bets: int, winners: int, draw: str = "fixed") -> None:
+def batches(bets: int, winners: int) -> Iterator[PendingBatch]:
+    """The bets to store, batch by batch, ``winners`` of them on the winning number."""
     rng = random.Random(7574)
-    # Filling, not measuring: no sync.
-    store = SQLiteStore(data_dir, AGENCIES, synchronous="OFF", draw_mode=draw)
     winning_rows = set(rng.sample(range(bets), winners))
     seqs = dict.fromkeys(range(1, AGENCIES + 1), 0)
     row = 0
@@ -67,11 +76,34 @@ def fill(data_dir: Path, bets: int, winners: int, draw: str = "fixed") -> None:
             for i in range(count)
         ]  # fmt: skip
         seqs[agency] += 1
-        store.commit([PendingBatch(agency, seqs[agency], records)])
+        yield PendingBatch(agency, seqs[agency], records)
         row += count
+
+
+def fill(data_dir: Path, bets: int, winners: int, draw: str = "fixed") -> None:
+    # Filling, not measuring: no sync.
+    store = SQLiteStore(data_dir, AGENCIES, synchronous="OFF", draw_mode=draw)
+    for batch in batches(bets, winners):
+        store.commit([batch])
     for agency in range(1, AGENCIES):
         store.mark_done(agency)
     store.close()
+
+
+async def fill_postgres(dsn: str, bets: int, winners: int, draw: str = "fixed") -> None:
+    store = await PostgresStore.open(dsn, agencies=AGENCIES, draw_mode=draw)
+    try:
+        for batch in batches(bets, winners):
+            await store.commit([batch])
+        for agency in range(1, AGENCIES):
+            await store.mark_done(agency)
+    finally:
+        await store.aclose()
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute("VACUUM ANALYZE bets")  # as autovacuum would, given the time
+    finally:
+        await conn.close()
 
 
 async def last_done(port: int) -> float:
@@ -128,14 +160,21 @@ def main() -> int:
     parser.add_argument("--bets", type=int, default=10_000_000)
     parser.add_argument("--winners", type=int, default=1000)
     parser.add_argument("--draw", choices=("fixed", "random"), default="fixed")
+    parser.add_argument("--store", help="postgresql://USER@HOST:PORT/DB: the draw on PostgreSQL")
     args = parser.parse_args()
 
-    with tempfile.TemporaryDirectory(prefix="lottery-draw-") as tmp:
-        data_dir = Path(tmp)
+    with contextlib.ExitStack() as stack:
+        data_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="lottery-draw-")))
         started = time.perf_counter()
-        fill(data_dir, args.bets, args.winners, args.draw)
+        extra = ["--draw", args.draw]
+        if args.store:
+            dsn = stack.enter_context(fresh_database(args.store, "lottery_draw"))
+            asyncio.run(fill_postgres(dsn, args.bets, args.winners, args.draw))
+            extra += ["--store", dsn]
+        else:
+            fill(data_dir, args.bets, args.winners, args.draw)
         print(f"stored {args.bets:,} bets in {time.perf_counter() - started:.1f} s")
-        server = start_server(data_dir, AGENCIES, extra_args=("--draw", args.draw))
+        server = start_server(data_dir, AGENCIES, extra_args=extra, timeout=60)
         measure = last_reveal if args.draw == "random" else last_done
         try:
             elapsed = asyncio.run(measure(server.port))

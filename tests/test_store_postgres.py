@@ -238,7 +238,6 @@ async def test_wait_changed_wakes_on_another_servers_change(pg_dsn: str) -> None
         await a.mark_done(2)
         assert await a.wait_changed(0.2) is False
         waiting = asyncio.create_task(a.wait_changed(10))
-        await asyncio.sleep(0)
         await b.mark_done(1)
         assert await waiting is True
         await b.draw()
@@ -374,7 +373,10 @@ async def test_a_commit_while_postgresql_is_down_fails_and_the_store_recovers(
             await s.progress(1)
         await asyncio.to_thread(cluster.start, folder)
         assert await s.commit([batch(1, 2)]) == [Outcome.STORED]
+        assert await s.wait_changed(0.05) is False  # the listener is open
         await asyncio.to_thread(cluster.restart, folder, immediate=True)
+        # Notifications may have been lost with the listener: the waiter is woken to look.
+        assert await s.wait_changed(10) is True
         try:  # the pooled connection died with the server: this one may fail
             outcome = await s.commit([batch(1, 3)])
         except StoreError:
@@ -382,6 +384,13 @@ async def test_a_commit_while_postgresql_is_down_fails_and_the_store_recovers(
         assert outcome == [Outcome.STORED]
         assert await s.commit([batch(1, 3)]) == [Outcome.DUPLICATE]
         assert (await s.progress(1))[:2] == (3, 3)
-        assert await s.wait_changed(0.05) is False  # the listener reconnects too
+        other = await PostgresStore.open(dsn)
+        try:
+            assert await s.wait_changed(0.05) is False  # a new listener
+            waiting = asyncio.create_task(s.wait_changed(10))
+            await other.mark_done(1)
+            assert await waiting is True
+        finally:
+            await other.aclose()
     finally:
         await s.aclose()
