@@ -45,6 +45,7 @@ from .log import configure, get_logger
 from .participant import DrawParticipant, nonce_file
 from .progress import agency_progress, console_for, count_lines, log_stream, progress_wanted
 from .server import Server
+from .servers import address_text
 from .status import render as render_status
 from .status import summary
 from .store import DB_FILENAME, SQLiteStore
@@ -512,7 +513,7 @@ async def _first_status(
     """The STATUS of the first server that answers, and its ``HOST:PORT``; else the last error."""
     for n, (host, port) in enumerate(servers, 1):
         try:
-            return f"{host}:{port}", await query_status(host, port, timeout, tls, token)
+            return address_text((host, port)), await query_status(host, port, timeout, tls, token)
         except (OSError, LotteryError):
             if n == len(servers):
                 raise
@@ -541,7 +542,7 @@ def run_ping(args: argparse.Namespace) -> int:
     try:
         where, status = asyncio.run(_first_status(servers, args.timeout, tls, None))
     except (OSError, LotteryError) as exc:
-        print(f"lottery ping: {args.server} did not answer: {exc or type(exc).__name__}")
+        print(f"lottery ping: {args.server} did not answer: {str(exc) or type(exc).__name__}")
         return EXIT_FAILED
     print(f"lottery ping: {where} answers; {summary(status)}")
     return EXIT_OK

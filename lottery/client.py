@@ -114,8 +114,9 @@ class AsyncAgency(RoundEnd):
         self.waiting_for = None  # whom the draw waits for (lottery/roundend.py)
         self.reconnect_attempts = reconnect_attempts
         self.reconnect_base_delay = reconnect_base_delay
+        servers = [(host, port)] if servers is None else servers
         self._session = Session(
-            agency_id, servers or [(host, port)], timeout=timeout, attempts=reconnect_attempts,
+            agency_id, servers, timeout=timeout, attempts=reconnect_attempts,
             base_delay=reconnect_base_delay, secret=secret, tls=tls, draw=draw,
         )  # fmt: skip
         self._sender = BatchSender(self._session, batch_max_amount, max_in_flight)

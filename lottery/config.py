@@ -393,7 +393,7 @@ AGENCY_OPTIONS = (
            "seconds to wait for the draw in all; then the agency gives up, "
            "naming the agencies still missing"),
     Option("reconnect_attempts", "CLI_RECONNECT_ATTEMPTS", "server.reconnectAttempts",
-           integer(1), "tries to reach the server"),
+           integer(1), "tries to reach the server (with a list: rounds through it)"),
     # A command line is visible to every user of the machine: the secret itself
     # comes from the environment or the config file, or --secret-file.
     Option("secret", "CLI_SECRET", "auth.secret", text, "this agency's secret (hex)",

@@ -3,6 +3,7 @@
 
     python scripts/generate_compose.py N OUT        # OUT "-" writes to stdout
     ./generar-compose.sh OUT N                      # tp0's name and argument order
+    python scripts/generate_compose.py N OUT --servers K    # K servers, one PostgreSQL
 
 The file has a ``server`` service and ``client1`` .. ``clientN``, all on one
 network (``testing_net``) and all from the one image the top-level Dockerfile
@@ -16,6 +17,15 @@ read-only (tp0 ej2 and ej6).
 Paths in the file are relative to the checkout, where compose resolves them
 when OUT is written there (tp0 keeps ``docker-compose-dev.yaml`` at the top).
 The same N gives the same bytes. A bad N is one line on stderr and exit 2.
+
+``--servers K`` (default 1, the file above unchanged) makes the round survive
+the loss of a server: a ``postgres`` service (the official image, its data
+on a named volume, healthy once ``pg_isready`` says so, the password from
+``POSTGRES_PASSWORD`` in compose's environment, ``lottery`` if unset) and
+``server1`` .. ``serverK``, each with ``LOTTERY_STORE`` (``--store``) pointing
+at it, started once it is healthy. Every agency gets the whole server list
+in ``CLI_SERVER_ADDRESS``, starting at a different server so that the
+agencies spread over them; it moves to the next when one stops answering.
 """
 
 from __future__ import annotations
@@ -44,6 +54,14 @@ BETS_IN_CONTAINER = "/data/agency.csv"
 DEFAULT_BETS_DIR = "./demo"
 #: The server's AGENCIES setting accepts no more (lottery/config.py).
 MAX_AGENCIES = 100_000
+#: Servers over one PostgreSQL: more would be a typo for N.
+MAX_SERVERS = 16
+POSTGRES_IMAGE = "postgres:15"
+POSTGRES_VOLUME = "postgres-data"
+POSTGRES_USER = POSTGRES_DB = "lottery"
+#: Compose substitutes it from the environment (or an .env file) when it reads the file.
+POSTGRES_PASSWORD = "${POSTGRES_PASSWORD:-lottery}"
+STORE_URL = f"postgresql://{POSTGRES_USER}:{POSTGRES_PASSWORD}@postgres:5432/{POSTGRES_DB}"
 
 EXIT_USAGE = 2
 
@@ -66,13 +84,29 @@ def parse_agencies(raw: str) -> int:
     return n
 
 
+def parse_servers(raw: str) -> int:
+    """K from ``--servers``: an integer from 1 to `MAX_SERVERS`, else ValueError."""
+    text = raw.strip()
+    if not re.fullmatch(r"[0-9]+", text) or not 1 <= int(text) <= MAX_SERVERS:
+        raise ValueError(f"--servers K must be from 1 to {MAX_SERVERS}, not {raw!r}")
+    return int(text)
+
+
+def server_names(k: int) -> list[str]:
+    """``server`` alone, or ``server1`` .. ``serverK`` over PostgreSQL."""
+    return ["server"] if k == 1 else [f"server{i}" for i in range(1, k + 1)]
+
+
 def bets_file(bets_dir: str, agency: int) -> str:
     return f"{bets_dir.rstrip('/')}/agency-{agency}.csv"
 
 
-def server_service(n: int, image: str) -> dict[str, Any]:
-    return {
-        "container_name": "server",
+def server_service(
+    n: int, image: str, name: str = "server", shared: bool = False
+) -> dict[str, Any]:
+    """One server; ``shared``: its round lives in the ``postgres`` service, not on a volume."""
+    service: dict[str, Any] = {
+        "container_name": name,
         "image": image,
         "build": {"context": ".", "dockerfile": "Dockerfile"},
         "init": True,
@@ -95,9 +129,42 @@ def server_service(n: int, image: str) -> dict[str, Any]:
             "start_period": "5s",
         },
     }
+    if shared:
+        service["environment"]["LOTTERY_STORE"] = STORE_URL
+        service["volumes"] = service["volumes"][:1]  # nothing of the round is kept here
+        service["depends_on"] = {"postgres": {"condition": "service_healthy"}}
+    return service
 
 
-def agency_service(agency: int, image: str, bets_dir: str) -> dict[str, Any]:
+def postgres_service() -> dict[str, Any]:
+    """The official PostgreSQL image, its data on a named volume, healthy once it accepts."""
+    return {
+        "container_name": "postgres",
+        "image": POSTGRES_IMAGE,
+        "environment": {
+            "POSTGRES_USER": POSTGRES_USER,
+            "POSTGRES_PASSWORD": POSTGRES_PASSWORD,
+            "POSTGRES_DB": POSTGRES_DB,
+        },
+        "volumes": [f"{POSTGRES_VOLUME}:/var/lib/postgresql/data"],
+        "networks": [NETWORK],
+        "healthcheck": {
+            "test": ["CMD", "pg_isready", "-U", POSTGRES_USER, "-d", POSTGRES_DB],
+            "interval": "2s",
+            "timeout": "5s",
+            "retries": 15,
+            "start_period": "5s",
+        },
+    }
+
+
+def agency_service(
+    agency: int, image: str, bets_dir: str, servers: list[str] | None = None
+) -> dict[str, Any]:
+    """Agency ``agency``; with several ``servers`` it starts at its own (agency i at i mod K)."""
+    servers = servers or ["server"]
+    start = (agency - 1) % len(servers)
+    ordered = servers[start:] + servers[:start]
     return {
         "container_name": f"client{agency}",
         "image": image,
@@ -105,37 +172,47 @@ def agency_service(agency: int, image: str, bets_dir: str) -> dict[str, Any]:
         "command": ["agency", "--bets", BETS_IN_CONTAINER, "--config", "/config/config.yaml"],
         "environment": {
             "CLI_ID": str(agency),
-            "CLI_SERVER_ADDRESS": f"server:{PORT}",
+            "CLI_SERVER_ADDRESS": ",".join(f"{name}:{PORT}" for name in ordered),
         },
         "volumes": [
             f"{AGENCY_CONFIG}:/config/config.yaml:ro",
             f"{bets_file(bets_dir, agency)}:{BETS_IN_CONTAINER}:ro",
         ],
         "networks": [NETWORK],
-        "depends_on": {"server": {"condition": "service_healthy"}},
+        "depends_on": {name: {"condition": "service_healthy"} for name in servers},
     }
 
 
-def compose(n: int, bets_dir: str = DEFAULT_BETS_DIR, image: str | None = None) -> dict[str, Any]:
-    """The compose document for a round of ``n`` agencies."""
+def compose(
+    n: int, bets_dir: str = DEFAULT_BETS_DIR, image: str | None = None, servers: int = 1
+) -> dict[str, Any]:
+    """The compose document for a round of ``n`` agencies on ``servers`` servers."""
     image = image or image_name()
-    services: dict[str, Any] = {"server": server_service(n, image)}
+    names = server_names(servers)
+    services: dict[str, Any] = {"postgres": postgres_service()} if servers > 1 else {}
+    for i, name in enumerate(names):
+        services[name] = server_service(n, image, name, shared=servers > 1)
+        if i:  # one image, built once (by the first server's service)
+            del services[name]["build"]
     for agency in range(1, n + 1):
-        services[f"client{agency}"] = agency_service(agency, image, bets_dir)
+        services[f"client{agency}"] = agency_service(agency, image, bets_dir, names)
+    volume = POSTGRES_VOLUME if servers > 1 else DATA_VOLUME
     return {
         "name": PROJECT,
         "services": services,
         "networks": {NETWORK: {"driver": "bridge"}},
-        "volumes": {DATA_VOLUME: {}},
+        "volumes": {volume: {}},
     }
 
 
-def render(n: int, bets_dir: str = DEFAULT_BETS_DIR) -> str:
+def render(n: int, bets_dir: str = DEFAULT_BETS_DIR, servers: int = 1) -> str:
+    on = f" on {servers} servers sharing one PostgreSQL" if servers > 1 else ""
     header = (
-        f"# A round of {n} agencies. Generated by scripts/generate_compose.py;\n"
+        f"# A round of {n} agencies{on}. Generated by scripts/generate_compose.py;\n"
         "# edit that script, not this file. Run from the checkout: docker compose -f FILE up\n"
     )
-    return header + yaml.safe_dump(compose(n, bets_dir), sort_keys=False, default_flow_style=False)
+    document = compose(n, bets_dir, servers=servers)
+    return header + yaml.safe_dump(document, sort_keys=False, default_flow_style=False)
 
 
 def _missing_bets(n: int, bets_dir: str) -> list[str]:
@@ -157,14 +234,21 @@ def main(argv: list[str] | None = None) -> int:
         default=DEFAULT_BETS_DIR,
         help=f"where agency-<i>.csv are, relative to the checkout (default {DEFAULT_BETS_DIR})",
     )
+    parser.add_argument(
+        "--servers",
+        metavar="K",
+        default="1",
+        help="servers of the round (default 1); K > 1 adds a postgres service they share",
+    )
     args = parser.parse_args(argv)
     try:
         n = parse_agencies(args.agencies)
+        k = parse_servers(args.servers)
     except ValueError as exc:
         print(f"generate_compose.py: {exc}", file=sys.stderr)
         return EXIT_USAGE
 
-    text = render(n, args.bets_dir)
+    text = render(n, args.bets_dir, k)
     if args.out == "-":
         sys.stdout.write(text)
     else:
@@ -174,7 +258,8 @@ def main(argv: list[str] | None = None) -> int:
         except OSError as exc:
             print(f"generate_compose.py: cannot write {out}: {exc}", file=sys.stderr)
             return 1
-        print(f"{out}: server and {n} agencies (client1..client{n})")
+        servers = "server" if k == 1 else f"postgres, server1..server{k}"
+        print(f"{out}: {servers} and {n} agencies (client1..client{n})")
         if out.resolve().parent != ROOT:
             print(
                 f"note: paths in {out} are relative to the checkout; "

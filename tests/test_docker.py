@@ -537,3 +537,134 @@ def test_wrapper_checks_its_arguments(tmp_path: Path) -> None:
     assert usage.returncode == 2
     assert "usage" in usage.stderr
     assert not out.exists()
+
+
+# -- several servers over one PostgreSQL (--servers K) -----------------------------------------
+
+SERVER_COUNTS = [2, 3]
+
+
+def generate_servers(n: int, k: int, tmp_path: Path) -> dict[str, Any]:
+    """The compose document of ``generate_compose.py N OUT --servers K``."""
+    out = tmp_path / f"compose-{n}-{k}.yaml"
+    proc = run(sys.executable, GENERATOR, str(n), out, "--servers", str(k))
+    assert proc.returncode == 0, proc.stderr
+    document = yaml.safe_load(out.read_text(encoding="utf-8"))
+    assert isinstance(document, dict)
+    return document
+
+
+def compose_substitute(value: str) -> str:
+    """``${NAME:-default}`` as compose replaces it when NAME is not set: the default."""
+    return re.sub(r"\$\{\w+:-([^}]*)\}", lambda m: m[1], value)
+
+
+def test_one_server_is_the_default(tmp_path: Path) -> None:
+    """--servers 1 writes the very bytes of no --servers at all: one server, no PostgreSQL."""
+    plain, one = tmp_path / "plain.yaml", tmp_path / "one.yaml"
+    assert run(sys.executable, GENERATOR, "3", plain).returncode == 0
+    assert run(sys.executable, GENERATOR, "3", one, "--servers", "1").returncode == 0
+    assert one.read_bytes() == plain.read_bytes()
+    assert "postgres" not in plain.read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("k", SERVER_COUNTS)
+def test_compose_postgres_service(k: int, tmp_path: Path) -> None:
+    """K > 1 adds postgres: the official image, a named volume, pg_isready, env credentials."""
+    document = generate_servers(5, k, tmp_path)
+    postgres = document["services"]["postgres"]
+    assert postgres["image"] == "postgres:15"
+    assert postgres["networks"] == ["testing_net"]
+    [volume] = postgres["volumes"]
+    name, target = volume.split(":")
+    assert target == "/var/lib/postgresql/data"
+    assert list(document["volumes"]) == [name]  # the servers keep nothing of the round
+    env = postgres["environment"]
+    assert set(env) == {"POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB"}
+    # The password comes from compose's environment; the default only serves a demo.
+    assert env["POSTGRES_PASSWORD"] == "${POSTGRES_PASSWORD:-lottery}"
+    test = postgres["healthcheck"]["test"]
+    assert test[:2] == ["CMD", "pg_isready"]
+    assert test[test.index("-U") + 1] == env["POSTGRES_USER"]
+    assert test[test.index("-d") + 1] == env["POSTGRES_DB"]
+
+
+@pytest.mark.parametrize("k", SERVER_COUNTS)
+def test_compose_k_servers_share_the_store(k: int, tmp_path: Path) -> None:
+    """server1..serverK each have --store (LOTTERY_STORE) on postgres and wait for it."""
+    document = generate_servers(5, k, tmp_path)
+    services = document["services"]
+    names = [f"server{i}" for i in range(1, k + 1)]
+    clients = [f"client{i}" for i in range(1, 6)]
+    assert list(services) == ["postgres", *names, *clients]
+    postgres_env = services["postgres"]["environment"]
+    user, db = postgres_env["POSTGRES_USER"], postgres_env["POSTGRES_DB"]
+    password = compose_substitute(postgres_env["POSTGRES_PASSWORD"])
+    url = f"postgresql://{user}:{password}@postgres:5432/{db}"
+    for name in names:
+        server = services[name]
+        assert server["container_name"] == name
+        assert server["command"] == ["server", "--config", "/config/config.ini"]
+        assert compose_substitute(server["environment"]["LOTTERY_STORE"]) == url
+        assert server["environment"]["AGENCIES"] == "5"
+        assert server["depends_on"] == {"postgres": {"condition": "service_healthy"}}
+        assert bind_mounts(server) == {"/config/config.ini": "./docker/config.ini"}
+        assert len(server["volumes"]) == 1  # no data volume: the round is in postgres
+        assert server["healthcheck"]["test"][:4] == ["CMD", "lottery", "ping", "127.0.0.1:12345"]
+    # One image, built once.
+    assert [name for name, s in services.items() if "build" in s] == ["server1"]
+    assert {services[n]["image"] for n in names + clients} == {services["server1"]["image"]}
+
+
+@pytest.mark.parametrize("k", SERVER_COUNTS)
+def test_compose_every_agency_gets_the_whole_server_list(k: int, tmp_path: Path) -> None:
+    """Each agency's address setting lists every server, starting at its own; it waits for all."""
+    services = generate_servers(5, k, tmp_path)["services"]
+    names = [f"server{i}" for i in range(1, k + 1)]
+    yaml_file = str(ROOT / "docker" / "config.yaml")
+    firsts = []
+    for i in range(1, 6):
+        client = services[f"client{i}"]
+        config = load_agency_config({}, client["environment"], yaml_file)
+        hosts = [host for host, _ in config.servers]
+        assert sorted(hosts) == names
+        assert {port for _, port in config.servers} == {12345}
+        # In turn from its first: the list is the same ring for every agency.
+        start = names.index(hosts[0])
+        assert hosts == names[start:] + names[:start]
+        firsts.append(hosts[0])
+        assert client["depends_on"] == {n: {"condition": "service_healthy"} for n in names}
+    assert set(firsts) == set(names)  # the agencies spread over the servers
+
+
+def test_compose_server_settings_load_with_the_store(tmp_path: Path) -> None:
+    """lottery.config reads a PostgreSQL server's settings as its container would."""
+    services = generate_servers(3, 2, tmp_path)["services"]
+    server = services["server1"]
+    env = {k: compose_substitute(v) for k, v in server["environment"].items()}
+    config = load_server_config({}, env, str(ROOT / bind_mounts(server)["/config/config.ini"]))
+    assert (config.agencies, config.port) == (3, 12345)
+    if hasattr(config, "store"):  # the setting the PostgreSQL store adds (issue 11)
+        assert config.store == env["LOTTERY_STORE"]
+
+
+@pytest.mark.parametrize("bad", ["0", "-1", "two", "17"])
+def test_bad_server_count_exits_2_with_one_line(bad: str, tmp_path: Path) -> None:
+    """A bad K is one line on stderr, exit status 2, and no file written."""
+    out = tmp_path / "compose.yaml"
+    proc = run(sys.executable, GENERATOR, "3", out, "--servers", bad)
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == [
+        f"generate_compose.py: --servers K must be from 1 to 16, not {bad!r}"
+    ]
+    assert not out.exists()
+
+
+def test_wrapper_passes_servers_on(tmp_path: Path) -> None:
+    """generar-compose.sh OUT N --servers K writes what the script writes; other flags exit 2."""
+    by_script, by_wrapper = tmp_path / "script.yaml", tmp_path / "wrapper.yaml"
+    assert run(sys.executable, GENERATOR, "4", by_script, "--servers", "3").returncode == 0
+    proc = run("bash", WRAPPER, by_wrapper, "4", "--servers", "3")
+    assert proc.returncode == 0, proc.stderr
+    assert by_wrapper.read_bytes() == by_script.read_bytes()
+    assert run("bash", WRAPPER, by_wrapper, "4", "--other", "3").returncode == 2

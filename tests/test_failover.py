@@ -10,6 +10,7 @@ the shared PostgreSQL store's tests do that.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import io
 import json
 import socket
@@ -25,6 +26,7 @@ from lottery.cli import main
 from lottery.client import AsyncAgency
 from lottery.config import load_agency_config, parse_addresses
 from lottery.errors import ConfigError, ConnectionLost
+from lottery.protocol import Batch, Hello, ServerProtocol, Welcome
 from roundrunner import (
     export_bets,
     input_bets,
@@ -55,6 +57,7 @@ Row = tuple[str, str, str, str, str]
 #: Bets of the one agency of each round, three of them winners.
 ROWS = make_rows(300, winners=[0, 150, 299])
 WINNERS = [ROWS[0][2], ROWS[150][2], ROWS[299][2]]
+TODAY = datetime.date.today().isoformat()
 #: How long the agency waits for a reply here: short, for the silent server.
 TIMEOUT = 0.5 * UNIT
 
@@ -76,6 +79,28 @@ async def silent_server() -> AsyncIterator[int]:
 
     async with fake_server(never_answer) as port:
         yield port
+
+
+@asynccontextmanager
+async def stalling_server() -> AsyncIterator[tuple[list[int], int]]:
+    """Answers HELLO with WELCOME, then reads batches and never acknowledges one.
+
+    Yields the bets it was sent (one count per batch) and its port.
+    """
+    batches: list[int] = []
+
+    async def stall(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        protocol = ServerProtocol()
+        while data := await reader.read(65536):
+            protocol.receive_data(data)
+            while (message := protocol.next_event(TODAY)) is not None:
+                if isinstance(message, Hello):
+                    writer.write(protocol.send(Welcome(0, 0)))
+                elif isinstance(message, Batch):
+                    batches.append(len(message.records))
+
+    async with fake_server(stall) as port:
+        yield batches, port
 
 
 def agency(servers: list[tuple[str, int]], **options: object) -> AsyncAgency:
@@ -124,6 +149,23 @@ def test_a_retry_over_several_servers_counts_whole_rounds() -> None:
     assert [retry.failed(), retry.failed(), retry.failed()] == [True, True, False]
     retry.reset()
     assert (retry.failures, retry.tries) == (0, 0)
+
+
+def test_an_empty_server_list_is_refused() -> None:
+    """servers=[] is a mistake, not a wish for the default server."""
+    with pytest.raises(ValueError, match="at least one server"):
+        AsyncAgency(1, servers=[])
+
+
+def test_host_and_port_still_name_one_server() -> None:
+    """AsyncAgency(id, host, port) is a list of one, and says which server it uses."""
+    client = AsyncAgency(1, "example.org", 4000)
+    assert (client.host, client.port, client.servers) == (
+        "example.org",
+        4000,
+        [("example.org", 4000)],
+    )
+    assert "example.org:4000" in repr(client)
 
 
 # -- the address list -----------------------------------------------------------------------
@@ -209,6 +251,22 @@ async def test_a_server_that_drops_after_the_handshake_is_left_mid_send(
     assert winners == WINNERS
     assert_stored_once(tmp_path)
     assert moves(log_stream) == [(f"{LOOPBACK}:{drop_port}", f"{LOOPBACK}:{up}")]
+
+
+async def test_a_server_that_stops_acknowledging_is_left_after_the_ack_timeout(
+    tmp_path: Path, log_stream: io.StringIO
+) -> None:
+    """Batches that wait past the timeout for their ack are sent to the next server, once."""
+    async with (
+        stalling_server() as (batches, stalled),
+        running_server(tmp_path, agencies=1) as server,
+    ):
+        up = server.port
+        winners = await run_round([(LOOPBACK, stalled), (LOOPBACK, up)])
+    assert batches, "the stalled server was sent no batch"
+    assert winners == WINNERS
+    assert_stored_once(tmp_path)
+    assert moves(log_stream) == [(f"{LOOPBACK}:{stalled}", f"{LOOPBACK}:{up}")]
 
 
 async def test_the_winners_query_fails_over(tmp_path: Path, log_stream: io.StringIO) -> None:
