@@ -41,6 +41,7 @@ import contextlib
 import csv
 import datetime
 import functools
+import itertools
 import random
 import shutil
 import signal
@@ -146,6 +147,7 @@ class ClusterChaosRun:
         self.busy: set[int] = set()  # servers killed or stopped, not yet back
         self.pg_busy = False  # PostgreSQL is restarting
         self.errors: list[str] = []  # from the faults' threads
+        self._numbers = itertools.count(1)  # server lives, numbered from 1
         self._counted: dict[int, tuple[int, int]] = {}  # life -> (lines read, bets in them)
         self.result = ClusterChaosResult(self.seed)
         self.started = time.monotonic()
@@ -166,7 +168,7 @@ class ClusterChaosRun:
                 "--server-id", f"s{slot + 1}"]  # fmt: skip
         retry_until = time.monotonic() + PORT_RETRY_SECONDS
         while True:
-            number = len(self.lives) + 1
+            number = next(self._numbers)  # restarts run on threads: numbers from one counter
             self.server_log.write(f"----- server s{slot + 1}, life {number} -----\n")
             try:
                 server = start_server(
