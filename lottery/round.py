@@ -60,7 +60,7 @@ import asyncio
 import collections
 import contextlib
 import enum
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
@@ -674,7 +674,11 @@ class Round:
 
     async def _watch(self, store: SharedStore) -> None:
         """Follow the round in the shared store until shutdown (see the module docstring)."""
-        delays = exponential_backoff(0.05, cap=max(self._poll_interval, 0.05), floor=0.5)
+
+        def backoff() -> Iterator[float]:  # up to the poll interval: never slower than polling
+            return exponential_backoff(0.05, cap=max(self._poll_interval, 0.05), floor=0.5)
+
+        delays = backoff()
         failing = False
         while not self._stopping:
             try:
@@ -683,8 +687,7 @@ class Round:
                 # Random draw: the commitments and reveals other servers took.
                 state = await store.draw_state() if self.random and not self.drawn else None
                 if failing:
-                    failing = False
-                    delays = exponential_backoff(0.05, cap=max(self._poll_interval, 0.05))
+                    failing, delays = False, backoff()
                     self._log.info("seguir_ronda", result="success")
                 await self._follow(view, state)
             except Exception as exc:  # the store is down (or a bug): say so once, go on
