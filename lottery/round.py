@@ -565,6 +565,10 @@ class Round:
         try:
             await self._committer.settle(agency)
             if self._shared is not None:
+                # Two handshakes of one agency here may reach the store in either
+                # order; if the superseded one's admission lands last, the newer
+                # connection's epoch is stale and its batches are refused: a
+                # reconnect, never a batch stored wrongly.
                 epoch, progress = await self._shared.admit(agency)
             else:
                 epoch, progress = 0, await self._store.progress(agency)
