@@ -12,6 +12,7 @@ import asyncpg
 import pytest
 
 import pg_cluster as cluster
+from lottery.config import load_server_config
 from lottery.draw import derive_number
 from lottery.errors import ConfigError, StoreError
 from lottery.models import EMPTY_DIGEST, FS, RS, agency_digest
@@ -157,6 +158,39 @@ async def test_two_stores_racing_the_draw_make_it_once(pg_dsn: str) -> None:
     finally:
         for s in stores:
             await s.aclose()
+
+
+async def test_the_draw_waits_for_a_commit_in_flight_and_later_commits_are_late(
+    store: PostgresStore, pg_dsn: str
+) -> None:
+    """Guarantee 3 across servers: a draw waits for a commit holding the round row, whose
+    bets then take part; a server that has not seen the draw finds its commit LATE."""
+    other = await PostgresStore.open(pg_dsn, agencies=AGENCIES)
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        async with conn.transaction():  # what a commit holds while it writes
+            await conn.fetchval("SELECT drawn FROM round FOR SHARE")
+            drawing = asyncio.create_task(store.draw())
+            for _ in range(500):  # until the draw's backend waits for the row lock
+                waiting = await conn.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                    "AND query LIKE 'SELECT drawn, seed%'"
+                )
+                if waiting:
+                    break
+                await asyncio.sleep(0.01)
+            assert waiting and not drawing.done()
+            await conn.execute(
+                "INSERT INTO bets (agency, seq, first_name, last_name, document, birthdate, "
+                "number) VALUES (1, 1, 'A', 'B', 'in-flight', '1990-01-01', $1)",
+                WINNING,
+            )
+        assert await drawing is True
+        assert await store.winners() == {1: ["in-flight"]}
+        assert await other.commit([batch(2, 1, rec("late", "7574"))]) == [Outcome.LATE]
+    finally:
+        await conn.close()
+        await other.aclose()
 
 
 async def test_random_draw_number_and_receipts(pg_dsn: str) -> None:
@@ -394,3 +428,26 @@ async def test_a_commit_while_postgresql_is_down_fails_and_the_store_recovers(
             await other.aclose()
     finally:
         await s.aclose()
+
+
+# -- choosing the store ------------------------------------------------------------------------
+
+
+def test_store_setting_comes_from_flag_environment_or_config_ini(tmp_path: Path) -> None:
+    """--store, else LOTTERY_STORE, else config.ini's STORE; none: SQLite in --data-dir."""
+    ini = tmp_path / "config.ini"
+    ini.write_text("[DEFAULT]\nSTORE = postgresql://f@h:1/file\n", encoding="utf-8")
+    env = {"LOTTERY_STORE": "postgresql://e@h:1/env"}
+    flag = {"store": "postgresql://c@h:1/flag"}
+    assert load_server_config(flag, env, str(ini)).store == "postgresql://c@h:1/flag"
+    assert load_server_config({}, env, str(ini)).store == "postgresql://e@h:1/env"
+    assert load_server_config({}, {}, str(ini)).store == "postgresql://f@h:1/file"
+    assert load_server_config({}, {}, None).store == ""
+
+
+def test_a_store_that_is_not_postgresql_is_refused_in_one_line() -> None:
+    """LOTTERY_STORE=sqlite:///x is a ConfigError naming the setting and the value."""
+    with pytest.raises(ConfigError) as error:
+        load_server_config({}, {"LOTTERY_STORE": "sqlite:///x"}, None)
+    assert "LOTTERY_STORE" in str(error.value) and "sqlite:///x" in str(error.value)
+    assert "\n" not in str(error.value)

@@ -273,6 +273,7 @@ class PostgresStore:
         self._token = secrets.token_hex(8)
         self._listener: asyncpg.Connection[Record] | None = None
         self._changed = asyncio.Event()
+        self._listening = asyncio.Lock()
         self._closed = False
 
     # -- opening ----------------------------------------------------------------------------
@@ -309,7 +310,10 @@ class PostgresStore:
             async with asyncio.timeout(OPERATION_TIMEOUT):
                 pool = await asyncpg.create_pool(
                     dsn,
-                    min_size=1,
+                    # No floor: asyncpg would keep reconnecting a floor in the background
+                    # (logging a traceback a try) while PostgreSQL is down; this store
+                    # reconnects on its next call instead, after `_Reconnect`'s pause.
+                    min_size=0,
                     max_size=POOL_SIZE,
                     timeout=CONNECT_TIMEOUT,
                     command_timeout=OPERATION_TIMEOUT,
@@ -328,7 +332,9 @@ class PostgresStore:
                 )
         except BaseException as exc:
             await _close_pool(pool)
-            if isinstance(exc, (*_CONNECTION_ERRORS, asyncpg.PostgresError)):
+            if isinstance(exc, _CONNECTION_ERRORS):  # the pool connects on first use
+                raise StoreError(f"cannot reach PostgreSQL at {where}: {_plain(exc)}") from exc
+            if isinstance(exc, asyncpg.PostgresError):
                 raise StoreError(f"cannot open the store at {where}: {_plain(exc)}") from exc
             raise
         return cls(pool, dsn, settings, server_id or f"{socket.gethostname()}:{os.getpid()}")
@@ -576,16 +582,19 @@ class PostgresStore:
         return RoundView(done=done, drawn=drawn, progress=progress, servers=servers)
 
     async def wait_changed(self, timeout: float) -> bool:
+        """See `SharedStore.wait_changed`. Also True when the LISTEN connection was
+        lost (notifications may have been missed: the caller reads the round). With
+        no LISTEN connection to be had it just waits out ``timeout``: polling."""
         try:
             async with asyncio.timeout(timeout):
-                if self._listener is None or self._listener.is_closed():
-                    await self._listen()
+                async with self._listening:  # one listener, however many waiters
+                    if self._listener is None or self._listener.is_closed():
+                        try:
+                            await self._listen()
+                        except (*_CONNECTION_ERRORS, asyncpg.PostgresError):
+                            await self._drop_listener()  # the next call tries again
                 await self._changed.wait()
         except TimeoutError:
-            return False
-        except (*_CONNECTION_ERRORS, asyncpg.PostgresError):
-            # No listener now: the caller polls `view`; the next call tries again.
-            await self._drop_listener()
             return False
         self._changed.clear()
         return True
@@ -653,11 +662,16 @@ class PostgresStore:
                 await self._record_receipts(conn)
             else:
                 number = row["winning_number"]
-            # Winners by one scan of the typed bets: no index, no earlier pick.
-            await conn.execute(
-                "INSERT INTO winners (agency, document, bet) "
-                "SELECT agency, document, id FROM bets WHERE number = $1",
-                number,
+            # Winners by one scan of the typed bets: no index, no earlier pick. A
+            # plain SELECT (an INSERT ... SELECT never runs in parallel) so that
+            # PostgreSQL may split the scan over its parallel workers.
+            winners = await conn.fetch(
+                "SELECT agency, document, id FROM bets WHERE number = $1", number
+            )
+            await conn.copy_records_to_table(
+                "winners",
+                records=[tuple(w) for w in winners],
+                columns=("agency", "document", "bet"),
             )
             await conn.execute(
                 "UPDATE round SET drawn = true, number = $1, drawn_by = $2, drawn_at = now()",
