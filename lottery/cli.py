@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from . import __version__
 from .advice import batch_cap_advice, log_advice
 from .auth import load_operator_token, make_secrets, parse_secret
-from .client import AsyncAgency, query_status, tls_context
+from .client import AsyncAgency, tls_context
 from .config import (
     AGENCY_OPTIONS,
     DEFAULT_BATCH_MAX_AMOUNT,
@@ -45,7 +45,7 @@ from .log import configure, get_logger
 from .participant import DrawParticipant, nonce_file
 from .progress import agency_progress, console_for, count_lines, log_stream, progress_wanted
 from .server import Server
-from .servers import address_text
+from .servers import first_status
 from .status import render as render_status
 from .status import summary
 from .store import DB_FILENAME, SQLiteStore
@@ -507,19 +507,6 @@ def _server_addresses(raw: str, flag: str) -> list[tuple[str, int]]:
         raise ConfigError(f"{flag}: {exc}") from None
 
 
-async def _first_status(
-    servers: list[tuple[str, int]], timeout: float, tls: ssl.SSLContext | None, token: bytes | None
-) -> tuple[str, dict[str, Any]]:
-    """The STATUS of the first server that answers, and its ``HOST:PORT``; else the last error."""
-    for n, (host, port) in enumerate(servers, 1):
-        try:
-            return address_text((host, port)), await query_status(host, port, timeout, tls, token)
-        except (OSError, LotteryError):
-            if n == len(servers):
-                raise
-    raise AssertionError("unreachable: parse_addresses returns at least one server")
-
-
 def run_status(args: argparse.Namespace) -> int:
     servers = _server_addresses(args.server, "--server")
     token = None
@@ -528,7 +515,7 @@ def run_status(args: argparse.Namespace) -> int:
         if token is None:
             raise ConfigError(f"--token-file {args.token_file}: no operator: line")
     tls = _client_tls(args.tls_ca)
-    _, status = asyncio.run(_first_status(servers, args.timeout, tls, token))
+    _, status = asyncio.run(first_status(servers, args.timeout, tls, token))
     if args.json:
         print(json.dumps(status, indent=2))
     else:
@@ -540,7 +527,7 @@ def run_ping(args: argparse.Namespace) -> int:
     servers = _server_addresses(args.server, "server")
     tls = _client_tls(args.tls_ca)
     try:
-        where, status = asyncio.run(_first_status(servers, args.timeout, tls, None))
+        where, status = asyncio.run(first_status(servers, args.timeout, tls))
     except (OSError, LotteryError) as exc:
         print(f"lottery ping: {args.server} did not answer: {str(exc) or type(exc).__name__}")
         return EXIT_FAILED

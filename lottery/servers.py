@@ -6,16 +6,21 @@ in use. `Session` (lottery/session.py) asks it to `move_on` after a try
 that got no reply: the next server, round robin, with one log line
 (``action: cambio_servidor | result: in_progress | desde: A | hacia: B``).
 With one server nothing moves and nothing is logged, as before lists.
+
+`first_status` is the same list for ``lottery status`` and ``lottery ping``:
+the STATUS of the first server that answers.
 """
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Sequence
 from typing import Any
 
-from .connection import HostNotFound, retryable
+from .connection import HostNotFound, query_status, retryable
+from .errors import LotteryError
 
-__all__ = ["ServerList", "address_text"]
+__all__ = ["ServerList", "address_text", "first_status"]
 
 
 def address_text(server: tuple[str, int]) -> str:
@@ -81,3 +86,23 @@ class ServerList:
             "cambio_servidor", result="in_progress", desde=before, hacia=self.where,
             error=str(exc) or repr(exc),
         )  # fmt: skip
+
+
+async def first_status(
+    servers: Sequence[tuple[str, int]],
+    timeout: float,
+    tls: ssl.SSLContext | None = None,
+    operator_token: bytes | None = None,
+) -> tuple[str, dict[str, Any]]:
+    """The ``HOST:PORT`` and STATUS (`query_status`) of the first of ``servers`` that answers.
+
+    Raises:
+        What `query_status` raised for the last server, when none answered.
+    """
+    for n, server in enumerate(servers, 1):
+        try:
+            return address_text(server), await query_status(*server, timeout, tls, operator_token)
+        except (OSError, LotteryError):
+            if n == len(servers):
+                raise
+    raise ValueError("no server to ask")

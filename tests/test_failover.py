@@ -315,6 +315,27 @@ async def test_every_server_down_waits_once_a_round_and_gives_up(
     assert moves(log_stream) == in_turn
 
 
+async def test_one_server_is_retried_as_before_with_no_move_logged(
+    monkeypatch: pytest.MonkeyPatch, log_stream: io.StringIO
+) -> None:
+    """A list of one: every fruitless try is a round, waits before the next, and logs no move."""
+    waits: list[float] = []
+
+    async def sleep(delay: float) -> None:
+        waits.append(delay)
+
+    monkeypatch.setattr(backoff, "sleep", sleep)
+    async with dropping_server(answer_hello=False) as (dropping, port):
+        client = agency([(LOOPBACK, port)])
+        with pytest.raises(
+            ConnectionLost, match=f"cannot reach {LOOPBACK}:{port} after 3 attempts"
+        ):
+            await client.connect()
+        await client.aclose()
+    assert (dropping.connections, len(waits)) == (3, 2)
+    assert moves(log_stream) == []
+
+
 async def test_an_unresolvable_name_in_a_list_is_skipped(tmp_path: Path) -> None:
     """A host name that does not resolve (a stopped container's) is one more server down."""
     async with running_server(tmp_path, agencies=1) as server:
