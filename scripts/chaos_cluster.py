@@ -523,8 +523,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--batch-max-amount", type=int, default=defaults.batch_max_amount)
     parser.add_argument("--max-in-flight", type=int, default=defaults.max_in_flight)
     args = parser.parse_args(argv)
-    if args.servers < 2 or args.agencies < 1 or args.bets < 10:
-        parser.error("need ≥ 2 servers, ≥ 1 agency and ≥ 10 bets per agency")
+    if args.servers < 1 or args.agencies < 1 or args.bets < 10:
+        parser.error("need ≥ 1 server, ≥ 1 agency and ≥ 10 bets per agency")
+    if args.servers < 2 and (args.server_kills or args.stall):
+        parser.error("killing or stalling servers needs ≥ 2 of them (one keeps serving)")
     if args.stall and args.stall <= args.agency_timeout:
         parser.error("--stall must be longer than --agency-timeout (the agencies must move on)")
     config = ClusterChaosConfig(
