@@ -26,7 +26,9 @@ What one run does, on 127.0.0.1 with real ``lottery`` processes (docs/SCALING.md
    the winners its file holds; and no log line says ``result: fail``
    outside the faults' own windows (from a fault's start to ``--grace``
    seconds after it ended: the refusals, reconnects and stale batches a
-   fault causes belong to it).
+   fault causes belong to it). With ``--draw random`` the servers draw at
+   random (docs/DRAW.md): each agency's winners are judged by the drawn
+   number, and ``lottery verify`` checks the export against the draw record.
 
 It prints what it did as it goes (with the seed, to replay it) and a summary;
 exit status 0 only on PASS. Every wait is bounded (``--deadline``); every
@@ -42,6 +44,7 @@ import csv
 import datetime
 import functools
 import itertools
+import json
 import random
 import shutil
 import signal
@@ -79,6 +82,7 @@ PORT_RETRY_SECONDS = 10.0
 KILL_WAIT = 10.0
 FAULT_SPREAD = (0.05, 0.90)  # faults land between these fractions of the stored bets
 TIMESTAMP = "%Y-%m-%d %H:%M:%S"  # how every log line starts (console format)
+REVEAL_DEADLINE = 60.0  # random draw: every agency reveals well before it
 
 
 @dataclass
@@ -98,6 +102,7 @@ class ClusterChaosConfig:
     max_in_flight: int = 8
     max_downtime: float = 0.3
     deadline: float = 900.0
+    draw: str = "fixed"  # or "random" (docs/DRAW.md): then `lottery verify` judges it too
     echo: Callable[[str], None] = print
 
 
@@ -165,7 +170,8 @@ class ClusterChaosRun:
     def start_server(self, slot: int) -> ServerLife:
         port = self.ports[slot]
         args = ["--store", self.dsn, "--winning-number", str(WINNING_NUMBER),
-                "--server-id", f"s{slot + 1}"]  # fmt: skip
+                "--server-id", f"s{slot + 1}", "--draw", self.cfg.draw,
+                "--reveal-deadline", str(REVEAL_DEADLINE)]  # fmt: skip
         retry_until = time.monotonic() + PORT_RETRY_SECONDS
         while True:
             number = next(self._numbers)  # restarts run on threads: numbers from one counter
@@ -256,8 +262,9 @@ class ClusterChaosRun:
             path = self.work / f"agency-{agency}.csv"
             generate_agency_file(path, cfg.bets, rows, self.seed * 1000 + agency)
             self.files.append(path)
-        for agency, bets in enumerate(split_by_agency(input_bets(self.files)), 1):
-            self.expected[agency] = [b[3] for b in bets if int(b[5]) == WINNING_NUMBER]
+        if cfg.draw == "fixed":  # a random draw's winners are known once it is made
+            for agency, bets in enumerate(split_by_agency(input_bets(self.files)), 1):
+                self.expected[agency] = [b[3] for b in bets if int(b[5]) == WINNING_NUMBER]
         self.result.total_bets = cfg.agencies * cfg.bets
 
     def faults(self) -> None:
@@ -357,6 +364,14 @@ class ClusterChaosRun:
                 f"restarts, {self.result.stalls} stalls",
             )
         )
+        out, record = self.work / "bets.csv", self.work / "draw.json"
+        subprocess.run(
+            [*lottery_command(), "export", "--store", self.dsn, "--csv", str(out),
+             "--draw-record", str(record)],
+            check=True, capture_output=True, timeout=max(self.left(), 60.0),
+        )  # fmt: skip
+        if cfg.draw == "random":
+            checks.append(self._verify_random_draw(out, record))
         for agency, log in zip(self.agencies, self.logs, strict=True):
             text = log.read_text(encoding="utf-8", errors="replace")
             got = log_value(text, "ganadores", "dnis")
@@ -371,11 +386,6 @@ class ClusterChaosRun:
                     f"exit {agency.proc.returncode}, winners {winners} (expected {want})",
                 )
             )
-        out = self.work / "bets.csv"
-        subprocess.run(
-            [*lottery_command(), "export", "--store", self.dsn, "--csv", str(out)],
-            check=True, capture_output=True, timeout=max(self.left(), 60.0),
-        )  # fmt: skip
         with out.open(newline="", encoding="utf-8") as f:
             have = collections.Counter(tuple(row) for row in csv.reader(f) if row)
         wanted = collections.Counter(input_bets(self.files))
@@ -405,6 +415,22 @@ class ClusterChaosRun:
             )
         )
         self.result.passed = all(c.ok for c in checks)
+
+    def _verify_random_draw(self, bets: Path, record: Path) -> Check:
+        """The drawn number from the record, each agency's winners by it, and ``lottery verify``."""
+        number = int(json.loads(record.read_text(encoding="utf-8"))["number"])
+        for agency, rows in enumerate(split_by_agency(input_bets(self.files)), 1):
+            self.expected[agency] = [b[3] for b in rows if int(b[5]) == number]
+        verify = subprocess.run(
+            [*lottery_command(), "verify", "--csv", str(bets), "--record", str(record)],
+            capture_output=True, text=True, timeout=max(self.left(), 60.0),
+        )  # fmt: skip
+        lines = (verify.stdout + verify.stderr).strip().splitlines()
+        return Check(
+            "lottery verify",
+            verify.returncode == 0,
+            f"number {number}: " + (lines[-1] if lines else "(no output)"),
+        )
 
     def _fails(self) -> tuple[list[str], int]:
         sources = [(f"s{slot + 1} life {life.number}", life.lines) for slot, life in self.lives]
@@ -522,6 +548,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--deadline", type=float, default=defaults.deadline)
     parser.add_argument("--batch-max-amount", type=int, default=defaults.batch_max_amount)
     parser.add_argument("--max-in-flight", type=int, default=defaults.max_in_flight)
+    parser.add_argument("--draw", choices=("fixed", "random"), default=defaults.draw)
     args = parser.parse_args(argv)
     if args.servers < 1 or args.agencies < 1 or args.bets < 10:
         parser.error("need ≥ 1 server, ≥ 1 agency and ≥ 10 bets per agency")
@@ -535,6 +562,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         agency_timeout=args.agency_timeout, grace=args.grace, seed=args.seed, keep=args.keep,
         pg_folder=args.pg_folder, deadline=args.deadline,
         batch_max_amount=args.batch_max_amount, max_in_flight=args.max_in_flight,
+        draw=args.draw,
     )  # fmt: skip
     result = run_cluster_chaos(config)
     print(result.summary)
