@@ -12,13 +12,16 @@ What one run does, on 127.0.0.1 with real ``lottery`` processes (docs/SCALING.md
 3. starts ``--servers`` servers on fixed free ports, all with ``--store`` on
    that cluster, and the agencies, each with the whole server list (each
    starting at another server, so they spread);
-4. while bets are being sent, runs the faults, shuffled, each at a random
-   point of the stored bets (one in each of as many equal slices of
-   5 %..90 % of the round): ``--server-kills`` kill -9 of a random server,
-   restarted on its port after 0..0.3 s; ``--pg-restarts`` immediate
-   restarts of PostgreSQL (``pg_ctl restart -m immediate``: a crash, to it);
-   one SIGSTOP of a random server for ``--stall`` seconds (longer than the
-   agencies' ``--timeout``), then SIGCONT;
+4. while bets are being sent, runs the faults, each at a random point of
+   the stored bets: first, early, one SIGSTOP for ``--stall`` seconds
+   (longer than the agencies' ``--timeout``), then SIGCONT, of the server
+   most agencies are on (as ``lottery status`` of a server says); then,
+   shuffled, one in each of as many equal slices of the rest of 5 %..90 %
+   of the round, ``--server-kills`` kill -9 of a random server, restarted
+   on its port after 0..0.3 s, and ``--pg-restarts`` immediate restarts of
+   PostgreSQL (``pg_ctl restart -m immediate``: a crash, to it). Each
+   fault's recovery runs on a thread, beside the next fault; one server at
+   least is always up;
 5. waits for the agencies, stops the servers with SIGTERM, and judges:
    ``lottery export --store`` equals the input bet for bet (as multisets:
    nothing missing, nothing twice); exactly one ``action: sorteo | result:
@@ -38,6 +41,7 @@ process it started is killed on the way out, and the cluster removed.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import collections
 import contextlib
 import csv
@@ -60,6 +64,8 @@ from pathlib import Path
 import pg_cluster
 from chaos import Check, ServerLife, connect_hint, free_port, split_by_agency
 from gen_dataset import generate_agency_file
+from lottery.connection import query_status
+from lottery.errors import LotteryError
 from lottery.models import DEFAULT_WINNING_NUMBER
 from roundrunner import (
     AgencyProcess,
@@ -151,6 +157,7 @@ class ClusterChaosRun:
         self.windows: list[Window] = []
         self.busy: set[int] = set()  # servers killed or stopped, not yet back
         self.pg_busy = False  # PostgreSQL is restarting
+        self.stall_load = 0  # agencies on the stalled server, as STATUS said
         self.errors: list[str] = []  # from the faults' threads
         self._numbers = itertools.count(1)  # server lives, numbered from 1
         self._counted: dict[int, tuple[int, int]] = {}  # life -> (lines read, bets in them)
@@ -272,12 +279,18 @@ class ClusterChaosRun:
         thread of its own, so the next fault need not wait for it."""
         cfg, rng = self.cfg, self.rng
         kinds = ["kill"] * cfg.server_kills + ["pg"] * cfg.pg_restarts
-        kinds += ["stall"] if cfg.stall > 0 else []
         rng.shuffle(kinds)
         total = cfg.agencies * cfg.bets
         low, high = FAULT_SPREAD
+        if cfg.stall > 0:
+            # First, early, while every agency is sending: its agencies must
+            # time out on it and move on, and its stale batches be refused.
+            kinds.insert(0, "stall")
+            low += (high - low) / (len(kinds) + 1)
         width = (high - low) / max(len(kinds), 1)
         at = [int(total * (low + width * (i + rng.random()))) for i in range(len(kinds))]
+        if cfg.stall > 0:
+            at[0] = int(total * rng.uniform(FAULT_SPREAD[0], low))
         plan = ", ".join(f"{k}@{t:,}" for k, t in zip(kinds, at, strict=True))
         self.say(f"faults at stored bets: {plan}")
         threads: list[threading.Thread] = []
@@ -290,7 +303,8 @@ class ClusterChaosRun:
             else:
                 # Never every server down or stopped at once: one keeps serving.
                 self.wait_until(lambda: len(self.busy) < cfg.servers - 1, "a server to spare")
-                slot = rng.choice([s for s in range(cfg.servers) if s not in self.busy])
+                free = [s for s in range(cfg.servers) if s not in self.busy]
+                slot = self._busiest(free) if kind == "stall" else rng.choice(free)
                 self.busy.add(slot)
                 recover = functools.partial(
                     self._kill_and_restart if kind == "kill" else self._stall, slot
@@ -302,6 +316,25 @@ class ClusterChaosRun:
             thread.join(max(self.left(), 0.1))
         if self.errors:
             raise RuntimeError(self.errors[0])
+
+    def _busiest(self, slots: list[int]) -> int:
+        """Of ``slots``, the server most agencies are on, as `lottery status` of one says.
+
+        A stall matters when agencies are waiting on it: they must time out
+        and move on. Any server's STATUS shows where every agency is.
+        """
+        counts: collections.Counter[int] = collections.Counter()
+        try:
+            status = asyncio.run(query_status("127.0.0.1", self.ports[slots[0]], 2.0))
+            for entry in status.get("agency", []):
+                name = entry.get("server") or ""
+                if name.startswith("s") and name[1:].isdigit():
+                    counts[int(name[1:]) - 1] += 1
+        except (OSError, TimeoutError, LotteryError, ValueError) as exc:
+            self.say(f"status for the stall failed ({exc}); picking at random")
+        best = max(slots, key=lambda s: counts[s])
+        self.stall_load = counts[best]
+        return best if counts[best] else self.rng.choice(slots)
 
     def _fault(self, run: Callable[[], str]) -> None:
         began, stored = time.time(), self.stored()
@@ -332,7 +365,10 @@ class ClusterChaosRun:
         life.proc.send_signal(signal.SIGCONT)
         self.result.stalls += 1
         self.busy.discard(slot)
-        return f"SIGSTOP of s{slot + 1} for {self.cfg.stall:g} s"
+        return (
+            f"SIGSTOP of s{slot + 1} for {self.cfg.stall:g} s "
+            f"({self.stall_load} agencies on it by STATUS)"
+        )
 
     def _restart_postgres(self) -> str:
         pg_cluster.restart(self.pg_folder, immediate=True)
