@@ -3,13 +3,16 @@ the draw record's check, and a PostgreSQL that is not there."""
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import json
 import subprocess
 from pathlib import Path
 
+import asyncpg
 import pytest
 
+import pg_cluster as cluster
 from gen_dataset import generate_agency_file
 from roundrunner import (
     input_bets,
@@ -86,3 +89,50 @@ def test_a_bad_store_setting_is_a_usage_error() -> None:
     done = _lottery("export", "--store", "mysql://x/y", "--csv", "-")
     assert done.returncode == 2
     assert "is not postgresql://USER@HOST:PORT/DB" in done.stderr
+
+
+@pytest.mark.slow
+def test_a_round_survives_a_postgresql_crash_restart(
+    tmp_path: Path, pg_cluster: tuple[Path, str]
+) -> None:
+    """PostgreSQL crash-restarted (immediate mode) mid-round: the batches caught are refused
+    and resent, the server reconnects, and the export equals the input bet for bet."""
+    folder, dsn = pg_cluster
+    files = []
+    for agency in (1, 2, 3):
+        path = tmp_path / f"agency-{agency}.csv"
+        generate_agency_file(path, 20_000, {agency, 19_999}, seed=agency)
+        files.append(path)
+    server = start_server(tmp_path / "unused", 3, extra_args=["--store", dsn])
+    try:
+        agencies = [
+            start_agency(i, server.port, f, extra_args=["--batch-max-amount", "20"])
+            for i, f in enumerate(files, 1)
+        ]
+        asyncio.run(_until_some_bets_are_stored(dsn))
+        cluster.restart(folder, immediate=True)
+        wait_agencies(agencies, timeout=150 * UNIT)
+    finally:
+        status = stop_server(server)
+    logs = server.log() + "".join(a.output for a in agencies)
+    assert status == 0, server.log()[-3000:]
+    assert [a.returncode for a in agencies] == [0, 0, 0], logs[-3000:]
+    assert [len(a.winners or []) for a in agencies] == [2, 2, 2]
+    assert server.log().count("action: sorteo | result: success") == 1
+    out = tmp_path / "bets.csv"
+    done = _lottery("export", "--store", dsn, "--csv", str(out))
+    assert done.returncode == 0, done.stderr
+    with open(out, newline="", encoding="utf-8") as f:
+        assert sorted(tuple(row) for row in csv.reader(f) if row) == sorted(input_bets(files))
+
+
+async def _until_some_bets_are_stored(dsn: str) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        for _ in range(int(3000 * UNIT)):  # the server is another process: nothing to await
+            if await conn.fetchval("SELECT EXISTS (SELECT 1 FROM agencies WHERE last_seq > 0)"):
+                return
+            await asyncio.sleep(0.02)
+        raise AssertionError("the server stored nothing in a minute")
+    finally:
+        await conn.close()

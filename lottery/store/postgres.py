@@ -28,8 +28,9 @@ How each guarantee of lottery/store/base.py holds with several servers:
    decides DUPLICATE/GAP/STALE against them, loads the bets with one text
    COPY (the record text turned into COPY's text format by three C-speed
    string replacements, several times less client CPU than building a Python
-   tuple per bet for a binary COPY) and the batches with a binary COPY.
-   ``synchronous_commit`` is on: a returned commit is durable.
+   tuple per bet for a binary COPY), then inserts the batches and updates
+   the progress in one statement. ``synchronous_commit`` is on: a returned
+   commit is durable.
 3. Commits take the ``round`` row ``FOR SHARE``, the draw takes it ``FOR
    UPDATE``: the draw waits for the commits in flight, and a commit that
    comes after it finds it drawn (every batch LATE). The draw is one
@@ -104,6 +105,9 @@ CONNECT_TIMEOUT = 5.0
 POOL_SIZE = 4
 #: Rows fetched per round trip by the export's cursor.
 FETCH_ROWS = 10_000
+#: Longest wait for one of them: the first waits for PostgreSQL to sort every
+#: bet into store order (no index on ``bets``: loading stays fast).
+EXPORT_FETCH_TIMEOUT = 300.0
 #: Pauses between reconnection attempts after a lost connection.
 RECONNECT_FIRST, RECONNECT_MAX = 0.05, 1.0
 # Serialises schema creation and the round row across servers starting at once.
@@ -342,14 +346,21 @@ class PostgresStore:
     # -- the connection, bounded and reconnecting -------------------------------------------
 
     @contextlib.asynccontextmanager
-    async def _connection(self, failure: str) -> AsyncIterator[PoolConnectionProxy[Record]]:
-        """A pooled connection for one operation; errors become `StoreError(failure: ...)`."""
+    async def _connection(
+        self, failure: str, *, bounded: bool = True
+    ) -> AsyncIterator[PoolConnectionProxy[Record]]:
+        """A pooled connection for one operation; errors become `StoreError(failure: ...)`.
+
+        The whole operation has `OPERATION_TIMEOUT`; with ``bounded=False``
+        (a long read, whose every fetch is bounded instead) only getting the
+        connection is, and each statement by asyncpg's command timeout.
+        """
         if self._closed:
             raise StoreError(f"{failure}: the store is closed")
         try:
-            async with asyncio.timeout(OPERATION_TIMEOUT):
+            async with asyncio.timeout(OPERATION_TIMEOUT if bounded else None):
                 await self._reconnect.wait()
-                async with self._pool.acquire() as conn:
+                async with self._pool.acquire(timeout=OPERATION_TIMEOUT) as conn:
                     yield conn
         except _CONNECTION_ERRORS as exc:
             self._reconnect.failed()
@@ -411,15 +422,17 @@ class PostgresStore:
                 await conn.copy_to_table(
                     "bets", source=_one_chunk(data), columns=_BET_COLUMNS, format="text"
                 )
-                await conn.copy_records_to_table(
-                    "batches", records=stored, columns=("agency", "seq", "bets", "records")
-                )
+                # The batches and the progress in one statement: one round trip.
                 await conn.execute(
+                    "WITH stored AS (INSERT INTO batches (agency, seq, bets, records) "
+                    "SELECT * FROM unnest($1::integer[], $2::bigint[], $3::integer[], "
+                    "$4::bytea[])) "
                     "UPDATE agencies a SET last_seq = u.last_seq, "
                     "committed_bets = u.bets, input_rows = u.input_rows, digest = u.digest "
-                    "FROM unnest($1::integer[], $2::bigint[], $3::bigint[], $4::bigint[], "
-                    "$5::bytea[]) AS u(agency, last_seq, bets, input_rows, digest) "
+                    "FROM unnest($5::integer[], $6::bigint[], $7::bigint[], $8::bigint[], "
+                    "$9::bytea[]) AS u(agency, last_seq, bets, input_rows, digest) "
                     "WHERE a.agency = u.agency",
+                    *zip(*stored, strict=True),
                     *zip(*changed, strict=True),
                 )
         self._digests.update(digests)  # published only once the transaction committed
@@ -796,16 +809,19 @@ class PostgresStore:
 
     async def bets(self) -> AsyncGenerator[tuple[int, str, str, str, str, int], None]:
         """Every stored bet, in store order (for the export), as `SQLiteStore.bets` gives it."""
+        # Ten million bets take longer than any one operation may: each fetch is
+        # bounded instead (and the snapshot keeps the export consistent).
         async with (
-            self._connection("cannot read the bets") as conn,
+            self._connection("cannot read the bets", bounded=False) as conn,
             conn.transaction(isolation="repeatable_read", readonly=True),
         ):
-            async for agency, first, last, document, birthdate, number in conn.cursor(
+            cursor = await conn.cursor(
                 "SELECT agency, first_name, last_name, document, birthdate, number "
-                "FROM bets ORDER BY id",
-                prefetch=FETCH_ROWS,
-            ):
-                yield agency, first, last, document, birthdate.isoformat(), number
+                "FROM bets ORDER BY id"
+            )
+            while rows := await cursor.fetch(FETCH_ROWS, timeout=EXPORT_FETCH_TIMEOUT):
+                for agency, first, last, document, birthdate, number in rows:
+                    yield agency, first, last, document, birthdate.isoformat(), number
 
     # -- closing ----------------------------------------------------------------------------
 
