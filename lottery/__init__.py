@@ -13,28 +13,74 @@ Layout (one job per module):
 - `config`, `log`, `cli`: settings, logging set-up, the ``lottery`` command
 """
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
 
-from .barrier import DrawBarrier
-from .client import AsyncAgency, RoundResult, SendReport
-from .config import AgencyConfig, ServerConfig
-from .errors import (
-    AgencyError,
-    ConfigError,
-    ConnectionLost,
-    InvalidBatch,
-    InvalidBet,
-    LotteryError,
-    ProtocolError,
-    ResumeMismatch,
-    RowsRejected,
-    ServerRefused,
-    StoreError,
-    WinnersUnavailable,
-)
-from .models import Bet
-from .server import Server
-from .store import SQLiteStore, Store
+# What each public name is imported from. They load on first use (PEP 562), so
+# `lottery agency --help` and an agency never import the server, its store or
+# asyncio's server side; ``from lottery import Server`` works as before.
+_EXPORTS = {
+    "DrawBarrier": "barrier",
+    "AsyncAgency": "client",
+    "RoundResult": "client",
+    "SendReport": "client",
+    "AgencyConfig": "config",
+    "ServerConfig": "config",
+    "AgencyError": "errors",
+    "ConfigError": "errors",
+    "ConnectionLost": "errors",
+    "InvalidBatch": "errors",
+    "InvalidBet": "errors",
+    "LotteryError": "errors",
+    "ProtocolError": "errors",
+    "ResumeMismatch": "errors",
+    "RowsRejected": "errors",
+    "ServerRefused": "errors",
+    "StoreError": "errors",
+    "WinnersUnavailable": "errors",
+    "Bet": "models",
+    "Server": "server",
+    "SQLiteStore": "store",
+    "Store": "store",
+}
+
+if TYPE_CHECKING:
+    from .barrier import DrawBarrier
+    from .client import AsyncAgency, RoundResult, SendReport
+    from .config import AgencyConfig, ServerConfig
+    from .errors import (
+        AgencyError,
+        ConfigError,
+        ConnectionLost,
+        InvalidBatch,
+        InvalidBet,
+        LotteryError,
+        ProtocolError,
+        ResumeMismatch,
+        RowsRejected,
+        ServerRefused,
+        StoreError,
+        WinnersUnavailable,
+    )
+    from .models import Bet
+    from .server import Server
+    from .store import SQLiteStore, Store
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'lottery' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # the next lookup skips this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
 
 __all__ = [
     "AgencyConfig",

@@ -94,6 +94,10 @@ class DrawBarrier:
     def done(self) -> frozenset[int]:
         return frozenset(self._done)
 
+    def is_done(self, agency: int) -> bool:
+        """Whether ``agency`` said it is done (`done` copies the set: O(agencies))."""
+        return agency in self._done
+
     @property
     def missing(self) -> list[int]:
         """Agency ids (1..N) that have not said they are done."""

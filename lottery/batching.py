@@ -5,8 +5,9 @@
 - `cut_batches`, the *cutter*, skips what an earlier run stored (by input
   position, checked by digest: lottery/resume.py), then cuts records into
   batches of at most ``batch_max_amount`` bets that also fit the 8 KiB frame
-  limit, each with the input position of its last bet. The batches go out
-  unnumbered: the sender numbers each one when it first goes out.
+  limit, each with the input position of its last bet, and hands each
+  block's batches over as one list. The batches go out unnumbered: the
+  sender numbers each one when it first goes out.
 
 Both are joined to the sender (lottery/sender.py) by bounded queues.
 """
@@ -25,7 +26,11 @@ from .reports import SendReport
 from .session import Session
 from .window import Outgoing
 
-__all__ = ["cut_batches", "read_blocks"]
+__all__ = ["BATCH_LISTS_QUEUE_SIZE", "BLOCKS_PER_READ", "cut_batches", "read_blocks"]
+
+#: Blocks' worth of batches cut and waiting for the sender: a block's batches
+#: travel together, one hand-over per block, not per batch.
+BATCH_LISTS_QUEUE_SIZE = 2
 
 
 def _lines_of(blocks: collections.deque[Sequence[int]], count: int) -> Sequence[int]:
@@ -45,30 +50,47 @@ def _lines_of(blocks: collections.deque[Sequence[int]], count: int) -> Sequence[
     return [line for part in parts for line in part]
 
 
+#: Blocks read per trip to the worker thread: small blocks are checked faster
+#: (they stay in the CPU's cache), and each trip costs a thread hand-over.
+BLOCKS_PER_READ = 4
+
+
+def _read_some(reader: BlockReader) -> list[RecordBlock | None]:
+    """Up to `BLOCKS_PER_READ` blocks of ``reader``; the list ends with None at the end."""
+    blocks: list[RecordBlock | None] = []
+    while len(blocks) < BLOCKS_PER_READ:
+        block = reader.read_block()
+        blocks.append(block)
+        if block is None:
+            break
+    return blocks
+
+
 async def read_blocks(
     reader: BlockReader, out: asyncio.Queue[Any], log: Any, counted: Callable[[int], None]
 ) -> None:
     """Put ``reader``'s blocks on ``out``, then None; log rejected rows, count valid bets."""
     logged = 0
     while True:
-        # Reading and validating a block is blocking work: off the loop.
-        block = await asyncio.to_thread(reader.read_block)
+        # Reading and validating blocks is blocking work: off the loop.
+        blocks = await asyncio.to_thread(_read_some, reader)
         for row in reader.rejected[logged:]:
             log.warning(
                 "apuesta_rechazada", result="fail", archivo=row.path, linea=row.line,
                 motivo=row.reason,
             )  # fmt: skip
         logged = len(reader.rejected)
-        if block is None:
-            break
-        counted(block.count)
-        await out.put(block)
-    await out.put(None)
+        for block in blocks:
+            if block is None:
+                await out.put(None)
+                return
+            counted(block.count)
+            await out.put(block)
 
 
 async def cut_batches(
     inp: asyncio.Queue[RecordBlock | None],
-    out: asyncio.Queue[Any],
+    out: asyncio.Queue[list[Outgoing] | None],
     report: SendReport,
     batch_max_amount: int,
     session: Session,
@@ -97,11 +119,15 @@ async def cut_batches(
         report.skipped += skipped
         if at:
             lines.append(at)
-        for records, count in cutter.feed(data):
-            await out.put(Outgoing(0, records, count, lines=_lines_of(lines, count)))
+        cut = [
+            Outgoing(0, records, count, lines=_lines_of(lines, count))
+            for records, count in cutter.feed(data)
+        ]
+        if cut:  # a block's batches in one hand-over: the writer takes them as room allows
+            await out.put(cut)
     resume.check()  # the input may end inside the stored prefix: check it all the same
     last = cutter.flush()
     if last is not None:  # the last, short batch: never drop it
         records, count = last
-        await out.put(Outgoing(0, records, count, lines=_lines_of(lines, count)))
+        await out.put([Outgoing(0, records, count, lines=_lines_of(lines, count))])
     await out.put(None)

@@ -9,21 +9,16 @@ SIGINT or SIGTERM.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import csv
-import json
+import gc
 import os
-import signal
-import ssl
 import sys
 from collections.abc import Callable, Coroutine, Iterator, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+# Each command imports what it runs, inside its function: `lottery agency
+# --help` must start in 60 ms, and an agency has no use for the server, its
+# store, the draw's verification or rich (docs/PERFORMANCE.md).
 from . import __version__
-from .advice import batch_cap_advice, log_advice
-from .auth import load_operator_token, make_secrets, parse_secret
-from .client import AsyncAgency, tls_context
 from .config import (
     AGENCY_OPTIONS,
     DEFAULT_BATCH_MAX_AMOUNT,
@@ -37,23 +32,16 @@ from .config import (
     parse_addresses,
     store_location,
 )
-from .csvfiles import read_bets_csv, write_bets_csv
-from .draw import MODE_RANDOM, VerifyError, build_record, verify_record
 from .errors import AgencyError, ConfigError, InvalidBet, LotteryError, StoreError
-from .fdlimit import raise_nofile_limit
-from .log import configure, get_logger
-from .participant import DrawParticipant, nonce_file
-from .progress import agency_progress, console_for, count_lines, log_stream, progress_wanted
-from .server import Server
-from .servers import first_status
-from .status import render as render_status
-from .status import summary
-from .store import DB_FILENAME, SQLiteStore
-from .store.archive import archive_round
-from .store.blocking import BlockingPostgres
-from .store.postgres import safe_dsn
 
 if TYPE_CHECKING:
+    import asyncio
+    import ssl
+
+    from .client import AsyncAgency
+    from .server import Server
+    from .store import SQLiteStore
+    from .store.blocking import BlockingPostgres
     from .web import HttpServer
 
 __all__ = ["main"]
@@ -72,6 +60,8 @@ TP0_SINGLE_BET_ENV = ("NOMBRE", "APELLIDO", "DOCUMENTO", "NACIMIENTO", "NUMERO")
 
 def loop_factory(name: str = "auto") -> Callable[[], asyncio.AbstractEventLoop]:
     """uvloop's loop when installed (or asked for), else asyncio's own."""
+    import asyncio
+
     if name in ("auto", "uvloop"):
         try:
             import uvloop
@@ -117,13 +107,19 @@ def _add_options(
         )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The ``lottery`` command line; given ``command``, the settings of the others are left out.
+
+    The server's and the agency's settings are most of the parser: a process
+    that runs one of them need not build the other's (start-up time).
+    """
     parser = argparse.ArgumentParser(prog="lottery", description=DESCRIPTION, epilog=EPILOG)
     parser.add_argument("--version", action="version", version=f"lottery {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     server = commands.add_parser("server", help="run the central server")
-    _add_options(server, SERVER_OPTIONS, ServerConfig(), "config.ini")
+    if command in (None, "server"):
+        _add_options(server, SERVER_OPTIONS, ServerConfig(), "config.ini")
     fresh = server.add_mutually_exclusive_group()
     fresh.add_argument(
         "--new-round",
@@ -138,7 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common(server)
 
     agency = commands.add_parser("agency", help="run one agency: send bets, get winners")
-    _add_options(agency, AGENCY_OPTIONS, AgencyConfig(), "config.yaml")
+    if command in (None, "agency"):
+        _add_options(agency, AGENCY_OPTIONS, AgencyConfig(), "config.yaml")
     agency.add_argument("--stats-file", help="write the round's figures (ack latencies) as JSON")
     agency.add_argument(
         "--quiet", action="store_true", help="no progress bar on a terminal (log lines unchanged)"
@@ -224,6 +221,11 @@ def _flags(args: argparse.Namespace) -> dict[str, Any]:
 
 
 async def _serve(config: ServerConfig) -> None:
+    import asyncio
+    import signal
+
+    from .server import Server
+
     server = Server(config)
     http = None
     if config.http_address is not None:  # first, so a taken port fails before the store opens
@@ -262,6 +264,8 @@ async def _serve(config: ServerConfig) -> None:
 
 async def _serve_http(server: Server, config: ServerConfig) -> HttpServer:
     """The HTTP listener of --http-port (or --metrics-port): page, status, metrics."""
+    from .auth import load_operator_token
+    from .log import get_logger
     from .metrics import MISSING_DEPENDENCY, make_metrics
     from .web import Access, serve_http  # h11 only when asked for
 
@@ -288,6 +292,13 @@ async def _serve_http(server: Server, config: ServerConfig) -> HttpServer:
 
 
 def run_server(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from .advice import log_advice
+    from .fdlimit import raise_nofile_limit
+    from .log import configure, get_logger
+    from .store.archive import archive_round
+
     warnings: list[str] = []
     config = load_server_config(_flags(args), os.environ, args.config, warnings)
     configure(config.log_level, config.log_format)
@@ -320,6 +331,10 @@ def _single_bet_from_env() -> tuple[str, ...] | None:
 
 
 def _agency_secret(config: AgencyConfig) -> bytes | None:
+    from pathlib import Path
+
+    from .auth import parse_secret
+
     if config.secret_file:
         try:
             text = Path(config.secret_file).read_text(encoding="utf-8")
@@ -332,6 +347,10 @@ def _agency_secret(config: AgencyConfig) -> bytes | None:
 
 
 def _client_tls(ca_file: str | None) -> ssl.SSLContext | None:
+    import ssl
+
+    from .connection import tls_context
+
     if not ca_file:
         return None
     try:
@@ -341,6 +360,9 @@ def _client_tls(ca_file: str | None) -> ssl.SSLContext | None:
 
 
 def _write_stats(path: str, agency: AsyncAgency, acknowledged: int) -> None:
+    import json
+    from pathlib import Path
+
     figures = {
         "agency": agency.agency_id,
         "acknowledged": acknowledged,
@@ -365,6 +387,10 @@ class Interrupt:
 
     def log(self) -> None:
         """One line: which signal, what is stored, how to resume."""
+        import signal
+
+        from .log import get_logger
+
         stored = self.agency.bets_acknowledged if self.agency is not None else 0
         get_logger(agencia=self.agency_id).warning(
             "interrumpida", result="fail", senal=signal.Signals(self.signum).name,
@@ -376,6 +402,9 @@ class Interrupt:
 
 async def _until_signal(round_: Coroutine[Any, Any, int], interrupt: Interrupt) -> int:
     """Run an agency's round; SIGINT or SIGTERM cancels it, so its cleanup runs."""
+    import asyncio
+    import signal
+
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
     assert task is not None
@@ -405,6 +434,14 @@ async def _agency_round(
     console: Any = None,
     interrupt: Interrupt | None = None,
 ) -> int:
+    import asyncio
+    from pathlib import Path
+
+    from .client import AsyncAgency
+    from .log import get_logger
+    from .participant import DrawParticipant, nonce_file
+    from .progress import agency_progress, count_lines
+
     log = get_logger(agencia=config.id)
     single = None if config.bets else _single_bet_from_env()
     if not config.bets and single is None:
@@ -470,7 +507,37 @@ async def _agency_round(
     return EXIT_FAILED if refusal is not None or rejected else EXIT_OK
 
 
+def _import_agency() -> None:
+    """Import what an agency runs, with the collector off, then freeze it all.
+
+    Start-up makes tens of thousands of objects (modules, classes, functions)
+    that live as long as the process and no garbage: collecting during the
+    imports finds nothing, and later collections would walk them all again.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        import asyncio  # noqa: F401
+        import ssl  # noqa: F401
+
+        from . import advice, client, participant, progress  # noqa: F401
+        from .log import preload
+
+        preload()
+    finally:
+        gc.freeze()
+        if enabled:
+            gc.enable()
+
+
 def run_agency(args: argparse.Namespace) -> int:
+    _import_agency()
+    import asyncio
+
+    from .advice import batch_cap_advice, log_advice
+    from .log import configure, get_logger
+    from .progress import console_for, log_stream, progress_wanted
+
     warnings: list[str] = []
     config = load_agency_config(_flags(args), os.environ, args.config, warnings)
     # tp0's default of 200 is near what a frame holds: only a chosen size is worth a word.
@@ -508,6 +575,13 @@ def _server_addresses(raw: str, flag: str) -> list[tuple[str, int]]:
 
 
 def run_status(args: argparse.Namespace) -> int:
+    import asyncio
+    import json
+
+    from .auth import load_operator_token
+    from .servers import first_status
+    from .status import render as render_status
+
     servers = _server_addresses(args.server, "--server")
     token = None
     if args.token_file:
@@ -524,6 +598,11 @@ def run_status(args: argparse.Namespace) -> int:
 
 
 def run_ping(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from .servers import first_status
+    from .status import summary
+
     servers = _server_addresses(args.server, "server")
     tls = _client_tls(args.tls_ca)
     try:
@@ -536,6 +615,10 @@ def run_ping(args: argparse.Namespace) -> int:
 
 
 def run_make_secrets(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .auth import make_secrets
+
     if not 1 <= args.agencies <= 100_000:
         raise ConfigError(f"agencies: {args.agencies} must be from 1 to 100000")
     make_secrets(args.agencies, args.file, per_agency_dir=args.per_agency_dir)
@@ -555,6 +638,10 @@ def run_make_secrets(args: argparse.Namespace) -> int:
 
 
 def _open_data_dir(data_dir: str) -> SQLiteStore:
+    from pathlib import Path
+
+    from .store import DB_FILENAME, SQLiteStore
+
     if not (Path(data_dir) / DB_FILENAME).exists():
         raise ConfigError(f"--data-dir {data_dir}: no {DB_FILENAME} there")
     return SQLiteStore(data_dir)
@@ -563,11 +650,19 @@ def _open_data_dir(data_dir: str) -> SQLiteStore:
 def _open_reader(args: argparse.Namespace) -> SQLiteStore | BlockingPostgres:
     """The round a reading command was pointed at: --store (PostgreSQL) or --data-dir."""
     if args.store:
+        from .store.blocking import BlockingPostgres
+
         return BlockingPostgres(args.store)
     return _open_data_dir(args.data_dir)
 
 
 def run_export(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from .csvfiles import write_bets_csv
+    from .log import configure, get_logger
+
     configure()
     if not (args.csv or args.draw_record):
         raise ConfigError("export: pass --csv FILE, --draw-record FILE, or both")
@@ -594,6 +689,8 @@ def run_export(args: argparse.Namespace) -> int:
 
 def draw_record(store: SQLiteStore | BlockingPostgres) -> dict[str, Any]:
     """The draw record of a drawn store (`ConfigError` if it is not drawn)."""
+    from .draw import build_record
+
     state = store.draw_state()
     if not state.drawn or state.number is None:
         raise ConfigError("export --draw-record: the draw is not made yet")
@@ -612,6 +709,11 @@ def draw_record(store: SQLiteStore | BlockingPostgres) -> dict[str, Any]:
 
 def _csv_bets(path: str) -> Iterator[tuple[int, str, str, str, str, int]]:
     """The bets of a ``bets.csv``, checked row by row (`VerifyError` names the line)."""
+    import csv
+
+    from .csvfiles import read_bets_csv
+    from .draw import VerifyError
+
     try:
         for line, row in enumerate(read_bets_csv(path), 1):
             if len(row) != 6 or not row[0].isdigit() or not row[5].isdigit():
@@ -622,6 +724,11 @@ def _csv_bets(path: str) -> Iterator[tuple[int, str, str, str, str, int]]:
 
 
 def run_verify(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from .draw import VerifyError, verify_record
+
     try:
         record = json.loads(Path(args.record).read_text(encoding="utf-8"))
     except OSError as exc:
@@ -652,6 +759,8 @@ def run_verify(args: argparse.Namespace) -> int:
 
 
 def run_draw(args: argparse.Namespace) -> int:
+    from .draw import MODE_RANDOM
+
     try:
         beacon = bytes.fromhex(args.beacon)
     except ValueError:
@@ -661,6 +770,8 @@ def run_draw(args: argparse.Namespace) -> int:
     store = _open_reader(args)
     try:
         if store.draw_mode != MODE_RANDOM:
+            from .store.postgres import safe_dsn
+
             where = safe_dsn(args.store) if args.store else args.data_dir
             raise ConfigError(f"{where}: this round's draw is not random")
         store.set_beacon(beacon)
@@ -671,7 +782,9 @@ def run_draw(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    given = sys.argv[1:] if argv is None else list(argv)
+    # The command is the first argument (the top level has no option taking a value).
+    args = build_parser(given[0] if given else None).parse_args(given)
     commands = {
         "server": run_server,
         "agency": run_agency,

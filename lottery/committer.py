@@ -11,7 +11,10 @@ A group is capped at `max_group_bets` bets (4096 by default) so that, with
 hundreds of agencies, one huge transaction cannot hold every acknowledgement
 back for long. The pending list is bounded too: once a group's worth of bets
 waits for a commit, handlers await `wait_for_room` before reading more, and the
-backpressure reaches the agencies through TCP. A batch then waits for at most
+backpressure reaches the agencies through TCP. They wait in line, and room wakes
+them one at a time (each woken handler submits, which wakes the next while room
+is left): with 10,000 connections waiting, a commit must not wake them all to
+let forty through. A batch then waits for at most
 the running commit and its own, however many agencies send at once (measured
 with 1,000 agencies: p99 from reading a batch to its ack about 32 ms; bigger
 groups raise it, see docs/PERFORMANCE.md).
@@ -20,6 +23,7 @@ groups raise it, see docs/PERFORMANCE.md).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import time
 from collections.abc import Callable
@@ -57,8 +61,8 @@ class Committer:
         self._pending_bets = 0
         self._in_flight: list[tuple[PendingBatch, asyncio.Future[CommitResult]]] = []
         self._group_done = asyncio.Event()  # set after every group, for settle()
-        self._room = asyncio.Event()
-        self._room.set()
+        #: Handlers waiting for room, in arrival order (see `wait_for_room`).
+        self._room_waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._pending: list[tuple[PendingBatch, asyncio.Future[CommitResult]]] = []
         self._wakeup = asyncio.Event()
         self._closing = False
@@ -74,10 +78,33 @@ class Committer:
         self._task = asyncio.create_task(self._commit_loop(), name="lottery-committer")
 
     async def wait_for_room(self) -> None:
-        """Wait until the pending bets are under the bound (backpressure)."""
-        while self._pending_bets >= self._max_pending_bets:
-            self._room.clear()
-            await self._room.wait()
+        """Wait until the pending bets are under the bound (backpressure), in line.
+
+        The caller must `submit` as soon as this returns: that is what wakes
+        the next one in line while there is room.
+        """
+        if self._pending_bets < self._max_pending_bets and not self._room_waiters:
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._room_waiters.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self._wake_next()  # it was woken, but will not submit: pass it on
+            else:  # still in line, unless `_wake_next` dropped it already
+                with contextlib.suppress(ValueError):
+                    self._room_waiters.remove(waiter)
+            raise
+
+    def _wake_next(self) -> None:
+        """Wake the first handler in line if there is room for its batch."""
+        waiters = self._room_waiters
+        while waiters and self._pending_bets < self._max_pending_bets:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
 
     async def settle(self, agency: int) -> None:
         """Wait until no batch of ``agency`` is waiting for, or inside, a commit.
@@ -98,6 +125,8 @@ class Committer:
         self._pending.append((batch, future))
         self._pending_bets += len(batch.records)
         self._wakeup.set()
+        if self._room_waiters:
+            self._wake_next()
         return future
 
     def _take_group(self) -> list[tuple[PendingBatch, asyncio.Future[CommitResult]]]:
@@ -111,8 +140,7 @@ class Committer:
             taken += 1
         group, self._pending = self._pending[:taken], self._pending[taken:]
         self._pending_bets -= size
-        if self._pending_bets < self._max_pending_bets:
-            self._room.set()
+        self._wake_next()
         return group
 
     async def _commit_loop(self) -> None:

@@ -14,9 +14,23 @@ import resource
 __all__ = ["raise_nofile_limit"]
 
 
-def raise_nofile_limit() -> tuple[int, int]:
-    """Raise the soft RLIMIT_NOFILE to the hard one; returns (soft, hard) after."""
+def raise_nofile_limit(wanted: int = 0) -> tuple[int, int]:
+    """Raise the soft RLIMIT_NOFILE to the hard one; returns (soft, hard) after.
+
+    With ``wanted`` above the hard limit, the hard limit is raised to it too
+    where the process may (root, or CAP_SYS_RESOURCE): 10,000 agencies with
+    room for a reconnect of each want about 21,000 descriptors, more than a
+    common hard limit of 20,000 or less. Elsewhere the soft limit stops at the
+    hard one and the server fits its connection limit to that.
+    """
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    infinite = resource.RLIM_INFINITY
+    if wanted and hard != infinite and hard < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, wanted))
+            return resource.getrlimit(resource.RLIMIT_NOFILE)
+        except (ValueError, OSError):  # not allowed: the hard limit stays
+            pass
     if soft != hard:
         try:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))

@@ -40,8 +40,10 @@ __all__ = [
     "RunningDigest",
     "agency_digest",
     "birthdate_problem",
+    "csv_rows_pattern",
     "encode_record",
     "field_patterns",
+    "has_forbidden_utf8",
     "validate_fields",
     "validate_records",
 ]
@@ -180,12 +182,19 @@ class Records(Sequence[Record]):
     list of `Record` tuples.
     """
 
-    __slots__ = ("_length", "_rows", "text")
+    __slots__ = ("_data", "_length", "_rows", "text")
 
-    def __init__(self, text: str, count: int) -> None:
+    def __init__(self, text: str, count: int, data: bytes | None = None) -> None:
         self.text = text  # every record ended by RS
         self._length = count  # not `count`: that is Sequence.count(value)
         self._rows: list[Record] | None = None
+        self._data = data  # ``text`` in UTF-8, when the caller has it already
+
+    def utf8(self) -> bytes:
+        """``text`` in UTF-8: the bytes the wire carried (no re-encoding when known)."""
+        if self._data is None:
+            self._data = self.text.encode()
+        return self._data
 
     @classmethod
     def from_fields(cls, rows: Iterable[Sequence[str]]) -> Records:
@@ -293,6 +302,37 @@ def _records_re(today: str) -> re.Pattern[str]:
     """One or more valid records, as of ``today`` (the birthdate rule needs the day)."""
     record = FS.join(f"(?:{p})" for p in field_patterns(today)) + RS
     return re.compile(f"(?:{record})++")
+
+
+@functools.lru_cache(maxsize=8)
+def csv_rows_pattern(today: str, crlf: bool) -> re.Pattern[bytes]:
+    """Plain agency-file lines (UTF-8, no quotes) of valid rows, for the agency's reader.
+
+    It matches one or more lines ``first,last,document,birthdate,number``
+    ended by CRLF (``crlf``) or LF, the last three fields checked exactly as in
+    `field_patterns`. A name is 1 to 100 bytes, none a comma or a control
+    (C0 or DEL): 100 bytes are at most 100 characters (a longer name takes
+    the exact path), and what bytes alone do not show, that the name is
+    UTF-8 free of C1 and format controls, `has_forbidden_utf8` and a decode
+    check for the whole block at once (lottery/csvfiles.py).
+    """
+    _, _, document, birthdate, number = field_patterns(today)
+    name = f"[^,\\x00-\\x1f\\x7f]{{1,{MAX_NAME_LENGTH}}}+"
+    row = ",".join((name, name, document, birthdate, number)) + ("\\r\\n" if crlf else "\\n")
+    return re.compile(f"(?:{row})++".encode("ascii"))
+
+
+# The non-ASCII characters no name may hold (C1 controls and the format
+# controls), as UTF-8; surrogates never decode, so they need no entry here.
+_FORBIDDEN_NON_ASCII = [chr(c) for c in range(0x80, 0xA0)] + sorted(_FORMAT_CONTROLS)
+_FORBIDDEN_UTF8 = re.compile(b"|".join(re.escape(ch.encode()) for ch in _FORBIDDEN_NON_ASCII))
+# Their UTF-8 lead bytes: a block holding none of them needs no search at all.
+_FORBIDDEN_LEADS = sorted({ch.encode()[:1] for ch in _FORBIDDEN_NON_ASCII})
+
+
+def has_forbidden_utf8(data: bytes) -> bool:
+    """Whether UTF-8 ``data`` holds a C1 or format control (which no name may hold)."""
+    return any(lead in data for lead in _FORBIDDEN_LEADS) and bool(_FORBIDDEN_UTF8.search(data))
 
 
 def encode_record(fields: Sequence[str], today: str | None = None) -> bytes:

@@ -655,7 +655,7 @@ def _decode_records(data: bytes, today: str) -> Records:
         raise ProtocolError(
             f"records are not valid UTF-8 ({exc.reason} at byte {exc.start})"
         ) from None
-    return Records(text, validate_records(text, today))
+    return Records(text, validate_records(text, today), data)
 
 
 def _unpack(layout: struct.Struct, body: bytes, name: str) -> tuple[Any, ...]:

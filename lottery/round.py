@@ -526,7 +526,7 @@ class Round:
             # Every agency is done (or the deadline passed): the draw is made
             # or about to be, and a bet now could not take part in it.
             return ErrorCode.DRAW_MADE, "the draw is made"
-        if agency in self._finishing or agency in self.barrier.done:
+        if agency in self._finishing or self.barrier.is_done(agency):
             # Done is per agency, not per connection: no bets after it, even
             # on a new connection (they would miss the draw).
             return ErrorCode.OUT_OF_ORDER, f"agency {agency} is done"
@@ -780,7 +780,7 @@ class Round:
                     "committed_bets": self._stored.get(agency, (0, 0))[1],
                     "last_seq": self._stored.get(agency, (0, 0))[0],
                     "connected": bool(self._speakers.get(agency)) or agency in self._servers,
-                    "done": agency in barrier.done,
+                    "done": barrier.is_done(agency),
                 }
                 for agency in range(1, self.agencies + 1)
             ],

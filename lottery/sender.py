@@ -1,29 +1,22 @@
 """`BatchSender`: how `AsyncAgency.send_bets` streams a file of bets to the server.
 
 The asyncio version of the seed's goroutines and channels: three tasks in one
-`TaskGroup`, joined by bounded queues.
+`TaskGroup`, joined by bounded queues. The *reader* validates the source in a
+worker thread and the *cutter* skips what an earlier run stored and cuts the
+rest into batches (both lottery/batching.py); the *sender* keeps up to
+``max_in_flight`` batches on the wire, while a helper task reads their acks.
+A batch, numbered (``seq``) when it first goes out, stays in the window until
+its ack arrives (lottery/window.py); if the line is lost, the session
+reconnects with back-off, the WELCOME says which batches the server already
+stored, and the rest are sent again. The server drops a resent batch it
+already has, so every bet is stored exactly once.
 
-- the *reader* parses and validates the source in a worker thread, a block
-  of rows at a time, so file I/O never blocks the event loop;
-- the *cutter* skips what an earlier run stored (by input position, checked
-  by digest: lottery/resume.py), then cuts records into batches of at most
-  ``batch_max_amount`` bets that also fit the 8 KiB frame limit, each with
-  the input position of its last bet (these two are lottery/batching.py);
-- the *sender* keeps up to ``max_in_flight`` batches on the wire, while a
-  helper task reads their acks. A batch stays in the window until its ack
-  arrives (the window is lottery/window.py); if the line is lost, the
-  session reconnects with back-off, the WELCOME says which batches the
-  server already stored, and the rest are sent again. The server drops a
-  resent batch it already has, so every bet is stored exactly once. A batch
-  is numbered (``seq``) when it first goes out.
+A bet the server refuses (ERROR ``INVALID_BET``; both sides validate as of the
+round's date, so it should not happen) is reported with its file and line and
+left out; the batches from it on, not stored, are renumbered and sent again
+without it (lottery/refusal.py).
 
-A bet the server refuses as invalid (ERROR ``INVALID_BET``, which should not
-happen: both sides validate as of the round's date) is reported with its file
-and line, like a row the reader rejected, and left out: the batches from it
-on were not stored, so they are renumbered and sent again without it
-(lottery/refusal.py).
-
-The reader works on any `readers.BlockReader`: a CSV file or an iterable.
+The reader works on any `readers.BlockReader` (a CSV file or an iterable);
 `SendReport`, what a send did, is in lottery/reports.py.
 """
 
@@ -33,7 +26,7 @@ import asyncio
 import collections
 from typing import Any
 
-from .batching import cut_batches, read_blocks
+from .batching import BATCH_LISTS_QUEUE_SIZE, cut_batches, read_blocks
 from .connection import Connection, raise_for, run_together
 from .csvfiles import RecordBlock
 from .log import get_logger
@@ -98,7 +91,7 @@ class BatchSender:
         self._base = self.session.position
         self.input_rows_stored = max(self.input_rows_stored, self.session.resume.input_rows)
         blocks: asyncio.Queue[RecordBlock | None] = asyncio.Queue(BLOCK_QUEUE_SIZE)
-        batches: asyncio.Queue[Outgoing | None] = asyncio.Queue(self.max_in_flight)
+        batches: asyncio.Queue[list[Outgoing] | None] = asyncio.Queue(BATCH_LISTS_QUEUE_SIZE)
         try:
             await run_together(
                 read_blocks(reader, blocks, self._log, self._count_read),
@@ -135,7 +128,7 @@ class BatchSender:
             try:
                 conn = await self.session.ensure_open()
                 # The handshake says what the server stored: those need no resend.
-                self._acknowledged(await window.acknowledge_through(self.session.last_seq), report)
+                self._acknowledged(window.acknowledge_through(self.session.last_seq), report)
                 now = asyncio.get_running_loop().time()
                 for item in window.unacked.values():  # resend, in order, after a reconnect
                     item.sent = now
@@ -167,22 +160,32 @@ class BatchSender:
                 self.ack_latencies.append(now - item.sent)
 
     async def _write_batches(
-        self, conn: Connection, batches: asyncio.Queue[Any], window: Window
+        self, conn: Connection, batches: asyncio.Queue[list[Outgoing] | None], window: Window
     ) -> None:
+        loop = asyncio.get_running_loop()
+        pending = window.pending
         while not window.input_done:
             await window.wait_for_room()
-            item = await batches.get()
-            if item is None:
-                await window.update(input_done=True)
-                return
-            await window.update(self._number(item))  # before sending: a lost line resends it
-            item.sent = asyncio.get_running_loop().time()
-            conn.send_batch(item.seq, item.records, item.count, item.input_rows)
-            self.batches_sent += 1
-            self.bets_sent += item.count
-            await conn.drain(self.session.timeout)
+            if not pending:
+                ready = await batches.get()
+                if ready is None:
+                    window.finish_input()
+                    return
+                pending.extend(ready)
+            while pending and len(window.unacked) < window.size:
+                item = self._number(pending.popleft())
+                window.add(item)  # before sending: a lost line resends it
+                item.sent = loop.time()
+                conn.send_batch(item.seq, item.records, item.count, item.input_rows)
+                self.batches_sent += 1
+                self.bets_sent += item.count
+                # The window bounds what the transport buffers: drain once a
+                # window's worth has gone out, not per batch (a drain arms a timeout).
+                if not self.batches_sent % window.size:
+                    await conn.drain(self.session.timeout)
 
     async def _receive_acks(self, conn: Connection, window: Window, report: SendReport) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             await window.wait_for_unacked()
             if window.input_done and not window.unacked:
@@ -193,5 +196,4 @@ class BatchSender:
                 raise refused
             if not isinstance(reply, Ack):
                 raise_for(reply)
-            now = asyncio.get_running_loop().time()
-            self._acknowledged(await window.acknowledge_through(reply.seq), report, now)
+            self._acknowledged(window.acknowledge_through(reply.seq), report, loop.time())

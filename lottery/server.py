@@ -33,6 +33,7 @@ seconds, cancel what is left, then commit what is pending and close the store.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import hmac
@@ -50,7 +51,8 @@ from .auth import load_operator_token, load_secrets
 from .committer import Committer
 from .config import ServerConfig
 from .errors import ConfigError, ErrorCode, ProtocolError, StoreError
-from .log import get_logger
+from .fdlimit import raise_nofile_limit
+from .log import get_logger, hot_line
 from .protocol import (
     NONCE_SIZE,
     PROTOCOL_VERSION,
@@ -93,6 +95,8 @@ READ_SIZE = 65536
 MAX_PENDING_REPLIES = 64
 CLOSE_TIMEOUT = 1.0
 LINGER = 0.5  # seconds a closing connection may still drain what the peer sends
+#: Most missing agencies a NOT_READY names (it says how many there are in all).
+MAX_LISTED_MISSING = 100
 #: Descriptors kept out of the connection limit: the store's files, the log,
 #: the metrics listener, and the connections being refused at any moment.
 RESERVED_FDS = 128
@@ -253,15 +257,18 @@ class Server:
 
         Returns the (soft, hard) RLIMIT_NOFILE (-1: unlimited).
         """
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         wanted = self.admission.total
+        soft, hard = raise_nofile_limit(wanted + RESERVED_FDS)
         if soft != resource.RLIM_INFINITY and soft - RESERVED_FDS < wanted:
             # Past the descriptors, accept() fails and asyncio leaves the peer
             # waiting in the backlog, told nothing: refuse out loud instead.
             room = max(soft - RESERVED_FDS, self.config.agencies, 1)
-            # Room kept for every agency and a reconnect of each, as by default.
+            # Room kept for every agency and a reconnect of each, as by default;
+            # if even that does not fit, half of what one slot per agency leaves.
+            agencies = self.config.agencies
             unauthenticated = min(
-                self.admission.unauthenticated, max(room - 2 * self.config.agencies, 1)
+                self.admission.unauthenticated,
+                max(room - 2 * agencies, (room - agencies) // 2, 1),
             )
             self.admission = Admission(room, unauthenticated, self.admission.per_address)
             self._log.warning(
@@ -570,12 +577,21 @@ class Handler:
         self._writer = writer
         self._protocol = ServerProtocol()
         self._challenge: tuple[int, bytes] | None = None  # (agency, nonce) awaiting AUTH
-        self._replies: asyncio.Queue[_Request | None] = asyncio.Queue(MAX_PENDING_REPLIES + 1)
+        #: Requests read, in arrival order, for the writer. Bounded by ``_slots``
+        #: (plus the reader's end marker); a deque, so the writer can look at the
+        #: next one without taking it.
+        self._replies: collections.deque[_Request | None] = collections.deque()
+        self._replies_added = asyncio.Event()
         self._handshake_answered = asyncio.Event()
         self._slots = asyncio.Semaphore(MAX_PENDING_REPLIES)
         self._unanswered = 0  # replies queued or being answered, not yet written
         self._last_reply = 0.0  # loop time of the last reply written
         self._reader_task: asyncio.Task[None] | None = None
+        #: The idle and handshake deadlines of reads (see `_read`).
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._read_deadline = 0.0
+        self._reading: asyncio.Task[Any] | None = None  # the task blocked in a read, if any
+        self._read_expired = False
         self.task: asyncio.Task[Any] | None = None
         self.agency: int | None = None
         self._epoch = 0  # the fencing token the round gave this connection (store guarantee 7)
@@ -584,12 +600,16 @@ class Handler:
         self._draw_aware = False
         self._commit_refused = False  # another commitment is on record: it cannot reveal
         peer = writer.get_extra_info("peername")
-        self._log = get_logger(ip=peer[0] if peer else "?")
+        self._ip = peer[0] if peer else "?"
+        self._log = get_logger(ip=self._ip)
+        #: Writes the per-batch ``apuesta_recibida`` line cheaply (lottery/log.py
+        #: `hot_line`); set at the first stored batch, if the log allows it.
+        self._batch_line: Callable[[int], None] | None = None
 
     def __repr__(self) -> str:
         return (
             f"<Handler agency={self.agency} state={self._protocol.state.value} "
-            f"pending={self._replies.qsize()}>"
+            f"pending={len(self._replies)}>"
         )
 
     def stop_reading(self) -> None:
@@ -643,7 +663,17 @@ class Handler:
     async def _queue(self, request: _Request) -> None:
         await self._slots.acquire()
         self._unanswered += 1
-        self._replies.put_nowait(request)
+        self._put(request)
+
+    def _put(self, request: _Request | None) -> None:
+        self._replies.append(request)
+        self._replies_added.set()
+
+    async def _next_request(self) -> _Request | None:
+        while not self._replies:
+            self._replies_added.clear()
+            await self._replies_added.wait()
+        return self._replies.popleft()
 
     async def _read_loop(self) -> None:
         config = self._config
@@ -663,8 +693,7 @@ class Handler:
                 else:
                     wait = idle
                 try:
-                    async with asyncio.timeout(wait):
-                        data = await self._reader.read(READ_SIZE)
+                    data = await self._read(loop.time() + wait)
                 except TimeoutError:
                     if self.agency is None:
                         continue  # the deadline check above closes it
@@ -689,7 +718,47 @@ class Handler:
         except OSError:
             self._peer_gone.set()  # the peer went away; nothing of it is half-stored
         finally:
-            self._replies.put_nowait(_END)
+            if self._watchdog is not None:
+                self._watchdog.cancel()
+            self._put(_END)
+
+    async def _read(self, deadline: float) -> bytes:
+        """What the peer sent next; TimeoutError if nothing came by ``deadline`` (loop time).
+
+        Like ``asyncio.timeout`` around the read, without a new timer each time:
+        one watchdog timer per connection, moved only when a deadline comes
+        earlier than it (the handshake's), re-armed when it fires early. With
+        10,000 connections a timer per read was a tenth of their CPU.
+        """
+        self._read_deadline = deadline
+        watchdog = self._watchdog
+        if watchdog is None or watchdog.when() > deadline:
+            if watchdog is not None:
+                watchdog.cancel()
+            self._watchdog = asyncio.get_running_loop().call_at(deadline, self._on_watchdog)
+        self._reading = asyncio.current_task()
+        try:
+            return await self._reader.read(READ_SIZE)
+        except asyncio.CancelledError:
+            task = self._reading
+            if self._read_expired and task is not None:
+                self._read_expired = False
+                if task.uncancel() == 0:  # cancelled by the watchdog alone
+                    raise TimeoutError from None
+            raise
+        finally:
+            self._reading = None
+
+    def _on_watchdog(self) -> None:
+        self._watchdog = None
+        if self._reading is None:
+            return  # not reading now: the next read arms it again
+        loop = asyncio.get_running_loop()
+        if loop.time() < self._read_deadline:  # data came meanwhile: wait until the new deadline
+            self._watchdog = loop.call_at(self._read_deadline, self._on_watchdog)
+            return
+        self._read_expired = True
+        self._reading.cancel()
 
     async def _handle_requests(self) -> bool:
         """Queue every request buffered so far; False once the connection is to close."""
@@ -763,35 +832,61 @@ class Handler:
             self.agency, request.seq, records, request.input_rows, self._epoch
         )
         received = asyncio.get_running_loop().time()
-        self._replies.put_nowait(_Submitted(request, future, received))
+        self._put(_Submitted(request, future, received))
 
     # -- writer --------------------------------------------------------------------------
 
     async def _write_loop(self) -> None:
         idle = self._config.timeout_idle
         latencies = self._round.stats.ack_latencies
+        replies = self._replies
+        protocol = self._protocol
+        writer = self._writer
+        transport = writer.transport
         try:
             loop = asyncio.get_running_loop()
-            while (request := await self._replies.get()) is not _END:
+            while (request := await self._next_request()) is not _END:
                 answer = await self._answer(request)
-                if self._writer.transport.is_closing():  # reset by the peer meanwhile
+                if transport.is_closing():  # reset by the peer meanwhile
                     raise ConnectionResetError("the agency closed the connection")
                 if isinstance(answer, tuple):  # a RECEIPT, then the WINNERS
-                    self._writer.write(b"".join(self._protocol.send(a) for a in answer))
+                    data = b"".join(protocol.send(a) for a in answer)
                 else:
-                    self._writer.write(self._protocol.send(answer))
+                    data = protocol.send(answer)
+                acked: list[_Submitted] = []
+                if isinstance(request, _Submitted):
+                    acked.append(request)
+                    # The batches queued behind it whose commit is done too
+                    # (one commit covers many) go out in the same write.
+                    chunks = [data]
+                    while (
+                        replies
+                        and isinstance(following := replies[0], _Submitted)
+                        and following.future.done()
+                        and not protocol.close_expected()
+                    ):
+                        replies.popleft()
+                        chunks.append(protocol.send(self._answer_batch(following)))
+                        acked.append(following)
+                    if len(chunks) > 1:
+                        data = b"".join(chunks)
+                writer.write(data)
                 if isinstance(request, Hello | Auth):
                     self._handshake_answered.set()
-                async with asyncio.timeout(idle):
-                    await self._writer.drain()
-                self._unanswered -= 1
-                self._last_reply = loop.time()
+                if transport.get_write_buffer_size():
+                    async with asyncio.timeout(idle):
+                        await writer.drain()
+                else:  # nothing to wait for: no timer (it raises if the peer is gone)
+                    await writer.drain()
+                self._last_reply = now = loop.time()
                 if isinstance(request, StatusQuery):
                     self._status_written.set()
-                if isinstance(request, _Submitted):
-                    latencies.add(self._last_reply - request.received)
-                self._slots.release()
-                if self._protocol.close_expected():
+                for submitted in acked:
+                    latencies.add(now - submitted.received)
+                for _ in acked or (request,):
+                    self._unanswered -= 1
+                    self._slots.release()
+                if protocol.close_expected():
                     break
         except (OSError, TimeoutError, RuntimeError):
             # The peer is gone or stopped reading: nothing more can reach it.
@@ -804,7 +899,8 @@ class Handler:
     async def _answer(self, request: _Request) -> Message | tuple[Message, ...]:
         """The reply to ``request`` (awaiting its commit, the draw...)."""
         if isinstance(request, _Submitted):
-            return self._answer_batch(request, await request.future)
+            await request.future
+            return self._answer_batch(request)
         if isinstance(request, Error):
             return request
         if isinstance(request, RejectedBatch):
@@ -849,16 +945,25 @@ class Handler:
             return Error(ErrorCode.BAD_COMMITMENT, why)
         return Ack(0)
 
-    def _answer_batch(self, submitted: _Submitted, result: Any) -> Message:
+    def _answer_batch(self, submitted: _Submitted) -> Message:
+        """The reply to a batch whose commit is done (its future has its result)."""
         log = self._log
         request = submitted.request
+        result = submitted.future.result()
         count = len(request.records) if isinstance(request, Batch) else 1
         if result is Outcome.STORED:
             if isinstance(request, SingleBet):
                 bet = request.record
                 log.info("apuesta_almacenada", result="success", dni=bet[2], numero=int(bet[4]))
+            elif (line := self._batch_line) is not None:
+                line(count)
             else:
                 log.info("apuesta_recibida", result="success", cantidad=count)
+                # tp0's per-batch line, written thousands of times a second:
+                # through the cheap path from now on where the log allows one.
+                self._batch_line = hot_line(
+                    "apuesta_recibida", "success", "cantidad", ip=self._ip, agencia=self.agency
+                )
             return Ack(request.seq)
         if result is Outcome.DUPLICATE:
             log.debug("apuesta_duplicada", result="success", seq=request.seq)
@@ -973,8 +1078,16 @@ class Handler:
             return RevealWanted()
         if winners is WinnersWait.NOT_READY:
             missing = self._round.barrier.missing
-            self._log.info("consulta_ganadores", result="in_progress", faltan=missing)
-            return NotReady(len(missing), tuple(missing))
+            # The first few only: with 10,000 agencies a full list in every
+            # answer (and log line) to every early agency would be megabytes.
+            listed = tuple(missing[:MAX_LISTED_MISSING])
+            self._log.info(
+                "consulta_ganadores",
+                result="in_progress",
+                faltan=len(missing),
+                primeras=" ".join(map(str, listed)),
+            )
+            return NotReady(len(missing), listed)
         if winners is WinnersWait.SHUTTING_DOWN:
             return Error(ErrorCode.SHUTTING_DOWN, "the server is shutting down")
         self._log.info("consulta_ganadores", result="success", cant_ganadores=len(winners))

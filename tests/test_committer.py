@@ -168,6 +168,46 @@ async def test_pending_bets_are_bounded(make_committer: MakeCommitter, fake: Fak
     assert await settled(asyncio.gather(first, *queued)) == [Outcome.STORED] * 3
 
 
+async def test_room_wakes_waiters_in_line_one_at_a_time(
+    make_committer: MakeCommitter, fake: FakeStore
+) -> None:
+    """Room wakes the first in line only; its submit wakes the next while room is left."""
+    committer = await make_committer(max_group_bets=4, max_pending_bets=4)
+    fake.commit_gate.clear()
+    first = committer.submit(batch(1, 1, bets=4))
+    await wait_for_thread_event(fake.commit_entered)  # taken: 0 pending, but the commit holds
+    queued = [committer.submit(batch(2, 1, bets=4))]  # full again
+    waiters = [asyncio.ensure_future(committer.wait_for_room()) for _ in range(3)]
+    assert await still_pending(asyncio.gather(*waiters))
+    fake.commit_gate.set()  # the next group is taken: room, and every commit goes through
+    await settled(waiters[0])
+    # Room is left, but the next in line waits until the woken one has submitted.
+    assert await still_pending(asyncio.gather(*waiters[1:]))
+    queued.append(committer.submit(batch(3, 1, bets=2)))
+    await settled(waiters[1])
+    queued.append(committer.submit(batch(4, 1, bets=2)))
+    await settled(waiters[2])
+    assert await settled(asyncio.gather(first, *queued)) == [Outcome.STORED] * 4
+
+
+async def test_a_waiter_cancelled_in_line_leaves_it(
+    make_committer: MakeCommitter, fake: FakeStore
+) -> None:
+    """A handler cancelled while waiting for room does not take the next one's turn."""
+    committer = await make_committer(max_group_bets=4, max_pending_bets=4)
+    fake.commit_gate.clear()
+    first = committer.submit(batch(1, 1, bets=4))
+    await wait_for_thread_event(fake.commit_entered)
+    second = committer.submit(batch(2, 1, bets=4))  # full
+    gone, waiting = (asyncio.ensure_future(committer.wait_for_room()) for _ in range(2))
+    assert await still_pending(asyncio.gather(gone, waiting))
+    gone.cancel()
+    fake.commit_gate.set()  # room: the one still in line is woken
+    await settled(waiting)
+    assert gone.cancelled()
+    assert await settled(asyncio.gather(first, second)) == [Outcome.STORED] * 2
+
+
 # -- failures -----------------------------------------------------------------
 
 

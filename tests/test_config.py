@@ -29,7 +29,7 @@ from lottery.config import (
     load_server_config,
 )
 from lottery.errors import ConfigError
-from lottery.log import Tp0Renderer, configure, get_logger
+from lottery.log import Tp0Renderer, configure, get_logger, hot_line
 from lottery.server import Server
 
 from .conftest import UNIT
@@ -388,6 +388,42 @@ def test_renderer_puts_the_event_fields_right_after_result() -> None:
             " | numero: 7574 | ip: 127.0.0.1 | agencia: 1"
         )
     )
+
+
+async def test_hot_line_writes_what_the_logger_would_after_the_lines_before_it() -> None:
+    """The per-batch line's cheap path: the same text, in the order things were logged."""
+    stream = io.StringIO()
+    configure("INFO", "console", stream)
+    log = get_logger(ip="127.0.0.1", agencia=3)
+    line = hot_line("apuesta_recibida", "success", "cantidad", ip="127.0.0.1", agencia=3)
+    assert line is not None
+    log.info("apuesta_recibida", result="success", cantidad=150)  # the structlog path
+    line(150)  # queued until the end of this loop turn...
+    log.info("agencia_lista", result="success")  # ...unless another line comes first
+    line(7)
+    assert stream.getvalue().count("\n") == 3
+    await asyncio.sleep(0)
+    first, second, done, last = (text.split(" ", 2)[2] for text in stream.getvalue().splitlines())
+    assert (
+        first
+        == second
+        == (
+            "INFO     action: apuesta_recibida | result: success | cantidad: 150"
+            " | ip: 127.0.0.1 | agencia: 3"
+        )
+    )
+    assert done.startswith("INFO     action: agencia_lista")
+    assert last.endswith("| cantidad: 7 | ip: 127.0.0.1 | agencia: 3")
+    structlog.reset_defaults()
+
+
+@pytest.mark.parametrize(("level", "fmt"), [("WARNING", "console"), ("INFO", "json")])
+def test_hot_line_is_none_where_it_would_not_write_that_line(level: str, fmt: str) -> None:
+    """JSON lines and levels above INFO take the logger's own path (or none)."""
+    configure(level, fmt, io.StringIO())
+    assert hot_line("apuesta_recibida", "success", "cantidad", agencia=1) is None
+    structlog.reset_defaults()
+    assert hot_line("apuesta_recibida", "success", "cantidad", agencia=1) is None
 
 
 def test_configured_logger_filters_levels() -> None:

@@ -391,3 +391,51 @@ def test_every_row_of_the_tp0_dataset_is_read_and_sent(tmp_path: Path) -> None:
         assert reader.rows_read == expected == decoded, name
         total += decoded
     assert total == 78_697
+
+
+# -- the bulk path agrees with the row-by-row path -------------------------------------------
+
+# Pieces that sit on the edges of the rules: controls, separators, C1 and format
+# controls, bad UTF-8, long names, quotes, leap days, future dates, and plain text.
+_edgy_text = st.one_of(
+    st.sampled_from(
+        [
+            "Ana", "Díaz", "O'Hara", "x" * 100, "é" * 60, "é" * 101, "\x00", "\x7f", "\t",
+            "\r", "\x1e", "\x1f", "\x85", "\u202e", "\u2028", "\u061c", "\ufeff", "’", ",",
+            '"', '""', "30904465", "12345678901", "", " ", "2024-02-29", "2023-02-29",
+            "2024-06-01", "2024-06-02", "0000-01-01", "1999-13-01", "7574", "99999",
+        ]
+    ),
+    st.text(max_size=8),
+)  # fmt: skip
+_edgy_line = st.lists(_edgy_text, min_size=3, max_size=7).map(",".join)
+_GOOD_LINES = [ANA, BETO, CARLA, 'Ana,"Pérez, Jr.",1,2000-01-01,1', "é" * 100 + ",x,1,2000-01-01,1"]
+_good_line = st.sampled_from(_GOOD_LINES)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    rows=st.lists(st.one_of(_good_line, _edgy_line), min_size=1, max_size=12),
+    end=st.sampled_from(["\n", "\r\n"]),
+    raw_bytes=st.sampled_from([b"", b"\xff", b"\xed\xa0\x80", b"\xc3"]),
+)
+def test_the_bulk_path_accepts_exactly_what_the_row_by_row_path_accepts(
+    rows: list[str], end: str, raw_bytes: bytes
+) -> None:
+    """A block is read in bulk only when every row is one the row-by-row path accepts, alike."""
+    data = "".join(row + end for row in rows).encode()
+    if raw_bytes:  # a byte sequence that is not UTF-8, inside the first row
+        data = data[:2] + raw_bytes + data[2:]
+    with tempfile.TemporaryDirectory() as folder:
+        path = write(Path(folder), data)
+        reader = AgencyFileReader(path, today=TODAY)
+        slow = reader._convert_line_by_line(data, 1)
+        fast = reader._convert(data, 1, data.count(b"\n"))
+        reader.close()
+    if not raw_bytes and all(row in _GOOD_LINES[:4] for row in rows):
+        assert fast is not None  # only long non-ASCII names and bad rows leave the bulk path
+    if fast is not None:
+        assert not reader.rejected
+        assert fast.data == slow.data
+        assert fast.count == slow.count == data.count(b"\n")
+        assert list(fast.lines) == list(slow.lines)

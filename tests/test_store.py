@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from lottery.errors import ConfigError, StoreError
+from lottery.models import FS, RS
 from lottery.protocol import Record
-from lottery.store import DB_FILENAME, Outcome, PendingBatch, SQLiteStore
+from lottery.store import DB_FILENAME, Outcome, PendingBatch, SQLiteStore, ThreadedStore
+from lottery.store.sqlite import _marked_documents
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -487,3 +493,102 @@ def test_reading_a_store_needs_no_restating_how_it_was_made(data_dir: Path) -> N
         s.close()
     with pytest.raises(ConfigError, match="won by number 1234, not won by number 7574"):
         SQLiteStore(data_dir, AGENCIES, 7574)
+
+
+# -- done marks through the store thread --------------------------------------
+
+
+class _CountingStore(SQLiteStore):
+    """A SQLiteStore that records each mark_done_many call, and can fail them."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.mark_calls: list[list[int]] = []
+        self.fail = False
+
+    def mark_done_many(self, agencies: Any) -> None:
+        self.mark_calls.append(list(agencies))
+        if self.fail:
+            raise StoreError("disk full")
+        super().mark_done_many(agencies)
+
+
+async def _marks_behind_a_busy_thread(
+    data_dir: Path, fail: bool
+) -> tuple[_CountingStore, list[BaseException | None]]:
+    """Three DONE marks asked while the store thread is busy; what each came to."""
+    made: list[_CountingStore] = []
+
+    def open_store() -> _CountingStore:
+        made.append(_CountingStore(data_dir, AGENCIES, WINNING))
+        return made[0]
+
+    threaded = await ThreadedStore.open(open_store)
+    made[0].fail = fail
+    gate = threading.Event()
+    busy = asyncio.ensure_future(threaded.call(lambda _: gate.wait(10)))
+    marks = [asyncio.ensure_future(threaded.mark_done(agency)) for agency in (1, 2, 3)]
+    await asyncio.sleep(0)  # every mark is queued behind the busy job
+    gate.set()
+    await busy
+    results = await asyncio.gather(*marks, return_exceptions=True)
+    await threaded.aclose()
+    return made[0], [r if isinstance(r, BaseException) else None for r in results]
+
+
+async def test_done_marks_asked_together_are_one_transaction(data_dir: Path) -> None:
+    """Marks that wait for the store thread are made by one mark_done_many call."""
+    store, results = await _marks_behind_a_busy_thread(data_dir, fail=False)
+    assert results == [None, None, None]
+    assert store.mark_calls == [[1, 2, 3]]
+    reopened = SQLiteStore(data_dir)
+    assert reopened.done_agencies() == {1, 2, 3}
+    reopened.close()
+
+
+async def test_a_failed_group_of_done_marks_fails_every_mark(data_dir: Path) -> None:
+    """If the one transaction fails, every DONE in it is refused (and may be asked again)."""
+    store, results = await _marks_behind_a_busy_thread(data_dir, fail=True)
+    assert [str(r) for r in results] == ["disk full"] * 3
+    assert store.mark_calls == [[1, 2, 3]]
+    reopened = SQLiteStore(data_dir)
+    assert reopened.done_agencies() == set()
+    reopened.close()
+
+
+@given(
+    number=st.integers(0, 9999),
+    numbers=st.lists(st.integers(0, 9999) | st.just(-1), min_size=1, max_size=20),
+    padded=st.lists(st.booleans(), min_size=20, max_size=20),
+)
+def test_winners_are_picked_from_the_record_text_as_from_the_rows(
+    number: int, numbers: list[int], padded: list[bool]
+) -> None:
+    """The commit's search of the text finds exactly the rows whose number wins, in order."""
+    rows = []
+    for i, n in enumerate(numbers):
+        n = number if n < 0 else n  # -1: a winner
+        rows.append(
+            ("Ana", "Soto", str(1000 + i), "1990-05-17", str(n).zfill(4) if padded[i] else str(n))
+        )
+    text = "".join(FS.join(r) + RS for r in rows)
+    digits = str(number)
+    marks = tuple(f"{FS}{'0' * pad}{digits}{RS}" for pad in range(5 - len(digits)))
+    assert _marked_documents(text, marks) == [r[2] for r in rows if int(r[4]) == number]
+
+
+async def test_progress_reads_are_batched_but_never_pass_a_commit(data_dir: Path) -> None:
+    """Reads waiting together share a job; one asked after a commit was queued sees it."""
+    threaded = await ThreadedStore.open(lambda: SQLiteStore(data_dir, AGENCIES, WINNING))
+    gate = threading.Event()
+    busy = asyncio.ensure_future(threaded.call(lambda _: gate.wait(10)))
+    before = [asyncio.ensure_future(threaded.progress(agency)) for agency in (1, 1, 2)]
+    commit = asyncio.ensure_future(threaded.commit([batch(1, 1)]))
+    after = asyncio.ensure_future(threaded.progress(1))
+    await asyncio.sleep(0)
+    gate.set()
+    await busy
+    assert [p.last_seq for p in await asyncio.gather(*before)] == [0, 0, 0]
+    assert await commit == [Outcome.STORED]
+    assert (await after).last_seq == 1
+    await threaded.aclose()

@@ -71,6 +71,7 @@ from asyncpg import Record
 from asyncpg.pool import PoolConnectionProxy
 
 from .. import clock
+from ..config import is_postgres_dsn
 from ..draw import MODE_FIXED, MODE_RANDOM, SEED_SIZE, derive_number
 from ..errors import ConfigError, StoreError
 from ..models import (
@@ -193,11 +194,6 @@ _CONNECTION_ERRORS = (
     asyncpg.exceptions.CannotConnectNowError,
     TimeoutError,
 )
-
-
-def is_postgres_dsn(value: str) -> bool:
-    """Whether ``value`` names a PostgreSQL database (``postgresql://...``)."""
-    return value.startswith(("postgresql://", "postgres://"))
 
 
 def safe_dsn(dsn: str) -> str:
