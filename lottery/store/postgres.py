@@ -23,14 +23,18 @@ Tables (schema version `SCHEMA_VERSION`, checked at open):
 
 How each guarantee of lottery/store/base.py holds with several servers:
 
-1. A commit is one transaction. It locks the group's ``agencies`` rows
-   (``FOR UPDATE``, in agency order, so two servers never deadlock) and
-   decides DUPLICATE/GAP/STALE against them, loads the bets with one text
-   COPY (the record text turned into COPY's text format by three C-speed
-   string replacements, several times less client CPU than building a Python
-   tuple per bet for a binary COPY), then inserts the batches and updates
-   the progress in one statement. ``synchronous_commit`` is on: a returned
-   commit is durable.
+1. A commit is one transaction of six round trips (BEGIN, the locks, the
+   COPY's two, one statement, COMMIT). It locks the group's ``agencies``
+   rows (``FOR UPDATE``, in agency order, so two servers never deadlock)
+   and the ``round`` row (3.) in one statement, decides
+   DUPLICATE/GAP/STALE against them, loads the bets with one text COPY (the
+   batches' UTF-8 bytes turned into COPY's text format by three C-speed
+   ``bytes.replace`` calls, several times less client CPU than building a
+   Python tuple per bet for a binary COPY), then inserts the batches and
+   updates the progress in one statement. ``synchronous_commit`` is on: a
+   returned commit is durable. Commits of one server may run at once
+   (`COMMIT_LANES`), never two of one agency: two transactions could take
+   its row lock in either order and judge a later batch first.
 3. Commits take the ``round`` row ``FOR SHARE``, the draw takes it ``FOR
    UPDATE``: the draw waits for the commits in flight, and a commit that
    comes after it finds it drawn (every batch LATE). The draw is one
@@ -105,9 +109,11 @@ OPERATION_TIMEOUT = 30.0
 CONNECT_TIMEOUT = 5.0
 POOL_SIZE = 4
 #: Groups the server's committer keeps in flight at once, each on its own
-#: connection (lottery/committer.py: never two holding one agency). While one
-#: group's transaction waits for PostgreSQL, the next one is built and sent.
-COMMIT_LANES = 2
+#: connection (lottery/committer.py: never two holding one agency). One: on
+#: the two shared cores measured, two lanes halved the groups (more commits,
+#: more CPU a bet) and the end-to-end round was slower in 4 of 5 alternating
+#: pairs (docs/PERFORMANCE.md); where PostgreSQL has cores to spare, try 2.
+COMMIT_LANES = 1
 #: Rows fetched per round trip by the export's cursor.
 FETCH_ROWS = 10_000
 #: Longest wait for one of them: the first waits for PostgreSQL to sort every
