@@ -20,6 +20,15 @@ waiter a turn made a line of forty wait 100-200 ms). A batch then waits for at m
 the running commit and its own, however many agencies send at once (measured
 with 1,000 agencies: p99 from reading a batch to its ack about 32 ms; bigger
 groups raise it, see docs/PERFORMANCE.md).
+
+A store whose commits may run concurrently (PostgreSQL: one connection each,
+the database overlapping one group's work with the next one's) sets
+``commit_lanes`` above 1, and the committer keeps up to that many groups in
+flight. Groups in flight never share an agency: two transactions may take an
+agency's row lock in either order, so a later batch could be judged before an
+earlier one (a false GAP). A batch whose agency is in flight waits, and so do
+that agency's later ones; while lanes are free, a group takes only its share
+of the waiting agencies, leaving the rest for the next lane.
 """
 
 from __future__ import annotations
@@ -47,7 +56,8 @@ class Committer:
         store: an open store; the committer never opens nor closes it.
         max_group_bets: the most bets one transaction takes.
         max_pending_bets: bets that may wait for a commit before `wait_for_room`
-            makes submitters wait (default: one group, ``max_group_bets``).
+            makes submitters wait (default: one group, ``max_group_bets``, per lane).
+        lanes: groups in flight at once (default: the store's ``commit_lanes``, else 1).
     """
 
     def __init__(
@@ -56,12 +66,17 @@ class Committer:
         *,
         max_group_bets: int = 4096,
         max_pending_bets: int | None = None,
+        lanes: int | None = None,
     ) -> None:
         self._store = store
         self._max_group_bets = max_group_bets
-        self._max_pending_bets = max_pending_bets or max_group_bets
+        self._lanes = max(1, lanes or int(getattr(store, "commit_lanes", 1)))
+        self._max_pending_bets = max_pending_bets or max_group_bets * self._lanes
         self._pending_bets = 0
         self._in_flight: list[tuple[PendingBatch, asyncio.Future[CommitResult]]] = []
+        #: Agencies with a batch in a group in flight, and how many groups are.
+        self._busy: set[int] = set()
+        self._running = 0
         self._group_done = asyncio.Event()  # set after every group, for settle()
         #: Handlers waiting for room, in arrival order, with their bets (see `wait_for_room`).
         self._room_waiters: collections.deque[tuple[asyncio.Future[None], int]] = (
@@ -78,6 +93,11 @@ class Committer:
         #: Called after each successful commit with its seconds and batch count
         #: (the metrics module observes commit latency through it).
         self.on_commit: Callable[[float, int], None] | None = None
+
+    @property
+    def lanes(self) -> int:
+        """Groups this committer keeps in flight at once."""
+        return self._lanes
 
     def start(self) -> None:
         """Start the commit task (in the running loop)."""
@@ -143,6 +163,8 @@ class Committer:
         return future
 
     def _take_group(self) -> list[tuple[PendingBatch, asyncio.Future[CommitResult]]]:
+        if self._lanes > 1:
+            return self._take_share()
         size = taken = 0
         for batch, _ in self._pending:
             # Stop before the batch that would pass the cap; a group always
@@ -156,7 +178,41 @@ class Committer:
         self._wake_next()
         return group
 
+    def _take_share(self) -> list[tuple[PendingBatch, asyncio.Future[CommitResult]]]:
+        """A group of agencies no group in flight holds, in arrival order (see the module
+        docstring); it leaves a share of the waiting agencies to the other free lanes."""
+        busy = self._busy
+        waiting = {batch.agency for batch, _ in self._pending} - busy
+        share = -(-len(waiting) // (self._lanes - self._running))  # rounded up
+        chosen: set[int] = set()
+        group: list[tuple[PendingBatch, asyncio.Future[CommitResult]]] = []
+        rest: list[tuple[PendingBatch, asyncio.Future[CommitResult]]] = []
+        size = 0
+        full = False
+        for item in self._pending:
+            batch = item[0]
+            taken_by_other = batch.agency in busy or (
+                batch.agency not in chosen and len(chosen) >= share
+            )
+            if full or taken_by_other:
+                rest.append(item)
+            elif group and size + len(batch.records) > self._max_group_bets:
+                full = True  # and every later batch waits too: each agency keeps its order
+                rest.append(item)
+            else:
+                chosen.add(batch.agency)
+                group.append(item)
+                size += len(batch.records)
+        self._pending = rest
+        self._pending_bets -= size
+        if group:
+            self._wake_next()
+        return group
+
     async def _commit_loop(self) -> None:
+        if self._lanes > 1:
+            await self._lane_loop()
+            return
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
@@ -167,18 +223,51 @@ class Committer:
                 # before the next group is decided (the store's per-agency
                 # dedup needs that order).
                 results, seconds = await self._commit_group(group)
-                for (_, future), result in zip(group, results, strict=True):
-                    if not future.done():  # its connection may have been cancelled
-                        future.set_result(result)
                 self._in_flight = []
-                self._group_done.set()
-                # After the futures: a failing observer must not turn a commit
-                # that happened into refused batches.
-                if seconds >= 0 and self.on_commit is not None:
-                    with contextlib.suppress(Exception):
-                        self.on_commit(seconds, len(group))
+                self._finish(group, results, seconds)
             if self._closing:
                 return
+
+    async def _lane_loop(self) -> None:
+        """Up to ``lanes`` groups in flight, each its own task, no agency in two."""
+        async with asyncio.TaskGroup() as lanes:
+            while True:
+                await self._wakeup.wait()
+                self._wakeup.clear()
+                while self._running < self._lanes and (group := self._take_group()):
+                    self._running += 1
+                    self._busy.update(batch.agency for batch, _ in group)
+                    self._in_flight.extend(group)
+                    lanes.create_task(self._lane(group))
+                if self._closing and not self._pending and not self._running:
+                    return
+
+    async def _lane(self, group: list[tuple[PendingBatch, asyncio.Future[CommitResult]]]) -> None:
+        try:
+            results, seconds = await self._commit_group(group)
+        finally:
+            done = {id(item) for item in group}
+            self._in_flight = [item for item in self._in_flight if id(item) not in done]
+            self._busy.difference_update(batch.agency for batch, _ in group)
+            self._running -= 1
+            self._wakeup.set()  # the agencies it held may have batches waiting
+        self._finish(group, results, seconds)
+
+    def _finish(
+        self,
+        group: list[tuple[PendingBatch, asyncio.Future[CommitResult]]],
+        results: list[CommitResult],
+        seconds: float,
+    ) -> None:
+        for (_, future), result in zip(group, results, strict=True):
+            if not future.done():  # its connection may have been cancelled
+                future.set_result(result)
+        self._group_done.set()
+        # After the futures: a failing observer must not turn a commit
+        # that happened into refused batches.
+        if seconds >= 0 and self.on_commit is not None:
+            with contextlib.suppress(Exception):
+                self.on_commit(seconds, len(group))
 
     async def _commit_group(
         self, group: list[tuple[PendingBatch, asyncio.Future[CommitResult]]]

@@ -404,6 +404,84 @@ def run_ours(data: Dataset, args: argparse.Namespace, window: int, stats: bool) 
     return result
 
 
+def run_ours_servers(
+    data: Dataset, args: argparse.Namespace, window: int, stats: bool, servers: int
+) -> Round:
+    """lottery server x ``servers`` on one --store, + N lottery agency processes.
+
+    Each agency is given every server (``--server a,b``), starting at a different
+    one (agency i at server (i - 1) mod K), so the agencies are spread over the
+    servers and one round runs on one database. CPU and commits are the servers'
+    sums, peak RSS the largest; the draw is whichever server made it.
+    """
+    mode = f"ours_{servers}_servers"
+    with (
+        tempfile.TemporaryDirectory(prefix="lottery-bench-") as tmp,
+        store_flags(args) as store,
+        contextlib.ExitStack() as running,
+    ):
+        procs: list[ServerProcess] = []
+        finished: list[tuple[int, Usage]] = []
+
+        def stop_all() -> None:
+            finished.extend(_finish_server(server) for server in procs)
+
+        running.callback(stop_all)
+        for k in range(servers):
+            procs.append(
+                start_server(
+                    Path(tmp) / f"store-{k}",
+                    data.agencies,
+                    extra_args=["--sync", args.sync, *store],
+                )
+            )
+        addresses = [f"127.0.0.1:{server.port}" for server in procs]
+        extra = ["--max-in-flight", str(window), "--batch-max-amount", str(args.batch_max_amount)]
+        stats_files = [Path(tmp) / f"stats-{i}.json" for i in range(1, data.agencies + 1)]
+        cpu_before = children_cpu()
+        started = time.perf_counter()
+        agencies = []
+        for i, bets_file in enumerate(data.files, 1):
+            first = (i - 1) % servers
+            order = ",".join(addresses[first:] + addresses[:first])
+            flags = [*extra, "--server", order]
+            if stats:
+                flags += ["--stats-file", str(stats_files[i - 1])]
+            agencies.append(start_agency(i, procs[first].port, bets_file, extra_args=flags))
+        wait_agencies(agencies, timeout=ROUND_TIMEOUT)
+        seconds = time.perf_counter() - started
+        agencies_cpu = children_cpu() - cpu_before
+        running.close()
+        latencies: list[float] = []
+        if stats:
+            for path in stats_files:
+                if path.exists():
+                    latencies.extend(json.loads(path.read_text()).get("ack_latencies_ms", []))
+    _check_agencies(mode, data, agencies, [_winners_count(a) for a in agencies])
+    for server, (code, _) in zip(procs, finished, strict=True):
+        _check_server(mode, code, server)
+    parts = [
+        _server_figures(mode, data, window, seconds, server, usage, latencies)
+        for server, (_, usage) in zip(procs, finished, strict=True)
+    ]
+    result = parts[0]
+    result.server_cpu_s = sum(p.server_cpu_s for p in parts)
+    result.server_peak_rss_mib = max(p.server_peak_rss_mib for p in parts)
+    commits = [p.commits for p in parts if p.commits is not None]
+    batches = [
+        p.commits * p.batches_per_commit
+        for p in parts
+        if p.commits is not None and p.batches_per_commit is not None
+    ]
+    if commits:
+        result.commits = sum(commits)
+        result.batches_per_commit = sum(batches) / max(1, result.commits)
+    result.draw_s = next((p.draw_s for p in parts if p.draw_s is not None), None)
+    result.agencies_cpu_s = agencies_cpu
+    result.batch = args.batch_max_amount
+    return result
+
+
 class _NoStatsFlag(Exception):
     """The agency refused --stats-file (exit 2): run again without it."""
 
@@ -668,6 +746,7 @@ ROWS = [
 ]
 COLUMNS = [
     ("ours", "ours e2e"),
+    *((f"ours_{k}_servers", f"e2e {k} servers") for k in range(2, 10)),
     ("baseline_durable", "baseline fsync"),
     ("baseline", "baseline tp0"),
     (f"baseline_{BASELINE_BATCH}", f"tp0 @{BASELINE_BATCH}"),
@@ -811,6 +890,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--store", help="postgresql://USER@HOST:PORT/DB: our server on PostgreSQL (a new "
         "database per round, on that server)",
     )  # fmt: skip
+    parser.add_argument(
+        "--servers", type=int, default=1,
+        help="with --store: also run each e2e round on K servers over that one store, "
+        "the agencies spread over them (alternating with the one-server round)",
+    )  # fmt: skip
     parser.add_argument("--json", type=Path, help="default bench-results/bench-<timestamp>.json")
     parser.add_argument("--data-root", type=Path, default=ROOT / "bench-data")
     parser.add_argument(
@@ -821,6 +905,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if min(args.agencies, args.bets, args.window, args.batch_max_amount, args.repeat) < 1:
         parser.error("--agencies, --bets, --window, --batch-max-amount, --repeat must be ≥ 1")
+    if args.servers < 1 or args.servers > 9 or (args.servers > 1 and not args.store):
+        parser.error("--servers takes 1 to 9, and more than 1 only with --store")
     process_modes = not (args.skip_e2e and args.skip_baseline)
     if process_modes and args.agencies > args.max_processes:
         parser.error(
@@ -878,6 +964,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 mode
                 for mode, skip in (
                     ("ours", args.skip_e2e),
+                    (f"ours_{args.servers}_servers", args.skip_e2e or args.servers == 1),
                     ("baseline_durable", args.skip_baseline),
                     ("baseline", args.skip_baseline),
                     (
@@ -895,6 +982,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     except _NoStatsFlag:
                         stats = False
                         result = run_ours(data, args, args.window, stats)
+                elif mode.endswith("_servers"):
+                    result = run_ours_servers(data, args, args.window, stats, args.servers)
                 elif mode in ("baseline", "baseline_durable"):
                     result = run_baseline(data, args, fsync=mode == "baseline_durable")
                 elif mode.startswith("baseline_"):
@@ -953,6 +1042,11 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"{r.server_peak_rss_mib:.0f} MiB (target ≤ {TARGET_MANY_RSS_MIB} for 10,000), "
               f"server ack p99 {_fmt(r.server_ack_p99_ms, '.0f')} ms"
               f" (target ≤ {TARGET_MANY_ACK_P99_MS})")  # fmt: skip
+    several = f"ours_{args.servers}_servers"
+    if "ours" in best and several in best:
+        ratio[f"{several}_over_one"] = best[several].bets_per_s / best["ours"].bets_per_s
+        print(f"e2e {args.servers} servers / one:     {ratio[f'{several}_over_one']:.2f}"
+              f"   ({best[several].bets_per_s:,.0f} bets/s; target ≥ 1.00)")  # fmt: skip
     if "e2e_over_server_alone" in ratio:
         print(f"ours e2e / server alone:     {ratio['e2e_over_server_alone']:.2f}")
     if "ours" in best:

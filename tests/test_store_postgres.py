@@ -193,6 +193,32 @@ async def test_the_draw_waits_for_a_commit_in_flight_and_later_commits_are_late(
         await other.aclose()
 
 
+async def test_a_commit_waiting_behind_the_draw_is_late(store: PostgresStore, pg_dsn: str) -> None:
+    """Guarantee 3 the other way: a commit that takes its locks (one statement: the
+    agencies' rows and the round's) while a draw holds the round row waits for it, then
+    reads the round as the draw left it: LATE, nothing stored."""
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        async with conn.transaction():  # what a draw holds while it picks the winners
+            await conn.fetchval("SELECT drawn FROM round FOR UPDATE")
+            await conn.execute("UPDATE round SET drawn = true, number = $1", WINNING)
+            committing = asyncio.create_task(store.commit([batch(1, 1, rec("waited"))]))
+            for _ in range(500):  # until the commit's backend waits for the row lock
+                waiting = await conn.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                    "AND datname = current_database()"  # the store's is the only other
+                )
+                if waiting:
+                    break
+                await asyncio.sleep(0.01)
+            assert waiting and not committing.done()
+        assert await committing == [Outcome.LATE]
+        assert await conn.fetchval("SELECT count(*) FROM bets") == 0
+        assert (await store.progress(1)).last_seq == 0
+    finally:
+        await conn.close()
+
+
 async def test_random_draw_number_and_receipts(pg_dsn: str) -> None:
     """A random draw derives its number from seed, reveals and beacon, and each receipt equals
     the agency's stored count and digest."""

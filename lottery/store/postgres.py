@@ -23,14 +23,18 @@ Tables (schema version `SCHEMA_VERSION`, checked at open):
 
 How each guarantee of lottery/store/base.py holds with several servers:
 
-1. A commit is one transaction. It locks the group's ``agencies`` rows
-   (``FOR UPDATE``, in agency order, so two servers never deadlock) and
-   decides DUPLICATE/GAP/STALE against them, loads the bets with one text
-   COPY (the record text turned into COPY's text format by three C-speed
-   string replacements, several times less client CPU than building a Python
-   tuple per bet for a binary COPY), then inserts the batches and updates
-   the progress in one statement. ``synchronous_commit`` is on: a returned
-   commit is durable.
+1. A commit is one transaction of six round trips (BEGIN, the locks, the
+   COPY's two, one statement, COMMIT). It locks the group's ``agencies``
+   rows (``FOR UPDATE``, in agency order, so two servers never deadlock)
+   and the ``round`` row (3.) in one statement, decides
+   DUPLICATE/GAP/STALE against them, loads the bets with one text COPY (the
+   batches' UTF-8 bytes turned into COPY's text format by three C-speed
+   ``bytes.replace`` calls, several times less client CPU than building a
+   Python tuple per bet for a binary COPY), then inserts the batches and
+   updates the progress in one statement. ``synchronous_commit`` is on: a
+   returned commit is durable. Commits of one server may run at once
+   (`COMMIT_LANES`), never two of one agency: two transactions could take
+   its row lock in either order and judge a later batch first.
 3. Commits take the ``round`` row ``FOR SHARE``, the draw takes it ``FOR
    UPDATE``: the draw waits for the commits in flight, and a commit that
    comes after it finds it drawn (every batch LATE). The draw is one
@@ -104,6 +108,12 @@ CHANNEL = "lottery_round"
 OPERATION_TIMEOUT = 30.0
 CONNECT_TIMEOUT = 5.0
 POOL_SIZE = 4
+#: Groups the server's committer keeps in flight at once, each on its own
+#: connection (lottery/committer.py: never two holding one agency). One: on
+#: the two shared cores measured, two lanes halved the groups (more commits,
+#: more CPU a bet) and the end-to-end round was slower in 4 of 5 alternating
+#: pairs (docs/PERFORMANCE.md); where PostgreSQL has cores to spare, try 2.
+COMMIT_LANES = 1
 #: Rows fetched per round trip by the export's cursor.
 FETCH_ROWS = 10_000
 #: Longest wait for one of them: the first waits for PostgreSQL to sort every
@@ -214,11 +224,15 @@ def _plain(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
-def _copy_text(agency: int, seq: int, text: str) -> str:
-    """A batch's records (``text``) as rows of COPY's text format, agency and seq first."""
-    prefix = f"{agency}\t{seq}\t"
-    # str.replace, not str.translate: translate takes a slow path on non-ASCII text.
-    body = text.replace("\\", "\\\\").replace(FS, "\t").replace(RS, "\n" + prefix)
+_FS, _RS = FS.encode(), RS.encode()
+
+
+def _copy_text(agency: int, seq: int, data: bytes) -> bytes:
+    """A batch's records (``data``, UTF-8) as rows of COPY's text format, agency and seq first."""
+    prefix = b"%d\t%d\t" % (agency, seq)
+    # On the UTF-8 bytes (no byte of a multi-byte character is below 0x80, so
+    # these never split one): no decoding, and bytes.replace is a memchr scan.
+    body = data.replace(b"\\", b"\\\\").replace(_FS, b"\t").replace(_RS, b"\n" + prefix)
     return prefix + body[: -len(prefix)]  # the last RS gave a prefix with no row
 
 
@@ -275,6 +289,7 @@ class PostgresStore:
         self._changed = asyncio.Event()
         self._listening = asyncio.Lock()
         self._closed = False
+        self.commit_lanes = COMMIT_LANES
 
     # -- opening ----------------------------------------------------------------------------
 
@@ -407,14 +422,13 @@ class PostgresStore:
             self._connection(f"commit of {len(batches)} batches failed") as conn,
             conn.transaction(),
         ):
-            # FOR SHARE: ordered with the draw's FOR UPDATE (guarantee 3).
-            if await conn.fetchval("SELECT drawn FROM round FOR SHARE"):
+            locked = await self._lock_agencies(conn, agencies)
+            if locked is None:
                 self._drawn = True
                 return [Outcome.LATE] * len(batches)
-            locked = await self._lock_agencies(conn, agencies)
             outcomes, copy, stored, changed = await self._decide(conn, batches, locked, digests)
             if stored:
-                data = "".join(copy).encode()
+                data = b"".join(copy)
                 await conn.copy_to_table(
                     "bets", source=_one_chunk(data), columns=_BET_COLUMNS, format="text"
                 )
@@ -436,21 +450,28 @@ class PostgresStore:
 
     async def _lock_agencies(
         self, conn: PoolConnectionProxy[Record], agencies: list[int]
-    ) -> dict[int, Record]:
-        """Lock the progress rows of ``agencies`` (sorted), making the missing ones."""
-        # In agency order: two servers locking overlapping groups never deadlock.
+    ) -> dict[int, Record] | None:
+        """Lock the progress rows of ``agencies`` (sorted), making the missing ones, and
+        the ``round`` row FOR SHARE; None if the round is drawn (nothing to lock then)."""
+        # One round trip for both locks. In agency order: two servers locking
+        # overlapping groups never deadlock. FOR SHARE of the round: ordered with
+        # the draw's FOR UPDATE (guarantee 3); a commit waiting for it reads the
+        # row as the draw left it.
         select = (
-            "SELECT agency, last_seq, committed_bets, input_rows, digest, epoch "
-            "FROM agencies WHERE agency = ANY($1::integer[]) ORDER BY agency FOR UPDATE"
+            "SELECT a.agency, a.last_seq, a.committed_bets, a.input_rows, a.digest, a.epoch, "
+            "r.drawn FROM agencies a CROSS JOIN round r WHERE a.agency = ANY($1::integer[]) "
+            "ORDER BY a.agency FOR UPDATE OF a FOR SHARE OF r"
         )
-        locked = {row["agency"]: row for row in await conn.fetch(select, agencies)}
-        if len(locked) < len(agencies):  # an agency's first batch (no admission made its row)
+        rows = await conn.fetch(select, agencies)
+        if len(rows) < len(agencies):  # an agency's first batch (no admission made its row)
             await conn.execute(
                 "INSERT INTO agencies (agency) SELECT unnest($1::integer[]) ON CONFLICT DO NOTHING",
-                [a for a in agencies if a not in locked],
+                sorted(set(agencies) - {row["agency"] for row in rows}),
             )
-            locked = {row["agency"]: row for row in await conn.fetch(select, agencies)}
-        return locked
+            rows = await conn.fetch(select, agencies)
+        if rows[0]["drawn"]:
+            return None
+        return {row["agency"]: row for row in rows}
 
     async def _decide(
         self,
@@ -460,13 +481,13 @@ class PostgresStore:
         digests: dict[int, tuple[int, RunningDigest]],
     ) -> tuple[
         list[Outcome],
-        list[str],
+        list[bytes],
         list[tuple[int, int, int, bytes]],
         list[tuple[int, int, int, int, bytes]],
     ]:
         """Each batch's outcome against the locked rows, and what to write for the stored ones."""
         outcomes: list[Outcome] = []
-        copy: list[str] = []
+        copy: list[bytes] = []
         stored: list[tuple[int, int, int, bytes]] = []
         progress = {a: _progress(row) for a, row in locked.items()}
         for batch in batches:
@@ -484,14 +505,14 @@ class PostgresStore:
             records = batch.records
             if not isinstance(records, Records):
                 records = Records.from_fields(records)
-            data = records.text.encode()
+            data = records.utf8()
             running = digests.get(batch.agency)
             if running is None:
                 base = await self._running_digest(conn, batch.agency, row)
                 running = digests[batch.agency] = (row["last_seq"], base.copy())
             running[1].update(data)
             digests[batch.agency] = (batch.seq, running[1])
-            copy.append(_copy_text(batch.agency, batch.seq, records.text))
+            copy.append(_copy_text(batch.agency, batch.seq, data))
             stored.append((batch.agency, batch.seq, len(records), data))
             progress[batch.agency] = Progress(
                 batch.seq, count + len(records), batch.input_rows, running[1].digest()
