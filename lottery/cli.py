@@ -521,9 +521,6 @@ def _import_agency() -> None:
         import ssl  # noqa: F401
 
         from . import advice, client, participant, progress  # noqa: F401
-        from .log import preload
-
-        preload()
     finally:
         gc.freeze()
         if enabled:
@@ -532,10 +529,9 @@ def _import_agency() -> None:
 
 def run_agency(args: argparse.Namespace) -> int:
     _import_agency()
-    import asyncio
 
-    from .advice import batch_cap_advice, log_advice
-    from .log import configure, get_logger
+    from .advice import batch_cap_advice
+    from .log import configure, reset
     from .progress import console_for, log_stream, progress_wanted
 
     warnings: list[str] = []
@@ -548,7 +544,24 @@ def run_agency(args: argparse.Namespace) -> int:
     console = None
     if config.bets and progress_wanted(sys.stderr, quiet=args.quiet, log_format=config.log_format):
         console = console_for(sys.stderr)
-    configure(config.log_level, config.log_format, log_stream(console) if console else None)
+    # Light: an agency's few console lines need no structlog (its import is start-up time).
+    configure(
+        config.log_level, config.log_format, log_stream(console) if console else None, light=True
+    )
+    try:
+        return _run_agency(args, config, console, warnings)
+    finally:
+        reset()
+
+
+def _run_agency(
+    args: argparse.Namespace, config: AgencyConfig, console: Any, warnings: list[str]
+) -> int:
+    import asyncio
+
+    from .advice import log_advice
+    from .log import get_logger
+
     log_advice(warnings, agencia=config.id)
     with asyncio.Runner(loop_factory=loop_factory(args.loop)) as runner:
         interrupt = Interrupt(config.id)
