@@ -68,6 +68,18 @@ def test_logging_imports_structlog_without_rich_and_leaves_rich_importable() -> 
     assert "rich.console" in imported_by(code)
 
 
+def test_an_agency_logs_without_importing_structlog() -> None:
+    """The agency's console lines are written by lottery.log itself (structlog is start-up time)."""
+    code = (
+        "import io, sys\n"
+        "from lottery.log import configure, get_logger\n"
+        "configure('INFO', 'console', io.StringIO(), light=True)\n"
+        "get_logger(agencia=1).info('x', result='success')\n"
+        "assert 'structlog' not in sys.modules"
+    )
+    assert "structlog" not in imported_by(code)
+
+
 def test_the_sync_modes_the_settings_offer_are_the_stores() -> None:
     """config's copy of the store's sync modes (kept to spare the import) is the store's own."""
     assert config.SYNC_MODES == SYNC_MODES
