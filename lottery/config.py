@@ -94,6 +94,9 @@ class ServerConfig:
     draw: str = "fixed"
     #: Random draw: seconds after betting closes to wait for the agencies' reveals.
     reveal_deadline: float = 30.0
+    #: This server's name among several over one shared store (docs/SCALING.md);
+    #: empty: the host:port it listens on.
+    server_id: str = ""
     #: Fault injection for scripts/chaos.py: seconds between the barrier opening
     #: and the draw (environment LOTTERY_FAULT_DRAW_DELAY only; no flag).
     fault_draw_delay: float = 0.0
@@ -358,6 +361,8 @@ SERVER_OPTIONS = (
            "how the number is drawn: fixed (--winning-number) or random (docs/DRAW.md)"),
     Option("reveal_deadline", "REVEAL_DEADLINE", "REVEAL_DEADLINE", seconds,
            "random draw: seconds after betting closes to wait for the agencies' nonces"),
+    Option("server_id", "SERVER_ID", "SERVER_ID", text,
+           "this server's name in a shared store's round (docs/SCALING.md); unset: host:port"),
     # Fault injection for scripts/chaos.py: not a setting to offer operators.
     Option("fault_draw_delay", "LOTTERY_FAULT_DRAW_DELAY", "", seconds,
            "seconds between the barrier opening and the draw (chaos tests)", command_line=False),

@@ -7,8 +7,8 @@ draw (lottery/drawsession.py) and keeps what the WELCOME says.
 
 from __future__ import annotations
 
-from .connection import Connection
-from .errors import AuthenticationRequired, ProtocolError, ServerRefused
+from .connection import Connection, raise_for
+from .errors import AuthenticationRequired, ProtocolError
 from .protocol import Auth, Challenge, Error, Hello, Welcome, auth_mac
 
 __all__ = ["shake_hands"]
@@ -22,6 +22,8 @@ async def shake_hands(
     Raises:
         AuthenticationRequired: the server wants a secret and there is none.
         ServerRefused: the server refused this agency (bad id, version, secret...).
+        StorageFault: its store could not admit the agency now (a shared store
+            that is down): retry-able, like a lost line.
         ProtocolError: it answered with another frame.
     """
     reply = await conn.request(Hello(agency_id), timeout)
@@ -33,7 +35,7 @@ async def shake_hands(
         mac = auth_mac(secret, agency_id, reply.nonce)
         reply = await conn.request(Auth(mac), timeout)
     if isinstance(reply, Error):
-        raise ServerRefused(reply.code, reply.message)
+        raise_for(reply)
     if not isinstance(reply, Welcome):
         raise ProtocolError(f"expected WELCOME, got {type(reply).__name__}")
     return reply

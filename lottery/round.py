@@ -21,6 +21,21 @@ It writes through the `Committer` (batches) and the `AsyncStore` (done marks,
 the draw); it reads the store only at start and in the handshake, whose
 WELCOME must say what is durably stored.
 
+Several servers, one round (docs/SCALING.md): over a `SharedStore` (detected
+once, when the round is built) the round is the store's, not this process's.
+Each handshake is an admission in the store (`SharedStore.admit`), which
+returns the connection's *epoch*; every batch it submits carries that epoch,
+and the store refuses it (`Outcome.STALE`) once the agency was admitted again,
+here or on another server (guarantee 7, fencing). A *watcher* task, owned by
+the round, waits for another server's change (`SharedStore.wait_changed`:
+NOTIFY, or the poll interval) and reads the whole round (`SharedStore.view`):
+other servers' done marks arrive at this barrier, their agencies' counts and
+servers refresh what STATUS shows, a draw another server made is loaded and
+releases the winners queries waiting here, and a round whose every agency is
+done but whose draw nobody recorded (the server that saw the last DONE died)
+is drawn here: the store makes it once, whoever asks. Over any other store
+nothing of this runs and the round is this process's, as always.
+
 Why a lock for the draw, in a single-threaded event loop: every other piece
 of shared state here changes in plain synchronous code, which no other
 coroutine can interleave with. The draw is a critical section with awaits in
@@ -45,11 +60,12 @@ import asyncio
 import collections
 import contextlib
 import enum
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from . import clock
+from .backoff import exponential_backoff
 from .barrier import DrawBarrier
 from .committer import CommitResult, Committer
 from .draw import MODE_RANDOM, agency_commitment, seed_commitment
@@ -57,9 +73,30 @@ from .errors import ErrorCode, StoreError
 from .log import get_logger
 from .models import EMPTY_DIGEST, Record
 from .stats import LatencySample
-from .store import AsyncStore, DrawState, Outcome, PendingBatch, Progress
+from .store import (
+    AsyncStore,
+    DrawState,
+    Outcome,
+    PendingBatch,
+    Progress,
+    RoundView,
+    SharedStore,
+)
 
-__all__ = ["Round", "RoundStats", "Speaker", "Superseded", "WinnersWait"]
+__all__ = ["Round", "RoundStats", "Speaker", "Superseded", "WinnersWait", "shared_store"]
+
+#: Seconds between two reads of a shared store's round when no change is
+#: signalled (the fallback when NOTIFY is lost, e.g. across a reconnect).
+POLL_INTERVAL = 1.0
+#: Longest a release of an agency's admission may take (it only tidies STATUS).
+RELEASE_TIMEOUT = 5.0
+
+
+def shared_store(store: AsyncStore) -> SharedStore | None:
+    """``store`` as a `SharedStore` if it is one (several servers share it), else None."""
+    if all(callable(getattr(store, name, None)) for name in ("admit", "release", "view")):
+        return cast(SharedStore, store)
+    return None
 
 
 class Superseded(Exception):
@@ -108,6 +145,7 @@ class Round:
         today: str | None = None,
         draw_state: DrawState | None = None,
         reveal_deadline: float = 30.0,
+        poll_interval: float | None = None,
     ) -> None:
         self.agencies = agencies
         #: The round's identity (from the store): in the start line, status and the logs.
@@ -148,6 +186,15 @@ class Round:
         self._stopping = False
         #: Connections open now, handshake done or not (the server counts them).
         self.connections = 0
+        # Several servers over one store (docs/SCALING.md); None: this process's round.
+        self._shared = shared_store(store)
+        self._poll_interval = POLL_INTERVAL if poll_interval is None else poll_interval
+        #: agency -> the server it is connected to, as the shared store last said.
+        self._servers: dict[int, str] = {}
+        #: The epoch each admitted connection was given (guarantee 7); released on leave.
+        self._epochs: dict[Speaker, int] = {}
+        self._watch_task: asyncio.Task[None] | None = None
+        self._releases: set[asyncio.Task[None]] = set()
 
     @classmethod
     async def load(
@@ -160,6 +207,7 @@ class Round:
         fault_draw_delay: float = 0.0,
         winning_number: int | None = None,
         reveal_deadline: float = 30.0,
+        poll_interval: float | None = None,
     ) -> Round:
         """The round as the store has it; draws at once if every agency was done.
 
@@ -169,6 +217,8 @@ class Round:
             winning_number: the store's winning number, for `status` once drawn.
             reveal_deadline: random draw: seconds after the barrier opens
                 (or after a restart that finds it open) to wait for reveals.
+            poll_interval: a shared store: longest wait between two reads of
+                the whole round when no change is signalled (None: `POLL_INTERVAL`).
         """
         done = sorted(await store.done_agencies())
         progress = await store.all_progress()
@@ -183,7 +233,10 @@ class Round:
             today=await store.round_date(),
             draw_state=await store.draw_state(),
             reveal_deadline=reveal_deadline,
+            poll_interval=poll_interval,
         )
+        if round_._shared is not None:
+            round_._servers = dict((await round_._shared.view()).servers)
         round_._log_commitment()
         if await store.drawn():
             round_._set_winners(await store.winners())
@@ -195,6 +248,10 @@ class Round:
         if draw_deadline and not round_.drawn:
             round_._deadline_task = asyncio.create_task(
                 round_._draw_at_deadline(draw_deadline), name="lottery-draw-deadline"
+            )
+        if round_._shared is not None:
+            round_._watch_task = asyncio.create_task(
+                round_._watch(round_._shared), name="lottery-round-watcher"
             )
         return round_
 
@@ -251,10 +308,19 @@ class Round:
         }
 
     async def _draw_after_reveals(self) -> None:
-        """Wait for every committed agency's nonce, up to the reveal deadline; then draw."""
+        """Wait for every committed agency's nonce, up to the reveal deadline; then draw.
+
+        Over a shared store "every" is checked against the store's own record
+        before drawing: this server's copy may miss a commitment another
+        server took, and a draw made without that agency's nonce would be
+        made too early.
+        """
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self._reveal_deadline):
                 await self._revealed.wait()
+                while not await self._revealed_in_store():
+                    self._revealed.clear()  # set again by a reveal, here or elsewhere
+                    await self._revealed.wait()
         if self._stopping:
             return
         missing = self._unrevealed()
@@ -265,6 +331,16 @@ class Round:
             )  # fmt: skip
         self._draw_due = True
         await self.draw()
+
+    async def _revealed_in_store(self) -> bool:
+        """Whether every committed agency revealed, as the shared store says (True if unshared)."""
+        if self._shared is None:
+            return True
+        try:
+            self._adopt_draw_state(await self._shared.draw_state())
+        except StoreError:
+            return False  # the watcher sets `_revealed` again once it reads the store
+        return all(a in self._reveals or a in self._refused for a in self._commitments)
 
     def _unrevealed(self) -> list[int]:
         return sorted(a for a in self._commitments if a not in self._reveals)
@@ -296,6 +372,8 @@ class Round:
         if not self.random:
             return "this round's draw is fixed: it takes no commitments"
         if self.barrier.opened and agency not in self._commitments:
+            await self._refresh_draw_state()  # it may have committed on another server
+        if self.barrier.opened and agency not in self._commitments:
             return "betting has closed: too late to commit"
         stored = await self._store.commit_nonce(agency, commitment)
         self._commitments[agency] = stored
@@ -317,6 +395,8 @@ class Round:
             StoreError: it could not be stored; the agency may send it again.
         """
         why = None
+        if agency not in self._commitments:
+            await self._refresh_draw_state()  # it may have committed on another server
         commitment = self._commitments.get(agency)
         if self.drawn:
             why = "the draw is made: too late to reveal"
@@ -342,22 +422,32 @@ class Round:
 
     async def draw(self) -> None:
         """Make the draw, once; a store error is logged and the draw may be retried."""
+        await self._take_draw(make=True)
+
+    async def _take_draw(self, *, make: bool) -> None:
+        """Make the draw (``make``), or load the one the store holds; then release the waiters.
+
+        Loading is for a draw another server made (the watcher saw it): the
+        store's draw is the only one, so this server serves its winners.
+        """
         async with self._draw_lock:
             if self.drawn:
                 return
             loop = asyncio.get_running_loop()
             started = loop.time()
             try:
-                made = await self._store.draw()
+                made = await self._store.draw() if make else False
                 winners = await self._store.winners()
-            except StoreError as exc:
-                self._log.error("sorteo", result="fail", error=str(exc))
-                return
-            try:  # the number, seed and receipts the draw recorded
+                # The number, seed and receipts the draw recorded.
                 self._draw_state = await self._store.draw_state()
             except StoreError as exc:
                 self._log.error("sorteo", result="fail", error=str(exc))
                 return
+            if not made and not make:
+                self._log.info(
+                    "sorteo_recibido", result="success",
+                    cant_ganadores=sum(len(d) for d in winners.values()),
+                )  # fmt: skip
             if made:  # else another server, or this one before a restart, made it
                 self.stats.draw_seconds = loop.time() - started
                 extra = self._reveal_fields() if self.random else {}
@@ -405,6 +495,10 @@ class Round:
                     return WinnersWait.NOT_READY
                 if self._stopping:
                     return WinnersWait.SHUTTING_DOWN
+            if agency not in self._commitments or agency not in self._reveals:
+                # It may have committed, or revealed, on another server.
+                with contextlib.suppress(StoreError):
+                    await self._refresh_draw_state()
             if (
                 can_reveal
                 and agency in self._commitments
@@ -438,8 +532,8 @@ class Round:
             return ErrorCode.OUT_OF_ORDER, f"agency {agency} is done"
         return None
 
-    async def admit(self, agency: int, speaker: Speaker) -> Progress:
-        """``speaker`` now speaks for ``agency``; returns what the store has of it.
+    async def admit(self, agency: int, speaker: Speaker) -> tuple[int, Progress]:
+        """``speaker`` now speaks for ``agency``; returns its epoch and what the store has of it.
 
         An older connection of the same agency (its process died, or the line
         dropped) may still hold batches it read but the store has not
@@ -452,8 +546,16 @@ class Round:
         not admitted (two connections told the same last sequence would both
         send its successor, and one of them would be acked but not stored).
 
+        Over a shared store the same holds across servers: the store's
+        admission bumps the agency's epoch (every batch ``speaker`` submits
+        must carry the one returned here), so a batch another server read on
+        an older connection and has not committed yet can never be stored
+        once the progress returned here is read. Over any other store the
+        epoch is 0.
+
         Raises:
             Superseded: a newer handshake for ``agency`` began meanwhile.
+            StoreError: the store could not admit it; the agency may try again.
         """
         self._handshakes[agency] += 1
         mine = self._handshakes[agency]
@@ -462,13 +564,24 @@ class Round:
         self._speakers[agency].append(speaker)
         try:
             await self._committer.settle(agency)
-            progress = await self._store.progress(agency)
+            if self._shared is not None:
+                # Two handshakes of one agency here may reach the store in either
+                # order; if the superseded one's admission lands last, the newer
+                # connection's epoch is stale and its batches are refused: a
+                # reconnect, never a batch stored wrongly.
+                epoch, progress = await self._shared.admit(agency)
+            else:
+                epoch, progress = 0, await self._store.progress(agency)
             if self._handshakes[agency] != mine:
                 raise Superseded(f"agency {agency} began a newer connection")
         except BaseException:
             self.leave(agency, speaker)
             raise
-        return progress
+        if self._shared is not None:
+            self._epochs[speaker] = epoch
+            self._servers[agency] = self._shared.server_id
+            self._note_stored(agency, progress.last_seq, progress.committed_bets)
+        return epoch, progress
 
     def leave(self, agency: int, speaker: Speaker) -> None:
         """``speaker``'s connection closed."""
@@ -477,16 +590,37 @@ class Round:
             speakers.remove(speaker)
         if not speakers:
             self._speakers.pop(agency, None)
+        epoch = self._epochs.pop(speaker, None)
+        if self._shared is not None and epoch is not None:
+            # Only STATUS reads the mark this clears (the epoch fences, not the
+            # mark): a release that fails or never runs (kill -9) leaves an
+            # agency shown on its last server until it is admitted again.
+            task = asyncio.create_task(self._release(self._shared, agency, epoch))
+            self._releases.add(task)
+            task.add_done_callback(self._releases.discard)
+
+    async def _release(self, store: SharedStore, agency: int, epoch: int) -> None:
+        try:
+            async with asyncio.timeout(RELEASE_TIMEOUT):
+                await store.release(agency, epoch)
+        except (StoreError, TimeoutError) as exc:
+            self._log.warning("liberar_agencia", result="fail", agencia=agency, error=str(exc))
+            return
+        if not self._speakers.get(agency) and self._servers.get(agency) == store.server_id:
+            self._servers.pop(agency, None)
 
     async def wait_for_room(self) -> None:
         """Backpressure: wait until the commit queue takes more bets."""
         await self._committer.wait_for_room()
 
     def submit(
-        self, agency: int, seq: int, records: Sequence[Record], input_rows: int = 0
+        self, agency: int, seq: int, records: Sequence[Record], input_rows: int = 0, epoch: int = 0
     ) -> asyncio.Future[Any]:
-        """Hand a batch to the next group commit; the future gives its `CommitResult`."""
-        future = self._committer.submit(PendingBatch(agency, seq, records, input_rows))
+        """Hand a batch to the next group commit; the future gives its `CommitResult`.
+
+        ``epoch`` is the one `admit` gave the submitting connection.
+        """
+        future = self._committer.submit(PendingBatch(agency, seq, records, input_rows, epoch))
         count = len(records)
         future.add_done_callback(lambda f: self._count(f, agency, seq, count))
         return future
@@ -504,6 +638,12 @@ class Round:
         self._stored[agency] = (max(last_seq, seq), stored + count)
         self.stats.batches_stored += 1
         self.stats.bets_stored += count
+
+    def _note_stored(self, agency: int, last_seq: int, bets: int) -> None:
+        """What the store says ``agency`` has: never behind what this server counted."""
+        known_seq, known_bets = self._stored.get(agency, (0, 0))
+        if (last_seq, bets) != (0, 0) or agency in self._stored:
+            self._stored[agency] = (max(known_seq, last_seq), max(known_bets, bets))
 
     async def agency_done(self, agency: int) -> None:
         """Durably record ``agency`` as done; the last one to arrive runs the draw.
@@ -523,11 +663,96 @@ class Round:
             self._finishing.discard(agency)  # not done after all: it may try again
             raise
         self._log.info("agencia_lista", result="success", agencia=agency)
-        if self.barrier.arrive(agency):
+        if self.barrier.arrive(agency) | await self._arrive_from_store():
             if self._fault_draw_delay:
                 self._log.warning("sorteo", result="in_progress", demora=self._fault_draw_delay)
                 await asyncio.sleep(self._fault_draw_delay)
             await self._betting_closed()
+
+    # -- several servers (a shared store) -------------------------------------------------
+
+    @property
+    def server_id(self) -> str | None:
+        """This server's id in a shared store (None: the store is this process's)."""
+        return self._shared.server_id if self._shared is not None else None
+
+    async def _watch(self, store: SharedStore) -> None:
+        """Follow the round in the shared store until shutdown (see the module docstring)."""
+
+        def backoff() -> Iterator[float]:  # up to the poll interval: never slower than polling
+            return exponential_backoff(0.05, cap=max(self._poll_interval, 0.05), floor=0.5)
+
+        delays = backoff()
+        failing = False
+        while not self._stopping:
+            try:
+                await store.wait_changed(self._poll_interval)
+                view = await store.view()
+                # Random draw: the commitments and reveals other servers took.
+                state = await store.draw_state() if self.random and not self.drawn else None
+                if failing:
+                    failing, delays = False, backoff()
+                    self._log.info("seguir_ronda", result="success")
+                await self._follow(view, state)
+            except Exception as exc:  # the store is down (or a bug): say so once, go on
+                if not failing:
+                    self._log.warning("seguir_ronda", result="fail", error=repr(exc))
+                failing = True
+                await asyncio.sleep(next(delays))
+
+    async def _follow(self, view: RoundView, state: DrawState | None) -> None:
+        """Take in what the shared store says of the round (the watcher's one step)."""
+        self._servers = dict(view.servers)
+        for agency, progress in view.progress.items():
+            self._note_stored(agency, progress.last_seq, progress.committed_bets)
+        if state is not None:
+            self._adopt_draw_state(state)
+        if view.drawn:
+            await self._take_draw(make=False)  # another server made it: serve its winners
+            return
+        opened = False
+        for agency in sorted(view.done - self.barrier.done):
+            if 1 <= agency <= self.agencies:
+                opened |= self.barrier.arrive(agency)  # done on another server
+        if opened:  # the server that stored the last DONE may have died before drawing
+            self._log.info("barrera", result="success", detalle="last agency done elsewhere")
+            await self._betting_closed()
+        elif self.barrier.opened and not self.drawn and (self._draw_due or not self.random):
+            # Betting closed and nobody recorded the draw: the server that
+            # should have died, or it failed here. The store makes it once.
+            await self.draw()
+
+    async def _arrive_from_store(self) -> bool:
+        """A shared store: count every agency done on any server; True if that opened the barrier.
+
+        Read after this server's own done mark is stored, so of two servers
+        storing the last two marks at once, at least the later one sees them
+        both (and both may: the store makes one draw).
+        """
+        if self._shared is None:
+            return False
+        try:
+            done = await self._shared.done_agencies()
+        except StoreError as exc:  # the watcher will see them once the store is back
+            self._log.warning("barrera", result="fail", error=str(exc))
+            return False
+        opened = False
+        for agency in sorted(done - self.barrier.done):
+            if 1 <= agency <= self.agencies:
+                opened |= self.barrier.arrive(agency)
+        return opened
+
+    async def _refresh_draw_state(self) -> None:
+        """A shared store: read the commitments and reveals every server took."""
+        if self._shared is not None and not self.drawn:
+            self._adopt_draw_state(await self._shared.draw_state())
+
+    def _adopt_draw_state(self, state: DrawState) -> None:
+        self._commitments.update(state.commitments)
+        for agency, nonce in state.reveals.items():
+            self._reveals.setdefault(agency, nonce)
+        self._refused |= state.refused
+        self._check_revealed()
 
     # -- reading -----------------------------------------------------------------------
 
@@ -537,6 +762,9 @@ class Round:
         From memory: it costs no store round trip, however often it is asked.
         Once the draw is made it also holds ``winning_number`` and each
         agency's ``winners`` (how many); before it, those keys are absent.
+        Over a shared store it shows the whole round (as of the watcher's
+        last read) and each agency's ``server`` (the id of the server it is
+        connected to, or None), plus this server's ``server_id``.
         """
         barrier = self.barrier
         status: dict[str, Any] = {
@@ -551,12 +779,16 @@ class Round:
                     "id": agency,
                     "committed_bets": self._stored.get(agency, (0, 0))[1],
                     "last_seq": self._stored.get(agency, (0, 0))[0],
-                    "connected": bool(self._speakers.get(agency)),
+                    "connected": bool(self._speakers.get(agency)) or agency in self._servers,
                     "done": barrier.is_done(agency),
                 }
                 for agency in range(1, self.agencies + 1)
             ],
         }
+        if self._shared is not None:  # added keys only: readers of the old ones go on
+            status["server_id"] = self._shared.server_id
+            for entry in status["agency"]:
+                entry["server"] = self._servers.get(entry["id"])
         if self._winners is not None:  # added, never changed: readers of the old keys go on
             status["winning_number"] = (
                 self._draw_state.number if self.random else self.winning_number
@@ -595,9 +827,16 @@ class Round:
             self._deadline_task.cancel()
         if self._reveal_task is not None:
             self._reveal_task.cancel()
+        if self._watch_task is not None:
+            self._watch_task.cancel()
 
     async def wait_closed(self) -> None:
-        """Wait for the deadline task and any draw under way (before the store closes)."""
+        """Wait for the round's tasks and any draw under way (before the store closes)."""
+        if self._watch_task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch_task
+        if self._releases:  # each bounded by RELEASE_TIMEOUT
+            await asyncio.gather(*self._releases, return_exceptions=True)
         if self._deadline_task is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._deadline_task

@@ -83,7 +83,7 @@ from .protocol import (
     operator_proof,
 )
 from .ratelimit import StatusSnapshots, TokenBucket
-from .round import Round, Superseded, WinnersWait
+from .round import Round, Superseded, WinnersWait, shared_store
 from .store import AsyncStore, Outcome, PostgresStore, SQLiteStore, Store, ThreadedStore
 from .store.postgres import safe_dsn
 
@@ -113,10 +113,19 @@ class Server:
         open_store: builds a blocking store (default: `SQLiteStore` in
             ``config.data_dir``); called on the store's own thread. Unused
             when ``config.store`` names a PostgreSQL database.
+        store: an open `AsyncStore` to serve instead (a `SharedStore` makes
+            this server one of several over one round); the server closes it.
     """
 
-    def __init__(self, config: ServerConfig, open_store: Callable[[], Store] | None = None) -> None:
+    def __init__(
+        self,
+        config: ServerConfig,
+        open_store: Callable[[], Store] | None = None,
+        *,
+        store: AsyncStore | None = None,
+    ) -> None:
         self.config = config
+        self._given_store = store
         self._log = get_logger()
         self._open_store = open_store or functools.partial(
             SQLiteStore,
@@ -173,9 +182,12 @@ class Server:
             )
             # TLS is not asyncio's to do here: its handshake runs in `_accept`,
             # after the connection has a slot and under its handshake deadline.
-            self._listener = await asyncio.start_server(
-                self._accept, cfg.host, cfg.port, backlog=cfg.listen_backlog
+            self._listener = await asyncio.get_running_loop().create_server(
+                self._stream_protocol, cfg.host, cfg.port, backlog=cfg.listen_backlog
             )
+            shared = shared_store(store)
+            if shared is not None:  # named before any agency is admitted
+                shared.server_id = cfg.server_id or f"{_public_host(cfg.host)}:{self.port}"
         except BaseException:  # e.g. the port is taken: close the store and its thread
             if self._round is not None:
                 self._round.shutdown()
@@ -226,6 +238,8 @@ class Server:
     async def _open(self) -> AsyncStore:
         """The round's store: PostgreSQL with ``--store``, else SQLite on its own thread."""
         cfg = self.config
+        if self._given_store is not None:
+            return self._given_store
         if not cfg.store:
             return await ThreadedStore.open(self._open_store)
         return await PostgresStore.open(
@@ -233,7 +247,8 @@ class Server:
             agencies=cfg.agencies,
             winning_number=cfg.winning_number,
             draw_mode=cfg.draw,
-            # What `lottery status` shows as the server an agency is connected to.
+            # Named again once the port is bound (`start`): what `lottery status`
+            # shows as the server an agency is connected to.
             server_id=f"{socket.gethostname()}:{cfg.port or os.getpid()}",
         )
 
@@ -369,6 +384,13 @@ class Server:
 
     # -- connections -------------------------------------------------------------------
 
+    def _stream_protocol(self) -> asyncio.StreamReaderProtocol:
+        """What `asyncio.start_server` would make, holding the first bytes back under TLS."""
+        reader = asyncio.StreamReader()
+        if self._tls is None:
+            return asyncio.StreamReaderProtocol(reader, self._accept)
+        return _UnreadUntilTLS(reader, self._accept)
+
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         # Counted at once, before any TLS handshake: a peer that connects and
         # never finishes it holds a slot like any other, for as long.
@@ -444,6 +466,27 @@ class Server:
             await _close_writer(writer, reader)
         finally:
             self._refusing -= 1
+
+
+class _UnreadUntilTLS(asyncio.StreamReaderProtocol):
+    """A connection that reads nothing until `_accept` starts its TLS handshake.
+
+    A client's ClientHello that arrived before `start_tls` would be read as
+    plain bytes into the StreamReader, out of the TLS layer's reach, and the
+    handshake would then wait for it until the deadline (a race a loaded
+    machine lost about one time in five). Paused, the bytes wait in the
+    kernel; `start_tls` resumes reading once the TLS layer is in place.
+    """
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        assert isinstance(transport, asyncio.ReadTransport)
+        transport.pause_reading()
+
+
+def _public_host(host: str) -> str:
+    """The host part of a server id: this machine's name when listening on every address."""
+    return host if host not in ("", "0.0.0.0", "::") else socket.gethostname()
 
 
 def _tls_context(config: ServerConfig) -> ssl.SSLContext | None:
@@ -574,6 +617,7 @@ class Handler:
         self._read_expired = False
         self.task: asyncio.Task[Any] | None = None
         self.agency: int | None = None
+        self._epoch = 0  # the fencing token the round gave this connection (store guarantee 7)
         #: The agency asked how the round is drawn (DRAW_QUERY): it speaks the
         #: draw's frames. One that never does cannot take part in a random draw.
         self._draw_aware = False
@@ -807,7 +851,9 @@ class Handler:
         await self._round.wait_for_room()
         self._unanswered += 1
         records = request.records if isinstance(request, Batch) else (request.record,)
-        future = self._round.submit(self.agency, request.seq, records, request.input_rows)
+        future = self._round.submit(
+            self.agency, request.seq, records, request.input_rows, self._epoch
+        )
         received = asyncio.get_running_loop().time()
         self._put(_Submitted(request, future, received))
 
@@ -953,6 +999,16 @@ class Handler:
             return Error(
                 ErrorCode.BAD_SEQUENCE, f"batch {request.seq} skips ahead of the last stored"
             )
+        if result is Outcome.STALE:
+            # The agency was admitted again (here or on another server): nothing
+            # this connection sends can be stored any more. Retry-able, and the
+            # connection ends; the agency has moved on anyway.
+            self.stop_reading()
+            return Error(
+                ErrorCode.STORAGE,
+                f"batch {request.seq} was not stored: agency {self.agency} "
+                "was admitted on a newer connection",
+            )
         return Error(ErrorCode.STORAGE, f"batch {request.seq} was not stored: {result}")
 
     async def _answer_hello(self, hello: Hello) -> Message:
@@ -984,9 +1040,12 @@ class Handler:
 
     async def _admit(self, agency: int) -> Welcome | Error:
         try:
-            progress = await self._round.admit(agency, self)
+            self._epoch, progress = await self._round.admit(agency, self)
         except Superseded as exc:
             return self._refuse(Error(ErrorCode.OUT_OF_ORDER, str(exc)))
+        except StoreError as exc:  # a shared store that is down: try again (elsewhere)
+            self.stop_reading()
+            return self._refuse(Error(ErrorCode.STORAGE, f"agency {agency}: {exc}"))
         self.agency = agency
         if self._ticket is not None:
             self._ticket.admit()  # to the agency pool: its unauthenticated slot is free

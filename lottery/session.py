@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 
 from . import clock
 from .backoff import Retry
-from .connection import Connection, HostNotFound, closed_hint, raise_for, shielded
+from .connection import Connection, HostNotFound, StorageFault, closed_hint, raise_for, shielded
 from .drawsession import join_draw
 from .errors import ConnectionLost, ServerRefused
 from .handshake import shake_hands
@@ -92,7 +92,7 @@ class Session:
             try:
                 await self.handshake()
                 return
-            except (OSError, ServerRefused, HostNotFound) as exc:
+            except (OSError, ServerRefused, HostNotFound, StorageFault) as exc:
                 if not self.servers.retryable(exc):
                     raise
                 hint = closed_hint(exc, self._tls)

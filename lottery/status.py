@@ -2,7 +2,8 @@
 
 `render` turns the server's STATUS JSON (see docs/PROTOCOL.md) into a table:
 one row per agency with its committed bets, whether it is connected and
-whether it is done, then the draw's state. With `rich` installed (the ``ui``
+whether it is done (and, when several servers share the round, which server
+it is connected to), then the draw's state. With `rich` installed (the ``ui``
 extra) the table is drawn by rich; without it, as plain aligned text.
 
 A server with secrets answers a peer that is no agency and brings no
@@ -55,8 +56,13 @@ def draw_lines(status: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _rows(status: dict[str, Any]) -> list[tuple[str, str, str, str]]:
-    return [
+def _shared(status: dict[str, Any]) -> bool:
+    """Whether the round is several servers' (docs/SCALING.md): each agency shows its server."""
+    return "server_id" in status
+
+
+def _rows(status: dict[str, Any]) -> list[tuple[str, ...]]:
+    rows: list[tuple[str, ...]] = [
         (
             str(a["id"]),
             f"{a['committed_bets']:,}",
@@ -65,18 +71,31 @@ def _rows(status: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         )
         for a in status["agency"]
     ]
+    if _shared(status):
+        rows = [
+            (*row, a.get("server") or "-") for row, a in zip(rows, status["agency"], strict=True)
+        ]
+    return rows
 
 
 HEADERS = ("agency", "committed bets", "connected", "done")
 
 
+def _headers(status: dict[str, Any]) -> tuple[str, ...]:
+    return (*HEADERS, "server") if _shared(status) else HEADERS
+
+
 def _title(status: dict[str, Any]) -> str:
-    return f"round {status.get('round', '?')}: {status['agencies']} agencies"
+    title = f"round {status.get('round', '?')}: {status['agencies']} agencies"
+    if _shared(status):
+        title += f" (asked of server {status['server_id']})"
+    return title
 
 
 def _plain(status: dict[str, Any]) -> str:
-    rows = [HEADERS, *_rows(status)]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(HEADERS))]
+    headers = _headers(status)
+    rows = [headers, *_rows(status)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(headers))]
     lines = ["  ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join([_title(status), "", *lines, "", summary(status), *draw_lines(status)]) + "\n"
@@ -95,10 +114,8 @@ def render(status: dict[str, Any], out: TextIO, *, use_rich: bool | None = None)
             if use_rich:
                 raise
         else:
-            table = Table(
-                title=f"lottery round {status.get('round', '?')}: {status['agencies']} agencies"
-            )
-            for header in HEADERS:
+            table = Table(title=f"lottery {_title(status)}")
+            for header in _headers(status):
                 table.add_column(header, justify="right")
             for row in _rows(status):
                 table.add_row(*row)

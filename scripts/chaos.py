@@ -83,7 +83,18 @@ from roundrunner import (
     stop_server,
 )
 
-__all__ = ["ChaosConfig", "ChaosResult", "agency_kill_spread", "main", "run_chaos"]
+__all__ = [
+    "ChaosConfig",
+    "ChaosResult",
+    "Check",
+    "ServerLife",
+    "agency_kill_spread",
+    "connect_hint",
+    "free_port",
+    "main",
+    "run_chaos",
+    "split_by_agency",
+]
 
 # Many server deaths in a row: the agencies must keep trying through them.
 RECONNECT_ATTEMPTS = 30
@@ -375,7 +386,7 @@ class ChaosRun:
             generate_agency_file(path, self.cfg.bets, rows, self.seed * 1000 + agency)
             self.files.append(path)
         if self.cfg.draw == "fixed":  # a random draw's winners are known after it
-            for agency, bets in enumerate(_split_by_agency(input_bets(self.files)), 1):
+            for agency, bets in enumerate(split_by_agency(input_bets(self.files)), 1):
                 self.expected_winners[agency] = [b[3] for b in bets if int(b[5]) == WINNING_NUMBER]
         self.result.total_bets = self.cfg.agencies * self.cfg.bets
 
@@ -629,7 +640,7 @@ class ChaosRun:
             fails += [
                 f"agency {run.agency} run {run.run}: {line}"
                 for line in run.output().splitlines()
-                if "result: fail" in line and not _connect_hint(line)
+                if "result: fail" in line and not connect_hint(line)
             ]
         checks.append(Check("no result: fail", not fails, f"{len(fails)} lines" + _first(fails)))
         result.passed = all(c.ok for c in checks)
@@ -646,7 +657,7 @@ class ChaosRun:
         )  # fmt: skip
         record = json.loads(record_path.read_text(encoding="utf-8"))
         number = int(record["number"])
-        for agency, bets in enumerate(_split_by_agency(input_bets(self.files)), 1):
+        for agency, bets in enumerate(split_by_agency(input_bets(self.files)), 1):
             self.expected_winners[agency] = [b[3] for b in bets if int(b[5]) == number]
         verify = subprocess.run(
             [*lottery_command(), "verify", "--csv", str(bets_path), "--record", str(record_path)],
@@ -727,7 +738,7 @@ def _is_draw_delay(line: str) -> bool:
     return fields.get("action") == "sorteo" and fields.get("result") == "in_progress"
 
 
-def _connect_hint(line: str) -> bool:
+def connect_hint(line: str) -> bool:
     """An agency's advice after a killed server closed its connect at once (it retries).
 
     `Session.connect` logs ``action: conectar | result: fail`` with a ``pista``
@@ -741,7 +752,7 @@ def _first(items: list[str]) -> str:
     return f"; first: {items[0][-300:]}" if items else ""
 
 
-def _split_by_agency(bets: list[tuple[str, ...]]) -> list[list[tuple[str, ...]]]:
+def split_by_agency(bets: list[tuple[str, ...]]) -> list[list[tuple[str, ...]]]:
     by_agency: dict[str, list[tuple[str, ...]]] = collections.defaultdict(list)
     for bet in bets:
         by_agency[bet[0]].append(bet)

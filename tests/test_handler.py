@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from lottery.config import ServerConfig
-from lottery.errors import ErrorCode
+from lottery.errors import ErrorCode, StoreError
 from lottery.protocol import (
     Ack,
     Batch,
@@ -47,6 +47,9 @@ class FakeRound:
         self.refusal: tuple[ErrorCode, str] | None = None
         self.winners_answer: tuple[str, ...] | WinnersWait = ("1", "2")
         self.admitted: list[int] = []
+        self.admit_error: Exception | None = None
+        self.epoch = 7  # the fencing token admit gives (a shared store's)
+        self.epochs: list[int] = []  # the epoch each submitted batch carried
         self.left: list[int] = []
         self.done: list[int] = []
 
@@ -64,9 +67,11 @@ class FakeRound:
     def refuse_bets(self, agency: int) -> tuple[ErrorCode, str] | None:
         return self.refusal
 
-    async def admit(self, agency: int, speaker: Speaker) -> Progress:
+    async def admit(self, agency: int, speaker: Speaker) -> tuple[int, Progress]:
+        if self.admit_error is not None:
+            raise self.admit_error
         self.admitted.append(agency)
-        return Progress(4, 40)
+        return self.epoch, Progress(4, 40)
 
     def leave(self, agency: int, speaker: Speaker) -> None:
         self.left.append(agency)
@@ -77,9 +82,10 @@ class FakeRound:
     today = "2024-06-01"
 
     def submit(
-        self, agency: int, seq: int, records: Any, input_rows: int = 0
+        self, agency: int, seq: int, records: Any, input_rows: int = 0, epoch: int = 0
     ) -> asyncio.Future[Any]:
         self.submitted.append((agency, seq, len(records)))
+        self.epochs.append(epoch)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         future.set_result(self.outcome)
         return future
@@ -146,7 +152,35 @@ async def test_a_handshake_then_a_batch_goes_through_the_round() -> None:
         assert await peer.receive() == Ack(5)
     assert fake.admitted == [1]
     assert fake.submitted == [(1, 5, 3)]
+    assert fake.epochs == [7]  # the batch carries the connection's epoch (store guarantee 7)
     assert fake.stats.ack_latencies.count == 1
+
+
+async def test_a_stale_batch_is_refused_retryably_and_the_connection_ends() -> None:
+    """A batch the store finds STALE (the agency was admitted again) gets STORAGE, then EOF."""
+    fake = FakeRound()
+    fake.outcome = Outcome.STALE
+    async with handler_for(fake) as peer:
+        peer.send(Hello(1))
+        assert await peer.receive() == Welcome(4, 40, today="2024-06-01")
+        peer.send(Batch(5, make_rows(1)))  # type: ignore[arg-type]
+        reply = await peer.receive()
+        assert isinstance(reply, Error) and reply.code == ErrorCode.STORAGE
+        assert "newer connection" in reply.message
+        assert await peer.receive() is None
+    assert fake.stats.batches_refused == 1
+
+
+async def test_a_store_that_cannot_admit_gets_a_retryable_refusal() -> None:
+    """A handshake the store cannot admit (shared store down) gets STORAGE and the line ends."""
+    fake = FakeRound()
+    fake.admit_error = StoreError("the store is unreachable")
+    async with handler_for(fake) as peer:
+        peer.send(Hello(1))
+        reply = await peer.receive()
+        assert isinstance(reply, Error) and reply.code == ErrorCode.STORAGE
+        assert await peer.receive() is None
+    assert fake.admitted == []
 
 
 async def test_replies_come_in_request_order() -> None:

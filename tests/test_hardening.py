@@ -474,6 +474,56 @@ async def test_connections_in_the_tls_handshake_count_against_the_limit(
     assert ssl.OPENSSL_VERSION
 
 
+def _loop_factories() -> list[Any]:
+    factories: list[Any] = [pytest.param(asyncio.new_event_loop, id="asyncio")]
+    try:
+        import uvloop
+    except ImportError:  # the server runs on asyncio's loop then: one case is enough
+        return factories
+    return [*factories, pytest.param(uvloop.new_event_loop, id="uvloop")]
+
+
+@pytest.mark.parametrize("loop_factory", _loop_factories())
+def test_a_client_hello_sent_before_the_server_accepts_is_not_lost(
+    tmp_path: Path, certificate: tuple[Path, Path], loop_factory: Callable[[], Any]
+) -> None:
+    """TLS bytes already waiting when the accept coroutine first runs still reach the handshake.
+
+    The ClientHello is written on a blocking socket before the event loop
+    runs again, so the server's transport can see data before `_accept` runs
+    (what a loaded machine does at random; uvloop reads between the two
+    steps). Read as plain bytes, the handshake would wait for it in vain.
+    """
+    cert, key = certificate
+
+    async def handshake() -> str | None:
+        async with tls_server(tmp_path, cert, key, timeout_handshake=5) as server:
+            incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+            tls = tls_context(str(cert)).wrap_bio(incoming, outgoing, server_hostname=LOOPBACK)
+            sock = socket.create_connection((LOOPBACK, server.port), timeout=REPLY_TIMEOUT)
+            try:
+                with pytest.raises(ssl.SSLWantReadError):
+                    tls.do_handshake()
+                sock.sendall(outgoing.read())  # the ClientHello, before the loop runs again
+                sock.setblocking(False)
+                loop = asyncio.get_running_loop()
+                async with asyncio.timeout(REPLY_TIMEOUT):
+                    while True:
+                        try:
+                            tls.do_handshake()
+                            return tls.version()
+                        except ssl.SSLWantReadError:
+                            await loop.sock_sendall(sock, outgoing.read())
+                            data = await loop.sock_recv(sock, 65536)
+                            assert data, "the server closed the connection in the handshake"
+                            incoming.write(data)
+            finally:
+                sock.close()
+
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        assert runner.run(handshake()) is not None
+
+
 @pytest.mark.e2e
 def test_lottery_status_shows_every_agency_only_with_the_operator_token(tmp_path: Path) -> None:
     """``lottery status`` with secrets: a summary line; the table only with --token-file."""

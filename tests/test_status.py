@@ -299,3 +299,24 @@ def test_status_with_a_bad_address_exits_2(capsys: pytest.CaptureFixture[str]) -
     """A malformed --server is a usage error: exit 2, naming the flag."""
     assert main(["status", "--server", "nowhere"]) == 2
     assert "--server" in capsys.readouterr().err
+
+
+def test_a_shared_rounds_table_shows_each_agencys_server() -> None:
+    """Several servers over one store: the title names the server asked, a column each agency's."""
+    status = {
+        **status_of(2, bets={1: 5}, connected=(1, 2)),
+        "round": "r-1",
+        "server_id": "h1:12345",
+    }
+    status["agency"][0]["server"] = "h1:12345"
+    status["agency"][1]["server"] = "h2:12345"
+    title, _, header, _, *rows = render_text(status).splitlines()
+    assert title == "round r-1: 2 agencies (asked of server h1:12345)"
+    assert header.split()[-1] == "server"
+    assert [row.split() for row in rows[:2]] == [
+        ["1", "5", "yes", "no", "h1:12345"],
+        ["2", "0", "yes", "no", "h2:12345"],
+    ]
+    out = io.StringIO()
+    render(status, out, use_rich=True)
+    assert "h2:12345" in out.getvalue() and "server" in out.getvalue()
