@@ -43,6 +43,19 @@ def test_agency_help_imports_no_asyncio_structlog_rich_server_or_store() -> None
         assert heavy not in modules
 
 
+def test_agency_help_imports_no_openssl_configparser_or_difflib() -> None:
+    """What only some runs need (a digest, a config.ini, a misspelt name) loads when they do."""
+    code = (
+        "import contextlib, io\n"
+        "from lottery.cli import build_parser\n"
+        "with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
+        "    build_parser('agency').parse_args(['agency', '--help'])"
+    )
+    modules = imported_by(code)
+    for needless in ("_hashlib", "configparser", "difflib"):
+        assert needless not in modules
+
+
 def test_the_lottery_package_exports_lazily() -> None:
     """``import lottery`` loads no submodule; each exported name still resolves to its class."""
     assert "lottery.server" not in imported_by("import lottery")
