@@ -54,6 +54,8 @@ EPILOG = (
     "(round, rows, store); 2 bad command line or configuration; "
     "130/143 an agency stopped by SIGINT/SIGTERM."
 )
+#: The subcommands, as `build_parser` adds them.
+COMMANDS = ("server", "agency", "status", "ping", "make-secrets", "export", "verify", "draw")
 # tp0 ej5: an agency with no bets file sends the one bet these variables hold.
 TP0_SINGLE_BET_ENV = ("NOMBRE", "APELLIDO", "DOCUMENTO", "NACIMIENTO", "NUMERO")
 
@@ -108,90 +110,113 @@ def _add_options(
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
-    """The ``lottery`` command line; given ``command``, the settings of the others are left out.
+    """The ``lottery`` command line; given ``command``, the other commands are left out.
 
     The server's and the agency's settings are most of the parser: a process
-    that runs one of them need not build the other's (start-up time).
+    that runs one of them need not build the others (start-up time).
     """
     parser = argparse.ArgumentParser(prog="lottery", description=DESCRIPTION, epilog=EPILOG)
+    # A known command needs its own subparser only (each costs start-up time);
+    # anything else (``--help``, a typo) gets them all, to list them.
+    only = command if command in COMMANDS else None
+
+    def wanted(name: str) -> bool:
+        return only in (None, name)
+
     parser.add_argument("--version", action="version", version=f"lottery {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    server = commands.add_parser("server", help="run the central server")
-    if command in (None, "server"):
-        _add_options(server, SERVER_OPTIONS, ServerConfig(), "config.ini")
-    fresh = server.add_mutually_exclusive_group()
-    fresh.add_argument(
-        "--new-round",
-        action="store_true",
-        help="start a new round: the data directory's round moves to DATA_DIR/archive/<id>/",
-    )
-    fresh.add_argument(
-        "--new-round-if-finished",
-        action="store_true",
-        help="the same, but only if that round's draw is made (else it resumes)",
-    )
-    _common(server)
+    if wanted("server"):
+        server = commands.add_parser("server", help="run the central server")
+        if command in (None, "server"):
+            _add_options(server, SERVER_OPTIONS, ServerConfig(), "config.ini")
+        fresh = server.add_mutually_exclusive_group()
+        fresh.add_argument(
+            "--new-round",
+            action="store_true",
+            help="start a new round: the data directory's round moves to DATA_DIR/archive/<id>/",
+        )
+        fresh.add_argument(
+            "--new-round-if-finished",
+            action="store_true",
+            help="the same, but only if that round's draw is made (else it resumes)",
+        )
+        _common(server)
 
-    agency = commands.add_parser("agency", help="run one agency: send bets, get winners")
-    if command in (None, "agency"):
-        _add_options(agency, AGENCY_OPTIONS, AgencyConfig(), "config.yaml")
-    agency.add_argument("--stats-file", help="write the round's figures (ack latencies) as JSON")
-    agency.add_argument(
-        "--quiet", action="store_true", help="no progress bar on a terminal (log lines unchanged)"
-    )
-    _common(agency)
+    if wanted("agency"):
+        agency = commands.add_parser("agency", help="run one agency: send bets, get winners")
+        if command in (None, "agency"):
+            _add_options(agency, AGENCY_OPTIONS, AgencyConfig(), "config.yaml")
+        agency.add_argument(
+            "--stats-file", help="write the round's figures (ack latencies) as JSON"
+        )
+        agency.add_argument(
+            "--quiet",
+            action="store_true",
+            help="no progress bar on a terminal (log lines unchanged)",
+        )
+        _common(agency)
 
-    status = commands.add_parser("status", help="show the round: agencies, bets, the draw")
-    status.add_argument(
-        "--server", required=True, help="HOST:PORT of the server (a list: the first that answers)"
-    )
-    status.add_argument("--json", action="store_true", help="print the raw JSON")
-    status.add_argument("--timeout", type=float, default=5.0)
-    status.add_argument("--tls-ca", help="CA certificate to trust for a TLS server (PEM)")
-    status.add_argument(
-        "--token-file",
-        "--secrets",
-        dest="token_file",
-        help="a secrets file with an operator: line; with it a server with secrets shows every "
-        "agency, without it only the round's summary",
-    )
+    if wanted("status"):
+        status = commands.add_parser("status", help="show the round: agencies, bets, the draw")
+        status.add_argument(
+            "--server",
+            required=True,
+            help="HOST:PORT of the server (a list: the first that answers)",
+        )
+        status.add_argument("--json", action="store_true", help="print the raw JSON")
+        status.add_argument("--timeout", type=float, default=5.0)
+        status.add_argument("--tls-ca", help="CA certificate to trust for a TLS server (PEM)")
+        status.add_argument(
+            "--token-file",
+            "--secrets",
+            dest="token_file",
+            help="a secrets file with an operator: line; with it a server with secrets shows every "
+            "agency, without it only the round's summary",
+        )
 
-    ping = commands.add_parser("ping", help="exit 0 if a server answers (health checks)")
-    ping.add_argument("server", help="HOST:PORT of the server (a list: the first that answers)")
-    ping.add_argument("--timeout", type=float, default=5.0)
-    ping.add_argument("--tls-ca", help="CA certificate to trust for a TLS server (PEM)")
+    if wanted("ping"):
+        ping = commands.add_parser("ping", help="exit 0 if a server answers (health checks)")
+        ping.add_argument("server", help="HOST:PORT of the server (a list: the first that answers)")
+        ping.add_argument("--timeout", type=float, default=5.0)
+        ping.add_argument("--tls-ca", help="CA certificate to trust for a TLS server (PEM)")
 
-    make_secrets = commands.add_parser("make-secrets", help="write a secrets file for N agencies")
-    make_secrets.add_argument("agencies", type=int, help="N: agencies 1..N get a secret")
-    make_secrets.add_argument("file", help="the file to create (mode 0600; never overwritten)")
-    make_secrets.add_argument(
-        "--per-agency-dir",
-        metavar="DIR",
-        help="also write DIR/agency-<id>.secret, one per agency, for its --secret-file",
-    )
+    if wanted("make-secrets"):
+        make_secrets = commands.add_parser(
+            "make-secrets", help="write a secrets file for N agencies"
+        )
+        make_secrets.add_argument("agencies", type=int, help="N: agencies 1..N get a secret")
+        make_secrets.add_argument("file", help="the file to create (mode 0600; never overwritten)")
+        make_secrets.add_argument(
+            "--per-agency-dir",
+            metavar="DIR",
+            help="also write DIR/agency-<id>.secret, one per agency, for its --secret-file",
+        )
 
-    export = commands.add_parser("export", help="write the stored bets as tp0's bets.csv")
-    _store_options(export)
-    export.add_argument("--csv", help="output file; - for standard output")
-    export.add_argument(
-        "--excel-safe",
-        action="store_true",
-        help="prefix with ' every name a spreadsheet would run as a formula (= + - @)",
-    )
-    export.add_argument(
-        "--draw-record", help="write the draw record (JSON; docs/DRAW.md) to this file"
-    )
+    if wanted("export"):
+        export = commands.add_parser("export", help="write the stored bets as tp0's bets.csv")
+        _store_options(export)
+        export.add_argument("--csv", help="output file; - for standard output")
+        export.add_argument(
+            "--excel-safe",
+            action="store_true",
+            help="prefix with ' every name a spreadsheet would run as a formula (= + - @)",
+        )
+        export.add_argument(
+            "--draw-record", help="write the draw record (JSON; docs/DRAW.md) to this file"
+        )
 
-    verify = commands.add_parser("verify", help="check a draw record against the bets")
-    verify.add_argument("--record", required=True, help="the draw record (JSON)")
-    bets = verify.add_mutually_exclusive_group(required=True)
-    bets.add_argument("--csv", help="the bets, as `lottery export --csv` wrote them")
-    _store_options(verify, bets)
+    if wanted("verify"):
+        verify = commands.add_parser("verify", help="check a draw record against the bets")
+        verify.add_argument("--record", required=True, help="the draw record (JSON)")
+        bets = verify.add_mutually_exclusive_group(required=True)
+        bets.add_argument("--csv", help="the bets, as `lottery export --csv` wrote them")
+        _store_options(verify, bets)
 
-    draw = commands.add_parser("draw", help="give the random draw an outside beacon")
-    _store_options(draw)
-    draw.add_argument("--beacon", required=True, help="the beacon value, hex (after betting)")
+    if wanted("draw"):
+        draw = commands.add_parser("draw", help="give the random draw an outside beacon")
+        _store_options(draw)
+        draw.add_argument("--beacon", required=True, help="the beacon value, hex (after betting)")
     return parser
 
 
@@ -523,9 +548,6 @@ def _import_agency() -> None:
         import ssl  # noqa: F401
 
         from . import advice, client, participant, progress  # noqa: F401
-        from .log import preload
-
-        preload()
     finally:
         gc.freeze()
         if enabled:
@@ -534,10 +556,9 @@ def _import_agency() -> None:
 
 def run_agency(args: argparse.Namespace) -> int:
     _import_agency()
-    import asyncio
 
-    from .advice import batch_cap_advice, log_advice
-    from .log import configure, get_logger
+    from .advice import batch_cap_advice
+    from .log import configure, reset
     from .progress import console_for, log_stream, progress_wanted
 
     warnings: list[str] = []
@@ -550,7 +571,24 @@ def run_agency(args: argparse.Namespace) -> int:
     console = None
     if config.bets and progress_wanted(sys.stderr, quiet=args.quiet, log_format=config.log_format):
         console = console_for(sys.stderr)
-    configure(config.log_level, config.log_format, log_stream(console) if console else None)
+    # Light: an agency's few console lines need no structlog (its import is start-up time).
+    configure(
+        config.log_level, config.log_format, log_stream(console) if console else None, light=True
+    )
+    try:
+        return _run_agency(args, config, console, warnings)
+    finally:
+        reset()
+
+
+def _run_agency(
+    args: argparse.Namespace, config: AgencyConfig, console: Any, warnings: list[str]
+) -> int:
+    import asyncio
+
+    from .advice import log_advice
+    from .log import get_logger
+
     log_advice(warnings, agencia=config.id)
     with asyncio.Runner(loop_factory=loop_factory(args.loop)) as runner:
         interrupt = Interrupt(config.id)

@@ -16,8 +16,6 @@ such names too, but it is reported with the closest real name
 
 from __future__ import annotations
 
-import configparser
-import difflib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -492,6 +490,8 @@ def unknown_names(
             renamed = RENAMED[name]
             sentence += f"; it is {renamed} here" if renamed else "; tp0 used it, lottery does not"
         else:
+            import difflib  # here: only a misspelt name needs it (start-up time)
+
             # Case-blind: tp0's configparser would have read server_port as SERVER_PORT.
             by_upper = {k.upper(): k for k in known}
             close = difflib.get_close_matches(name.upper(), list(by_upper), n=1)
@@ -504,6 +504,8 @@ def unknown_names(
 def _read_ini(path: str | None) -> dict[str, str]:
     if not path:
         return {}
+    import configparser  # here: only a config.ini needs it (start-up time)
+
     # No interpolation: a '%' in a value is that character, as the operator wrote it.
     parser = configparser.ConfigParser(interpolation=None)
     parser.optionxform = str  # type: ignore[assignment,method-assign]  # keep tp0's upper case

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import datetime
 import functools
-import hashlib
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -83,11 +82,15 @@ def agency_digest(records: bytes = b"") -> RunningDigest:
     restarted agency can check that its file still starts with the bets
     already stored; the round's receipts use the same definition.
     """
+    import hashlib  # here: `lottery agency --help` needs no OpenSSL (start-up time)
+
     return hashlib.sha256(records)
 
 
 #: The agency digest of no bets at all.
-EMPTY_DIGEST = agency_digest().digest()
+EMPTY_DIGEST = bytes.fromhex(  # SHA-256 of nothing, written out: no hashlib at import
+    "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+)
 
 #: The agency-file columns, in order (tp0's layout).
 FIELDS = ("first_name", "last_name", "document", "birthdate", "number")

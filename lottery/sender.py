@@ -30,7 +30,7 @@ from .batching import BATCH_LISTS_QUEUE_SIZE, cut_batches, read_blocks
 from .connection import Connection, raise_for, run_together
 from .csvfiles import RecordBlock
 from .log import get_logger
-from .protocol import Ack
+from .protocol import Ack, Message
 from .readers import BlockReader, Source, open_reader
 from .refusal import RefusedBet, leave_out, refused_bet
 from .reports import SendReport
@@ -172,17 +172,21 @@ class BatchSender:
                     window.finish_input()
                     return
                 pending.extend(ready)
+            going: list[Outgoing] = []
+            now = loop.time()
             while pending and len(window.unacked) < window.size:
                 item = self._number(pending.popleft())
                 window.add(item)  # before sending: a lost line resends it
-                item.sent = loop.time()
-                conn.send_batch(item.seq, item.records, item.count, item.input_rows)
-                self.batches_sent += 1
+                item.sent = now
+                going.append(item)
                 self.bets_sent += item.count
-                # The window bounds what the transport buffers: drain once a
-                # window's worth has gone out, not per batch (a drain arms a timeout).
-                if not self.batches_sent % window.size:
-                    await conn.drain(self.session.timeout)
+            # What the window lets out goes in one write (acks come in bunches,
+            # so does room). The window bounds what the transport buffers; a
+            # drain (and its timer) only when the kernel did not take it all.
+            conn.send_batches([(i.seq, i.records, i.count, i.input_rows) for i in going])
+            self.batches_sent += len(going)
+            if conn.write_buffered:
+                await conn.drain(self.session.timeout)
 
     async def _receive_acks(self, conn: Connection, window: Window, report: SendReport) -> None:
         loop = asyncio.get_running_loop()
@@ -190,10 +194,17 @@ class BatchSender:
             await window.wait_for_unacked()
             if window.input_done and not window.unacked:
                 return
-            reply = await conn.receive(self.session.timeout)
+            reply: Message | None = await conn.receive(self.session.timeout)
+            # The acks already read are taken together: one window change for them all.
+            last = None
+            while isinstance(reply, Ack):
+                last = reply.seq
+                reply = conn.next_buffered()
+            if last is not None:
+                self._acknowledged(window.acknowledge_through(last), report, loop.time())
+            if reply is None:
+                continue
             refused = refused_bet(reply)
             if refused is not None:
                 raise refused
-            if not isinstance(reply, Ack):
-                raise_for(reply)
-            self._acknowledged(window.acknowledge_through(reply.seq), report, loop.time())
+            raise_for(reply)

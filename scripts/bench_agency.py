@@ -4,6 +4,7 @@
     .venv/bin/python scripts/bench_agency.py                   # 5 agencies x 200,000 bets
     .venv/bin/python scripts/bench_agency.py --agencies 1 --repeat 3
     .venv/bin/python scripts/bench_agency.py --profile prof/   # also a cProfile per agency
+    .venv/bin/python scripts/bench_agency.py --phases          # and where each agency's CPU went
     .venv/bin/python scripts/bench_agency.py --skip-round      # start-up figures only
 
 A real ``lottery server`` (``--sync OFF``: its CPU is not counted, and a slow
@@ -18,7 +19,11 @@ Start-up is ``lottery agency --help``: wall clock, best of ``--startup-runs``
 (goal ≤ 60 ms), and the modules that ``python -X importtime`` shows taking
 longest (cumulative µs). With ``--profile DIR`` each agency runs under
 cProfile (slower: the CPU figures are then not the goal's) and the top
-entries by own time (main thread CPU) are printed.
+entries by own time (main thread CPU) are printed. With ``--phases`` each
+agency says where its CPU went (`_PHASES`): the interpreter's start, the
+imports (to the end of `lottery.cli._import_agency`), the reader thread's
+trips, and the main thread's work after the imports; these figures are
+taken inside the agency, so they leave out its exit (rusage has it).
 """
 
 from __future__ import annotations
@@ -71,6 +76,42 @@ sys.exit(code)
 """
 
 
+# ``python -c _PHASES agency ...``: the agency, timed at its steps by CPU clocks
+# (process_time at its start and after its imports, thread_time of each
+# reader trip and of the main thread), printed as one PHASES line at exit.
+_PHASES = """
+import atexit, sys, time
+started = time.process_time()
+sys.argv = ["lottery", *sys.argv[1:]]
+import lottery.cli as cli
+marks = {"imports": 0.0, "reader": 0.0, "imported_main": 0.0}
+import_agency = cli._import_agency
+def timed_imports():
+    import_agency()
+    marks["imports"] = time.process_time()
+    marks["imported_main"] = time.thread_time()
+    import lottery.batching as batching
+    read_some = batching._read_some
+    def timed_read(reader):
+        start = time.thread_time()
+        try:
+            return read_some(reader)
+        finally:
+            marks["reader"] += time.thread_time() - start
+    batching._read_some = timed_read
+cli._import_agency = timed_imports
+def report():
+    main = time.thread_time() - marks["imported_main"]
+    sys.stderr.write(
+        f"PHASES interpreter={started * 1e3:.1f} imports={(marks['imports'] - started) * 1e3:.1f} "
+        f"reader={marks['reader'] * 1e3:.1f} main={main * 1e3:.1f} "
+        f"total={time.process_time() * 1e3:.1f} ms\\n"
+    )
+atexit.register(report)
+sys.exit(cli.main())
+"""
+
+
 def _env() -> dict[str, str]:
     env = dict(os.environ)
     for key, value in CHILD_ENV.items():
@@ -112,6 +153,7 @@ def one_round(
     window: int,
     profile: Path | None,
     agency_program: Sequence[str] | None = None,
+    phases: list[str] | None = None,
 ) -> list[tuple[float, float]]:
     """One round; each agency's user and system CPU, µs per bet."""
     with tempfile.TemporaryDirectory(prefix="lottery-bench-agency-") as tmp:
@@ -123,6 +165,8 @@ def one_round(
                 if profile is not None:
                     out = profile / f"agency-{i}.prof"
                     program = [sys.executable, "-c", _PROFILED, str(out)]
+                elif phases is not None:
+                    program = [_python(agency_program), "-c", _PHASES]
                 extra = ["--max-in-flight", str(window), "--batch-max-amount", str(batch)]
                 agencies.append(
                     start_agency(
@@ -136,7 +180,14 @@ def one_round(
     for agency in agencies:
         if agency.returncode != 0:
             raise SystemExit(f"agency {agency.agency} exited {agency.returncode}:\n{agency.output}")
+        if phases is not None:
+            phases += [line for line in agency.output.splitlines() if line.startswith("PHASES")]
     return [(user / bets * 1e6, system / bets * 1e6) for user, system in cpu]
+
+
+def _python(program: Sequence[str] | None) -> str:
+    """The python beside a ``lottery`` command (this one's for None)."""
+    return str(Path(program[0]).parent / "python") if program else sys.executable
 
 
 def startup_ms(runs: int, command: Sequence[str]) -> float:
@@ -208,6 +259,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--import-top", type=int, default=12)
     parser.add_argument("--skip-round", action="store_true", help="start-up figures only")
     parser.add_argument("--profile", type=Path, help="run the agencies under cProfile, into DIR")
+    parser.add_argument(
+        "--phases", action="store_true", help="print where each agency's CPU went (ms)"
+    )
     parser.add_argument("--data-root", type=Path, default=ROOT / "bench-data")
     parser.add_argument(
         "--lottery",
@@ -242,9 +296,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     one_round(data.files[:1], args.bets, args.batch_max_amount, args.window, None, command)
     best: list[float] | None = None
     for run in range(args.repeat):
+        phases: list[str] | None = [] if args.phases else None
         split = one_round(
-            data.files, args.bets, args.batch_max_amount, args.window, args.profile, command
-        )
+            data.files, args.bets, args.batch_max_amount, args.window, args.profile, command,
+            phases,
+        )  # fmt: skip
+        for line in phases or []:
+            print(f"  {line}")
         per_bet = [user + system for user, system in split]
         figures = " ".join(f"{u + s:.3f} ({u:.3f}+{s:.3f})" for u, s in split)
         print(f"round {run + 1}: agency CPU µs/bet, user+system: {figures}", flush=True)

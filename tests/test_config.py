@@ -29,7 +29,16 @@ from lottery.config import (
     load_server_config,
 )
 from lottery.errors import ConfigError
-from lottery.log import LineLogger, Tp0Renderer, configure, get_logger, hot_line, line_logger
+from lottery.log import (
+    LightLogger,
+    LineLogger,
+    Tp0Renderer,
+    configure,
+    get_logger,
+    hot_line,
+    line_logger,
+    reset,
+)
 from lottery.server import Server
 
 from .conftest import UNIT
@@ -467,6 +476,45 @@ def test_configured_logger_filters_levels() -> None:
     log.warning("apuesta_recibida", result="fail", cantidad=4)
     (line,) = stream.getvalue().splitlines()
     assert line.endswith(" WARNING  action: apuesta_recibida | result: fail | cantidad: 4")
+
+
+def _log_some(fmt_light: bool, level: str = "INFO") -> list[str]:
+    """A few lines, bound fields and all, through structlog or the light logger."""
+    stream = io.StringIO()
+    configure(level, "console", stream, light=fmt_light)
+    try:
+        log = get_logger(ip="10.0.0.1", agencia=3).bind(ronda="r1")
+        log.debug("oculta", result="success")
+        log.info("apuesta_enviada", result="success", dni="30904465", numero=7574)
+        log.warning("reconectar", result="in_progress", error="a | b\nc")
+        log.error("ronda", result="fail")
+        log.critical("fin")
+    finally:
+        reset()
+        structlog.reset_defaults()
+    # The timestamp (to the second) may differ between the two runs.
+    return [line.split(" ", 2)[2] for line in stream.getvalue().splitlines()]
+
+
+@pytest.mark.parametrize("level", ["DEBUG", "INFO", "ERROR"])
+def test_light_logger_writes_what_structlog_writes(level: str) -> None:
+    """An agency's structlog-free lines: the same text, order and level filter as structlog's."""
+    assert _log_some(True, level) == _log_some(False, level)
+    assert _log_some(True, "INFO")[0] == (
+        "INFO     action: apuesta_enviada | result: success | ronda: r1 | dni: 30904465"
+        " | numero: 7574 | ip: 10.0.0.1 | agencia: 3"
+    )
+
+
+def test_light_configuration_lasts_until_reset() -> None:
+    """configure(light=True) gives LightLoggers (console only); reset gives structlog's back."""
+    configure("INFO", "console", io.StringIO(), light=True)
+    assert isinstance(get_logger(agencia=1), LightLogger)
+    reset()
+    assert not isinstance(get_logger(agencia=1), LightLogger)
+    configure("INFO", "json", io.StringIO(), light=True)  # JSON lines stay structlog's
+    assert not isinstance(get_logger(agencia=1), LightLogger)
+    structlog.reset_defaults()
 
 
 def test_json_format_writes_one_object_per_line() -> None:

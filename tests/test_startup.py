@@ -43,6 +43,19 @@ def test_agency_help_imports_no_asyncio_structlog_rich_server_or_store() -> None
         assert heavy not in modules
 
 
+def test_agency_help_imports_no_openssl_configparser_or_difflib() -> None:
+    """What only some runs need (a digest, a config.ini, a misspelt name) loads when they do."""
+    code = (
+        "import contextlib, io\n"
+        "from lottery.cli import build_parser\n"
+        "with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
+        "    build_parser('agency').parse_args(['agency', '--help'])"
+    )
+    modules = imported_by(code)
+    for needless in ("_hashlib", "configparser", "difflib"):
+        assert needless not in modules
+
+
 def test_the_lottery_package_exports_lazily() -> None:
     """``import lottery`` loads no submodule; each exported name still resolves to its class."""
     assert "lottery.server" not in imported_by("import lottery")
@@ -66,6 +79,18 @@ def test_logging_imports_structlog_without_rich_and_leaves_rich_importable() -> 
         "import rich.console"
     )
     assert "rich.console" in imported_by(code)
+
+
+def test_an_agency_logs_without_importing_structlog() -> None:
+    """The agency's console lines are written by lottery.log itself (structlog is start-up time)."""
+    code = (
+        "import io, sys\n"
+        "from lottery.log import configure, get_logger\n"
+        "configure('INFO', 'console', io.StringIO(), light=True)\n"
+        "get_logger(agencia=1).info('x', result='success')\n"
+        "assert 'structlog' not in sys.modules"
+    )
+    assert "structlog" not in imported_by(code)
 
 
 def test_the_sync_modes_the_settings_offer_are_the_stores() -> None:
