@@ -21,7 +21,7 @@ a console renderer we never use (our renderers are our own); greenlet likewise.
 
 An agency does not import structlog at all: its console lines are few (a
 dozen per run) and `configure(..., light=True)` gives `get_logger` a
-`LightLogger` that renders them with the same `Tp0Renderer`, saving the
+`LineLogger` that renders them with the same `Tp0Renderer`, saving the
 15–20 ms structlog's import adds to every agency's start. `reset` undoes it.
 
 One line is written thousands of times a second: the server's per-batch
@@ -59,7 +59,6 @@ __all__ = [
     "CONTEXT_FIELDS",
     "FORMATS",
     "LEVELS",
-    "LightLogger",
     "SafeStream",
     "Tp0Renderer",
     "configure",
@@ -276,7 +275,7 @@ def configure(
 
     Lines go to ``stream`` (stderr by default) through a `SafeStream`, so a
     failing log never raises into the code that logs. With ``light`` (an
-    agency), console lines are written by `LightLogger`, without structlog,
+    agency), console lines are written by `LineLogger`, without structlog,
     until `reset` or the next `configure`.
     """
     global _hot, _light  # the process's one log configuration
@@ -291,7 +290,7 @@ def configure(
     processors: list[Any] = [_add_timestamp]
     factory = structlog.WriteLoggerFactory(file=safe)
     if fmt == "console" and logging.getLevelName(level.upper()) <= logging.INFO:
-        _hot = (factory, safe)
+        _hot = (factory, safe, LEVELS.index(level.upper()))
     if fmt == "json":
         processors += [
             structlog.processors.add_log_level,
@@ -320,49 +319,10 @@ _light: tuple[int, SafeStream] | None = None
 _RENDER = Tp0Renderer()
 
 
-class LightLogger:
-    """What an agency logs with: structlog's bound logger API, tp0 console lines only.
-
-    The text is `Tp0Renderer`'s, from the event dict structlog would build
-    (the bound fields, then the call's, then the event and the timestamp).
-    """
-
-    __slots__ = ("_context", "_level", "_stream")
-
-    def __init__(self, context: dict[str, Any], level: int, stream: SafeStream) -> None:
-        self._context, self._level, self._stream = context, level, stream
-
-    def bind(self, **context: Any) -> LightLogger:
-        return LightLogger({**self._context, **context}, self._level, self._stream)
-
-    def _log(self, level: int, method: str, event: str, fields: dict[str, Any]) -> None:
-        if level < self._level:
-            return
-        entry = {**self._context, **fields}
-        entry["event"] = event
-        entry["timestamp"] = _timestamp()
-        self._stream.write(_RENDER(None, method, entry) + "\n")
-
-    def debug(self, event: str, **fields: Any) -> None:
-        self._log(0, "debug", event, fields)
-
-    def info(self, event: str, **fields: Any) -> None:
-        self._log(1, "info", event, fields)
-
-    def warning(self, event: str, **fields: Any) -> None:
-        self._log(2, "warning", event, fields)
-
-    def error(self, event: str, **fields: Any) -> None:
-        self._log(3, "error", event, fields)
-
-    def critical(self, event: str, **fields: Any) -> None:
-        self._log(4, "critical", event, fields)
-
-
 #: Set by `configure` when INFO lines are written in the console format: the
 #: logger factory it installed (to tell whether it is still the one in use)
 #: and the stream it writes to.
-_hot: tuple[object, SafeStream] | None = None
+_hot: tuple[object, SafeStream, int] | None = None
 
 
 @atexit.register
@@ -397,50 +357,57 @@ def hot_line(action: str, result: str, key: str, **context: object) -> Callable[
     return write
 
 
-_RENDERER = Tp0Renderer()
-
-
 class LineLogger:
-    """A logger for per-connection lines: tp0's console text, without structlog.
+    """tp0's console lines without structlog: its bound-logger API, its text.
 
-    The same line `get_logger(**context)` would write (through `Tp0Renderer`,
-    with the per-second timestamp), rendered directly and handed to the
-    `SafeStream`: INFO lines with `SafeStream.write_soon` (in the event-loop
-    turn's one write, as `hot_line`'s), the others at once. With 10,000
-    agencies each connection writes five or six lines (accept, handshake,
-    batch, done, winners, close); through structlog's processors, a lock and a
-    write and flush each, they were a quarter of a connection's CPU.
-    DEBUG lines go through structlog (the level decides there).
-    Build it with `line_logger`.
+    The same line `get_logger(**context)` would write (`Tp0Renderer` over the
+    event dict structlog would build, with the per-second timestamp),
+    rendered directly and handed to the `SafeStream`. Two users:
+
+    - an agency (`configure(light=True)`): importing and running structlog
+      was a tenth of a short agency's CPU; its lines are written at once;
+    - the server's per-connection lines (`line_logger`): with 10,000 agencies
+      each connection writes five or six (accept, handshake, batch, done,
+      winners, close), and through structlog's processors, a lock, a write
+      and a flush each they were a quarter of a connection's CPU. With
+      ``soon``, INFO lines go in the event-loop turn's one write
+      (`SafeStream.write_soon`, as `hot_line`'s), the others at once.
     """
 
-    __slots__ = ("_context", "_debug", "_stream")
+    __slots__ = ("_context", "_level", "_soon", "_stream")
 
-    def __init__(self, stream: SafeStream, context: dict[str, Any]) -> None:
-        self._stream = stream
-        self._context = context
-        self._debug: Any = None  # a structlog logger, made at the first debug line
+    def __init__(
+        self, stream: SafeStream, context: dict[str, Any], level: int, *, soon: bool = False
+    ) -> None:
+        self._stream, self._context, self._level, self._soon = stream, context, level, soon
 
     def bind(self, **context: Any) -> LineLogger:
-        return LineLogger(self._stream, {**self._context, **context})
+        return LineLogger(self._stream, {**self._context, **context}, self._level, soon=self._soon)
 
-    def _render(self, level: str, event: str, fields: dict[str, Any]) -> str:
-        merged = {**self._context, **fields, "event": event, "timestamp": _timestamp()}
-        return _RENDERER(None, level, merged) + "\n"
-
-    def info(self, event: str, **fields: Any) -> None:
-        self._stream.write_soon(self._render("info", event, fields))
-
-    def warning(self, event: str, **fields: Any) -> None:
-        self._stream.write(self._render("warning", event, fields))
-
-    def error(self, event: str, **fields: Any) -> None:
-        self._stream.write(self._render("error", event, fields))
+    def _log(self, level: int, method: str, event: str, fields: dict[str, Any]) -> None:
+        if level < self._level:
+            return
+        entry = {**self._context, **fields, "event": event, "timestamp": _timestamp()}
+        text = _RENDER(None, method, entry) + "\n"
+        if self._soon and method == "info":
+            self._stream.write_soon(text)
+        else:
+            self._stream.write(text)
 
     def debug(self, event: str, **fields: Any) -> None:
-        if self._debug is None:
-            self._debug = get_logger(**self._context)
-        self._debug.debug(event, **fields)
+        self._log(0, "debug", event, fields)
+
+    def info(self, event: str, **fields: Any) -> None:
+        self._log(1, "info", event, fields)
+
+    def warning(self, event: str, **fields: Any) -> None:
+        self._log(2, "warning", event, fields)
+
+    def error(self, event: str, **fields: Any) -> None:
+        self._log(3, "error", event, fields)
+
+    def critical(self, event: str, **fields: Any) -> None:
+        self._log(4, "critical", event, fields)
 
 
 def line_logger(**context: Any) -> Any:
@@ -452,7 +419,7 @@ def line_logger(**context: Any) -> Any:
     hot = _hot
     if hot is None or _structlog().get_config()["logger_factory"] is not hot[0]:
         return get_logger(**context)
-    return LineLogger(hot[1], context)
+    return LineLogger(hot[1], context, hot[2], soon=True)
 
 
 #: What a logger renders with when no entry point configured structlog.
@@ -468,7 +435,8 @@ def get_logger(**context: Any) -> Any:
     """
     light = _light
     if light is not None:
-        return LightLogger(context, *light)
+        level, stream = light
+        return LineLogger(stream, context, level)
     structlog = _structlog()
     if structlog.is_configured():
         return structlog.get_logger().bind(**context)

@@ -30,7 +30,6 @@ from lottery.config import (
 )
 from lottery.errors import ConfigError
 from lottery.log import (
-    LightLogger,
     LineLogger,
     Tp0Renderer,
     configure,
@@ -507,13 +506,13 @@ def test_light_logger_writes_what_structlog_writes(level: str) -> None:
 
 
 def test_light_configuration_lasts_until_reset() -> None:
-    """configure(light=True) gives LightLoggers (console only); reset gives structlog's back."""
+    """configure(light=True) gives LineLoggers (console only); reset gives structlog's back."""
     configure("INFO", "console", io.StringIO(), light=True)
-    assert isinstance(get_logger(agencia=1), LightLogger)
+    assert isinstance(get_logger(agencia=1), LineLogger)
     reset()
-    assert not isinstance(get_logger(agencia=1), LightLogger)
+    assert not isinstance(get_logger(agencia=1), LineLogger)
     configure("INFO", "json", io.StringIO(), light=True)  # JSON lines stay structlog's
-    assert not isinstance(get_logger(agencia=1), LightLogger)
+    assert not isinstance(get_logger(agencia=1), LineLogger)
     structlog.reset_defaults()
 
 
