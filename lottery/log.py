@@ -59,6 +59,7 @@ __all__ = [
     "CONTEXT_FIELDS",
     "FORMATS",
     "LEVELS",
+    "LineLogger",
     "SafeStream",
     "Tp0Renderer",
     "configure",

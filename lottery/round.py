@@ -169,6 +169,7 @@ class Round:
         #: The round's date (ISO), for the birthdate rule and the WELCOME.
         self.today = today or clock.today()
         self._fault_draw_delay = fault_draw_delay  # env-only hook for scripts/chaos.py
+        self._delaying = False  # inside that delay: the draw waits for it
         self._deadline_task: asyncio.Task[None] | None = None
         self._log = get_logger()
         # The random draw (docs/DRAW.md); all of it from the store at start.
@@ -506,7 +507,7 @@ class Round:
                 and agency not in self._refused
             ):
                 return WinnersWait.REVEAL
-        ready = self._draw_due or not self.random
+        ready = (self._draw_due or not self.random) and not self._delaying
         if self.barrier.opened and not self.drawn and ready:  # the draw failed: retry
             await self.draw()
         try:
@@ -666,7 +667,11 @@ class Round:
         if self.barrier.arrive(agency) | await self._arrive_from_store():
             if self._fault_draw_delay:
                 self._log.warning("sorteo", result="in_progress", demora=self._fault_draw_delay)
-                await asyncio.sleep(self._fault_draw_delay)
+                self._delaying = True  # a winners query must not draw meanwhile
+                try:
+                    await asyncio.sleep(self._fault_draw_delay)
+                finally:
+                    self._delaying = False
             await self._betting_closed()
 
     # -- several servers (a shared store) -------------------------------------------------
@@ -717,7 +722,12 @@ class Round:
         if opened:  # the server that stored the last DONE may have died before drawing
             self._log.info("barrera", result="success", detalle="last agency done elsewhere")
             await self._betting_closed()
-        elif self.barrier.opened and not self.drawn and (self._draw_due or not self.random):
+        elif (
+            self.barrier.opened
+            and not self.drawn
+            and (self._draw_due or not self.random)
+            and not self._delaying
+        ):
             # Betting closed and nobody recorded the draw: the server that
             # should have died, or it failed here. The store makes it once.
             await self.draw()

@@ -109,6 +109,9 @@ STALL_FILL = 0.2  # with --stall: seconds the agency keeps sending to the stoppe
 KILL_SPREAD = (0.05, 0.90)  # server kills land between these fractions of the stored bets
 AGENCY_KILL_SPREAD = (0.20, 0.70)  # of the killed agency's own file
 BATCH_SIZES = (37, 64, 101, 150, 256, 333)
+#: The agency to be killed starts with small batches, one in flight: a fast
+#: agency could otherwise store its whole file between two looks at the logs.
+VICTIM_BATCH = BATCH_SIZES[0]
 
 
 @dataclass
@@ -342,10 +345,13 @@ class ChaosRun:
             self.say(f"server life {number} listening on {self.port} after {took:.2f} s")
             return life
 
-    def start_agency(self, agency: int, batch: int, run: int) -> AgencyRun:
+    def start_agency(
+        self, agency: int, batch: int, run: int, in_flight: int | None = None
+    ) -> AgencyRun:
         log_path = self.work / f"agency-{agency}.run{run}.log"
+        in_flight = in_flight or self.cfg.max_in_flight
         flags = [
-            "--batch-max-amount", str(batch), "--max-in-flight", str(self.cfg.max_in_flight),
+            "--batch-max-amount", str(batch), "--max-in-flight", str(in_flight),
             "--timeout", str(self.cfg.agency_timeout),
             "--winners-attempts", str(self.cfg.winners_attempts),
             "--winners-base-delay", str(self.cfg.winners_base_delay), "--quiet",
@@ -403,7 +409,7 @@ class ChaosRun:
         thresholds = _kill_thresholds(rng, total, cfg.server_kills)
         victim = rng.randint(1, cfg.agencies)
         victim_at = int(cfg.bets * rng.uniform(*agency_kill_spread(cfg)))
-        new_batch = rng.choice([b for b in BATCH_SIZES if b != cfg.batch_max_amount])
+        new_batch = rng.choice([b for b in BATCH_SIZES if b != VICTIM_BATCH])
         self.say(
             "server kills at stored bets "
             + ", ".join(f"{t:,}" for t in thresholds)
@@ -411,8 +417,10 @@ class ChaosRun:
             f"--batch-max-amount {new_batch}"
         )
         runs = {
-            a: self.start_agency(a, cfg.batch_max_amount, 1) for a in range(1, cfg.agencies + 1)
-        }
+            a: self.start_agency(a, cfg.batch_max_amount, 1) if a != victim
+            else self.start_agency(a, VICTIM_BATCH, 1, in_flight=1)
+            for a in range(1, cfg.agencies + 1)
+        }  # fmt: skip
         agency_killed = False
         pending = list(thresholds)
         exited: set[int] = set()

@@ -134,6 +134,27 @@ async def test_the_last_done_agency_makes_the_draw(make_round: MakeRound, fake: 
     assert fake.done == {1, 2}
 
 
+async def test_a_winners_query_waits_out_the_fault_draw_delay(
+    make_round: MakeRound, fake: FakeStore
+) -> None:
+    """Inside the chaos hook's draw delay a winners query does not make the draw itself.
+
+    The delay is there so a kill can land between the barrier and the draw;
+    a query that drew at once (as it retries a failed draw) took it away.
+    """
+    round_ = await make_round(1, fault_draw_delay=60.0)
+    done = asyncio.create_task(round_.agency_done(1))
+    for _ in range(1000):  # the done mark is stored on the store's thread: let it finish
+        if round_.barrier.opened:
+            break
+        await asyncio.sleep(0.001)
+    assert not done.done()  # in the delay
+    assert round_.barrier.opened and not round_.drawn
+    assert await settled(round_.winners(1, timeout=0.05)) is WinnersWait.NOT_READY
+    assert fake.draw_calls == 0
+    done.cancel()
+
+
 async def test_winners_before_the_draw_are_not_ready(make_round: MakeRound) -> None:
     """A winners query that outwaits its timeout is answered NOT_READY."""
     round_ = await make_round(2)
