@@ -722,15 +722,15 @@ class Round:
         if opened:  # the server that stored the last DONE may have died before drawing
             self._log.info("barrera", result="success", detalle="last agency done elsewhere")
             await self._betting_closed()
-        elif (
-            self.barrier.opened
-            and not self.drawn
-            and (self._draw_due or not self.random)
-            and not self._delaying
-        ):
-            # Betting closed and nobody recorded the draw: the server that
-            # should have died, or it failed here. The store makes it once.
-            await self.draw()
+        elif self.barrier.opened and not self.drawn and not self._delaying:
+            if self.random and self._reveal_task is None:
+                # A DONE whose handler was cancelled after opening the barrier
+                # (shutdown) never started the reveals: start them now.
+                await self._betting_closed()
+            elif self._draw_due or not self.random:
+                # Betting closed and nobody recorded the draw: the server that
+                # should have died, or it failed here. The store makes it once.
+                await self.draw()
 
     async def _arrive_from_store(self) -> bool:
         """A shared store: count every agency done on any server; True if that opened the barrier.

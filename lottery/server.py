@@ -1125,7 +1125,10 @@ class Handler:
         if winners is WinnersWait.SHUTTING_DOWN:
             return Error(ErrorCode.SHUTTING_DOWN, "the server is shutting down")
         self._log.info("consulta_ganadores", result="success", cant_ganadores=len(winners))
-        receipt = await self._round.receipt(self.agency) if self._draw_aware else None
+        try:
+            receipt = await self._round.receipt(self.agency) if self._draw_aware else None
+        except StoreError as exc:  # the store holds the fixed round's receipt: ask again
+            return Error(ErrorCode.STORAGE, f"the receipt could not be read: {exc}")
         if receipt is not None:
             return Receipt(*receipt), Winners(winners)
         return Winners(winners)

@@ -16,6 +16,8 @@ from lottery.protocol import (
     Batch,
     ClientProtocol,
     Done,
+    DrawInfo,
+    DrawQuery,
     Error,
     Hello,
     Message,
@@ -61,7 +63,11 @@ class FakeRound:
     draw_mode = "fixed"
     commitment = bytes(32)
 
-    def receipt(self, agency: int) -> None:
+    receipt_error: Exception | None = None
+
+    async def receipt(self, agency: int) -> tuple[int, bytes] | None:
+        if self.receipt_error is not None:
+            raise self.receipt_error
         return None
 
     def refuse_bets(self, agency: int) -> tuple[ErrorCode, str] | None:
@@ -181,6 +187,23 @@ async def test_a_store_that_cannot_admit_gets_a_retryable_refusal() -> None:
         assert isinstance(reply, Error) and reply.code == ErrorCode.STORAGE
         assert await peer.receive() is None
     assert fake.admitted == []
+
+
+async def test_a_receipt_the_store_cannot_read_is_a_retryable_refusal() -> None:
+    """Winners whose receipt the store cannot read (shared store down): STORAGE, line kept."""
+    fake = FakeRound()
+    fake.receipt_error = StoreError("the store is unreachable")
+    async with handler_for(fake) as peer:
+        peer.send(Hello(1))
+        assert await peer.receive() == Welcome(4, 40, today="2024-06-01")
+        peer.send(DrawQuery())
+        assert isinstance(await peer.receive(), DrawInfo)
+        peer.send(WinnersQuery())
+        reply = await peer.receive()
+        assert isinstance(reply, Error) and reply.code == ErrorCode.STORAGE
+        fake.receipt_error = None
+        peer.send(WinnersQuery())
+        assert await peer.receive() == Winners(("1", "2"))
 
 
 async def test_replies_come_in_request_order() -> None:

@@ -145,6 +145,30 @@ async def test_winners_by_value_in_store_order(pg_dsn: str, number: str) -> None
         await s.aclose()
 
 
+async def test_an_agency_moving_between_servers_keeps_its_order(pg_dsn: str) -> None:
+    """Winners and the export follow each agency's sequence, not the ids servers hand out.
+
+    Each database session takes ids from a cached block of its own: agency 1's
+    second batch, stored by the server whose block started lower, gets lower
+    ids than its first.
+    """
+    s1 = await PostgresStore.open(pg_dsn, agencies=AGENCIES, winning_number=WINNING)
+    s2 = await PostgresStore.open(pg_dsn, agencies=AGENCIES, winning_number=WINNING)
+    try:
+        won = str(WINNING)
+        assert await s1.commit([batch(2, 1, rec("c1", won))]) == [Outcome.STORED]  # s1's block
+        epoch, _ = await s2.admit(1)
+        assert await s2.commit([batch(1, 1, rec("a1", won), epoch=epoch)]) == [Outcome.STORED]
+        epoch, _ = await s1.admit(1)  # back to s1, whose ids are lower
+        assert await s1.commit([batch(1, 2, rec("a2", won), epoch=epoch)]) == [Outcome.STORED]
+        assert await s1.draw() is True
+        assert await s2.winners() == {1: ["a1", "a2"], 2: ["c1"]}
+        assert [row[3] for row in await all_bets(s2)] == ["a1", "a2", "c1"]
+    finally:
+        await s1.aclose()
+        await s2.aclose()
+
+
 async def test_two_stores_racing_the_draw_make_it_once(pg_dsn: str) -> None:
     """Two servers calling draw() at the same moment: exactly one True, the same winners."""
     stores = [await PostgresStore.open(pg_dsn, agencies=AGENCIES) for _ in range(4)]

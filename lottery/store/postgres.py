@@ -13,8 +13,11 @@ Tables (schema version `SCHEMA_VERSION`, checked at open):
   position, agency digest), its fencing epoch and the server it speaks to;
 - ``done``: the done marks;
 - ``bets``: one row per bet, typed (``birthdate date``, ``number
-  smallint``), with ``agency`` and ``seq``, and an ``id`` that keeps store
-  order for the export and the winners. What operators query;
+  smallint``), with ``agency`` and ``seq``, and an ``id`` that orders the
+  bets of one batch. Store order, for the export and the winners, is
+  (agency, seq, id): each database session hands out ids from a cached
+  block of its own, so across servers a later batch may get lower ids
+  than an earlier one. What operators query;
 - ``batches``: each batch's records exactly as the agency sent them (the
   bytes its agency digest is defined over, ``lottery.models.agency_digest``:
   a ``number`` of ``0042`` reads as 42 in ``bets``), so the receipts and a
@@ -164,7 +167,7 @@ CREATE TABLE batches (
 -- Already-compact text: compressing it would cost the database CPU for little.
 ALTER TABLE batches ALTER COLUMN records SET STORAGE EXTERNAL;
 CREATE TABLE bets (
-    id bigint GENERATED ALWAYS AS IDENTITY (CACHE 4096),  -- store order
+    id bigint GENERATED ALWAYS AS IDENTITY (CACHE 4096),  -- order within a batch
     agency integer NOT NULL,
     seq bigint NOT NULL,
     first_name text NOT NULL,
@@ -176,7 +179,7 @@ CREATE TABLE bets (
 CREATE TABLE winners (
     agency integer NOT NULL,
     document text NOT NULL,
-    bet bigint NOT NULL  -- bets.id: store order
+    bet bigint NOT NULL  -- the winner's place in store order (agency, seq, id)
 );
 CREATE TABLE commitments (
     agency integer PRIMARY KEY,
@@ -695,12 +698,13 @@ class PostgresStore:
             # Winners by one scan of the typed bets: no index, no earlier pick. A
             # plain SELECT (an INSERT ... SELECT never runs in parallel) so that
             # PostgreSQL may split the scan over its parallel workers.
-            winners = await conn.fetch(
-                "SELECT agency, document, id FROM bets WHERE number = $1", number
+            found = await conn.fetch(
+                "SELECT agency, seq, id, document FROM bets WHERE number = $1", number
             )
+            ordered = sorted((w["agency"], w["seq"], w["id"], w["document"]) for w in found)
             await conn.copy_records_to_table(
                 "winners",
-                records=[tuple(w) for w in winners],
+                records=[(agency, doc, place) for place, (agency, _, _, doc) in enumerate(ordered)],
                 columns=("agency", "document", "bet"),
             )
             await conn.execute(
@@ -825,7 +829,12 @@ class PostgresStore:
     # -- export -----------------------------------------------------------------------------
 
     async def bets(self) -> AsyncGenerator[tuple[int, str, str, str, str, int], None]:
-        """Every stored bet, in store order (for the export), as `SQLiteStore.bets` gives it."""
+        """Every stored bet, in store order (for the export), as `SQLiteStore.bets` gives it.
+
+        Store order here is per agency, in its sequence order (the module
+        docstring says why not by ``id`` alone): each agency's bets come as
+        it sent them, and agencies one after the other.
+        """
         # Ten million bets take longer than any one operation may: each fetch is
         # bounded instead (and the snapshot keeps the export consistent).
         async with (
@@ -834,7 +843,7 @@ class PostgresStore:
         ):
             cursor = await conn.cursor(
                 "SELECT agency, first_name, last_name, document, birthdate, number "
-                "FROM bets ORDER BY id"
+                "FROM bets ORDER BY agency, seq, id"
             )
             while rows := await cursor.fetch(FETCH_ROWS, timeout=EXPORT_FETCH_TIMEOUT):
                 for agency, first, last, document, birthdate, number in rows:
