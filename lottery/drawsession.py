@@ -13,8 +13,8 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
-from .connection import Connection
-from .errors import ProtocolError, ServerRefused
+from .connection import Connection, raise_for
+from .errors import ProtocolError
 from .log import get_logger
 from .participant import DrawParticipant
 from .protocol import Ack, Commit, DrawInfo, DrawQuery, Error, ErrorCode, Message, Reveal
@@ -30,12 +30,13 @@ async def join_draw(conn: Connection, draw: DrawParticipant, timeout: float, log
 
     Raises:
         ServerRefused: the server answered the query or the commitment with
-            an ERROR other than BAD_COMMITMENT.
+            an ERROR other than BAD_COMMITMENT and STORAGE.
+        StorageFault: it answered STORAGE (retried, as after a lost line).
         ProtocolError: it answered with another frame.
     """
     info = await conn.request(DrawQuery(), timeout)
     if isinstance(info, Error):
-        raise ServerRefused(info.code, info.message)
+        raise_for(info)  # STORAGE: a store that failed now (a shared one restarting): retried
     if not isinstance(info, DrawInfo):
         raise ProtocolError(f"expected DRAW_INFO, got {type(info).__name__}")
     draw.mode = info.mode
@@ -52,7 +53,7 @@ async def join_draw(conn: Connection, draw: DrawParticipant, timeout: float, log
         draw.refused = True  # it counts as not revealing; its bets still count
     elif reply != Ack(0):
         if isinstance(reply, Error):
-            raise ServerRefused(reply.code, reply.message)
+            raise_for(reply)  # STORAGE: the commitment was not stored; the agency retries
         raise ProtocolError(f"expected ACK to COMMIT, got {type(reply).__name__}")
     if first:
         log.info(

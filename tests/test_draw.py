@@ -702,3 +702,31 @@ async def test_a_wrong_reveal_stays_refused_across_a_server_restart(tmp_path: Pa
             assert isinstance(reply, Error) and reply.code == ErrorCode.BAD_COMMITMENT
             assert "did not match" in reply.message
         assert not server.status()["agency"][0]["revealed"]
+
+
+class _ScriptedConnection:
+    """Answers each request with the next reply of a script (join_draw's side only)."""
+
+    def __init__(self, *replies: Any) -> None:
+        self.replies = list(replies)
+        self.sent: list[Any] = []
+
+    async def request(self, message: Any, timeout: float) -> Any:
+        self.sent.append(message)
+        return self.replies.pop(0)
+
+
+@pytest.mark.parametrize("failing", ["query", "commit"])
+async def test_a_storage_refusal_while_joining_the_draw_is_retried(failing: str) -> None:
+    """STORAGE to DRAW_QUERY or COMMIT (a shared store restarting) is a fault to retry,
+    as after a lost line, not a refusal that ends the agency."""
+    from lottery.connection import StorageFault, retryable
+    from lottery.drawsession import join_draw
+    from lottery.protocol import DrawInfo
+
+    storage = Error(ErrorCode.STORAGE, "cannot record agency 1's commitment")
+    replies = [storage] if failing == "query" else [DrawInfo("random", bytes(32)), storage]
+    conn = _ScriptedConnection(*replies)
+    with pytest.raises(StorageFault) as raised:
+        await join_draw(conn, DrawParticipant(1), 1.0, structlog.get_logger())  # type: ignore[arg-type]
+    assert retryable(raised.value)
