@@ -40,8 +40,10 @@ How each guarantee of lottery/store/base.py holds with several servers:
    its row lock in either order and judge a later batch first.
 3. Commits take the ``round`` row ``FOR SHARE``, the draw takes it ``FOR
    UPDATE``: the draw waits for the commits in flight, and a commit that
-   comes after it finds it drawn (every batch LATE). The draw is one
-   ``UPDATE ... WHERE NOT drawn``: exactly one server's call returns True.
+   comes after it finds it drawn (every batch LATE). Under that lock the
+   draw reads ``drawn`` and records itself in the same transaction, so a
+   second draw waits and then finds it made: exactly one server's call
+   returns True.
 7. `admit` bumps the epoch under the same row lock, so it is ordered with
    every commit of that agency; a commit whose batch carries an older epoch
    finds out inside its transaction (STALE, nothing stored).
