@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from lottery.errors import StoreError
 from lottery.models import FS, RS, RunningDigest, agency_digest
 from lottery.store import DrawState, Outcome, PendingBatch, Progress, RoundView
+from lottery.store.base import refused_by_sequence
 
 from .helpers import WINNING_NUMBER
 
@@ -111,12 +112,11 @@ class SharedFake:
         outcomes = []
         for batch in batches:  # one transaction: nothing below awaits
             last_seq, count, _, _ = db.progress.get(batch.agency, Progress())
+            refused = refused_by_sequence(batch.seq, last_seq)
             if batch.epoch != db.epochs[batch.agency]:
                 outcomes.append(Outcome.STALE)
-            elif batch.seq <= last_seq:
-                outcomes.append(Outcome.DUPLICATE)
-            elif batch.seq != last_seq + 1:
-                outcomes.append(Outcome.GAP)
+            elif refused is not None:
+                outcomes.append(refused)
             else:
                 running = db.digests.setdefault(batch.agency, agency_digest())
                 for record in batch.records:

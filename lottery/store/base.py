@@ -87,6 +87,7 @@ __all__ = [
     "RoundView",
     "SharedStore",
     "Store",
+    "refused_by_sequence",
 ]
 
 
@@ -107,6 +108,15 @@ class Outcome(enum.Enum):
     GAP = "gap"  # its sequence skips ahead of the last committed one: refuse
     LATE = "late"  # the draw was made first: not stored
     STALE = "stale"  # a newer connection of its agency was admitted (guarantee 7): not stored
+
+
+def refused_by_sequence(seq: int, last_seq: int) -> Outcome | None:
+    """Guarantee 1's per-agency dedup, for every backend: DUPLICATE, GAP, or None (store it)."""
+    if seq <= last_seq:
+        return Outcome.DUPLICATE
+    if seq != last_seq + 1:
+        return Outcome.GAP
+    return None
 
 
 @dataclass(frozen=True, slots=True)

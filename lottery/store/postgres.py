@@ -92,7 +92,7 @@ from ..models import (
     RunningDigest,
     agency_digest,
 )
-from .base import DrawState, Outcome, PendingBatch, Progress, RoundView
+from .base import DrawState, Outcome, PendingBatch, Progress, RoundView, refused_by_sequence
 from .sqlite import new_round_id
 
 __all__ = [
@@ -501,11 +501,9 @@ class PostgresStore:
             if batch.epoch and batch.epoch != row["epoch"]:
                 outcomes.append(Outcome.STALE)
                 continue
-            if batch.seq <= last_seq:
-                outcomes.append(Outcome.DUPLICATE)
-                continue
-            if batch.seq != last_seq + 1:
-                outcomes.append(Outcome.GAP)
+            refused = refused_by_sequence(batch.seq, last_seq)
+            if refused is not None:
+                outcomes.append(refused)
                 continue
             records = batch.records
             if not isinstance(records, Records):

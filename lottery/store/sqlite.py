@@ -43,7 +43,7 @@ from .. import clock
 from ..draw import MODE_FIXED, MODE_RANDOM, SEED_SIZE, derive_number
 from ..errors import ConfigError, StoreError
 from ..models import DEFAULT_WINNING_NUMBER, FS, RS, Records, RunningDigest, agency_digest
-from .base import DrawState, Outcome, PendingBatch, Progress
+from .base import DrawState, Outcome, PendingBatch, Progress, refused_by_sequence
 from .drawscan import DrawScan
 from .lock import DataDirLock
 
@@ -405,11 +405,9 @@ class SQLiteStore:
         marks = self._winner_marks() if self.draw_mode == MODE_FIXED else ()
         for batch in batches:
             last_seq, count, _, _ = progress.get(batch.agency, Progress())
-            if batch.seq <= last_seq:
-                outcomes.append(Outcome.DUPLICATE)
-                continue
-            if batch.seq != last_seq + 1:
-                outcomes.append(Outcome.GAP)
+            refused = refused_by_sequence(batch.seq, last_seq)
+            if refused is not None:
+                outcomes.append(refused)
                 continue
             records = batch.records
             if not isinstance(records, Records):
