@@ -27,6 +27,8 @@ import pytest
 
 import pg_cluster as cluster
 
+from .conftest import IN_CI
+
 __all__ = ["PG_URL", "pg_cluster", "pg_database", "pg_dsn", "with_database"]
 
 PG_URL = os.environ.get("LOTTERY_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -42,7 +44,7 @@ def with_database(dsn: str, database: str, **query: str) -> str:
 
 
 def _unavailable(reason: str) -> None:
-    if os.environ.get("CI") == "true":
+    if IN_CI:
         pytest.fail(f"PostgreSQL is required under CI=true: {reason}", pytrace=False)
     pytest.skip(f"no PostgreSQL reachable ({reason})")
 

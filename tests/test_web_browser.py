@@ -36,11 +36,10 @@ from roundrunner import (
     wait_agencies,
 )
 
-from .conftest import UNIT
+from .conftest import IN_CI, UNIT
 from .helpers import make_rows, running_server, write_agency_file
 
 CHROMIUM = os.environ.get("LOTTERY_CHROMIUM", "/usr/bin/chromium")
-IN_CI = os.environ.get("CI", "").lower() == "true"
 if not IN_CI and not (Path(CHROMIUM).exists() or shutil.which(CHROMIUM)):
     pytest.skip(f"no Chromium at {CHROMIUM}: apt-get install chromium", allow_module_level=True)
 
