@@ -221,7 +221,7 @@ async def _speaks_http(reader: asyncio.StreamReader, writer: asyncio.StreamWrite
 
 async def _silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     await reader.read(100)
-    await asyncio.sleep(30)  # never answers; the fixture cancels it
+    await asyncio.Event().wait()  # never answers; the fixture cancels it
 
 
 async def _at_its_limit(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
