@@ -35,6 +35,7 @@ draw was already made.
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import Iterable
 
 __all__ = ["DrawBarrier"]
@@ -102,6 +103,17 @@ class DrawBarrier:
     def missing(self) -> list[int]:
         """Agency ids (1..N) that have not said they are done."""
         return [a for a in range(1, self.agencies + 1) if a not in self._done]
+
+    def first_missing(self, most: int) -> list[int]:
+        """The first ``most`` of `missing`, without walking all N agencies past them."""
+        return list(itertools.islice(
+            (a for a in range(1, self.agencies + 1) if a not in self._done), most
+        ))  # fmt: skip
+
+    @property
+    def missing_count(self) -> int:
+        """``len(missing)``, in O(1): a NOT_READY answer with 10,000 agencies says it."""
+        return self.agencies - len(self._done)
 
     @property
     def released(self) -> bool:

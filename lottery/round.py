@@ -60,7 +60,7 @@ import asyncio
 import collections
 import contextlib
 import enum
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
@@ -185,8 +185,8 @@ class Round:
         self._reveal_task: asyncio.Task[None] | None = None
         self._draw_due = False  # the reveal phase is over: the draw may be made
         self._stopping = False
-        #: Connections open now, handshake done or not (the server counts them).
-        self.connections = 0
+        #: How many connections are open now (the server owns them and says).
+        self.open_connections: Callable[[], int] = lambda: 0
         # Several servers over one store (docs/SCALING.md); None: this process's round.
         self._shared = shared_store(store)
         self._poll_interval = POLL_INTERVAL if poll_interval is None else poll_interval
@@ -783,7 +783,7 @@ class Round:
             "opened": barrier.opened,
             "drawn": self.drawn,
             "draw_seconds": self.stats.draw_seconds,
-            "connections": self.connections,
+            "connections": self.open_connections(),
             "agency": [
                 {
                     "id": agency,

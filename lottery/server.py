@@ -176,6 +176,7 @@ class Server:
                 reveal_deadline=cfg.reveal_deadline,
             )
             round_ = self._round
+            round_.open_connections = lambda: len(self._handlers)
             self._snapshots = StatusSnapshots(
                 round_.status, bucket=TokenBucket(cfg.limit_status_global_rate)
             )
@@ -434,12 +435,10 @@ class Server:
             )
             ticket.on_evict = handler.abort
             self._handlers.add(handler)
-            self.round.connections += 1
             try:
                 await handler.run()
             finally:
                 self._handlers.discard(handler)
-                self.round.connections -= 1
         finally:
             ticket.release()
 
@@ -710,27 +709,18 @@ class Handler:
         return self._replies.popleft()
 
     async def _read_loop(self) -> None:
-        config = self._config
-        idle = config.timeout_idle
+        idle = self._config.timeout_idle
         loop = asyncio.get_running_loop()
-        # Until it says who it is, a connection gets `timeout_handshake` in all:
-        # a peer that connects and stays silent (or drips a byte a second)
-        # cannot hold a connection slot for long.
-        handshake_deadline = loop.time() + config.timeout_handshake
         try:
             while True:
-                if self.agency is None:
-                    wait = handshake_deadline - loop.time()
-                    if wait <= 0:
-                        self._log.warning("handshake", result="fail", motivo="timeout")
-                        return
-                else:
-                    wait = idle
                 try:
-                    data = await self._read(loop.time() + wait)
+                    data = await self._read(loop.time() + idle)
                 except TimeoutError:
                     if self.agency is None:
-                        continue  # the deadline check above closes it
+                        # Until it says who it is, `run`'s handshake timer holds
+                        # the whole connection: a peer that stays silent (or drips
+                        # a byte a second) cannot keep a slot for long.
+                        continue
                     # Not idle while a request is unanswered (e.g. a winners
                     # query waiting for the draw, already off the queue), nor
                     # until the peer has had `idle` seconds after the last reply.
@@ -1111,17 +1101,17 @@ class Handler:
         if winners is WinnersWait.REVEAL:
             return RevealWanted()
         if winners is WinnersWait.NOT_READY:
-            missing = self._round.barrier.missing
+            barrier = self._round.barrier
             # The first few only: with 10,000 agencies a full list in every
             # answer (and log line) to every early agency would be megabytes.
-            listed = tuple(missing[:MAX_LISTED_MISSING])
+            listed = tuple(barrier.first_missing(MAX_LISTED_MISSING))
             self._log.info(
                 "consulta_ganadores",
                 result="in_progress",
-                faltan=len(missing),
+                faltan=barrier.missing_count,
                 primeras=" ".join(map(str, listed)),
             )
-            return NotReady(len(missing), listed)
+            return NotReady(barrier.missing_count, listed)
         if winners is WinnersWait.SHUTTING_DOWN:
             return Error(ErrorCode.SHUTTING_DOWN, "the server is shutting down")
         self._log.info("consulta_ganadores", result="success", cant_ganadores=len(winners))

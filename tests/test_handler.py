@@ -57,6 +57,10 @@ class FakeRound:
 
     class _Barrier:
         missing = (2,)
+        missing_count = 1
+
+        def first_missing(self, most: int) -> list[int]:
+            return [2]
 
     barrier = _Barrier()
     random = False  # a fixed draw: the handler asks nothing of the random one
