@@ -1,7 +1,5 @@
 """``python -m lottery``: the same as the ``lottery`` command."""
 
-import sys
+from .cli import run
 
-from .cli import main
-
-sys.exit(main())
+run()

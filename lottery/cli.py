@@ -13,7 +13,7 @@ import gc
 import os
 import sys
 from collections.abc import Callable, Coroutine, Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 # Each command imports what it runs, inside its function: `lottery agency
 # --help` must start in 60 ms, and an agency has no use for the server, its
@@ -819,6 +819,29 @@ def run_draw(args: argparse.Namespace) -> int:
         store.close()
     print(f"lottery draw: beacon {beacon.hex()} recorded; the draw will mix it in")
     return EXIT_OK
+
+
+def run() -> NoReturn:
+    """The ``lottery`` command (and ``python -m lottery``): `main`, then exit at once.
+
+    A process that is done has nothing left to free: tearing down its modules
+    and objects one by one took the server and each agency 20 to 40 ms of CPU
+    at exit (a tenth of an agency's start-up). So, as mypy's ``hard_exit``
+    does, it leaves with `os._exit` once its output is out: by then `main`
+    has closed every file and joined every thread it started (the store's,
+    the executor's); the ``atexit`` functions still run (the log's queued
+    lines, coverage's data), and the standard streams are flushed.
+    """
+    code = main()
+    import atexit
+
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe or stream: nothing more can reach it
+            pass
+    os._exit(code)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
