@@ -61,7 +61,7 @@ class AsyncAgency(RoundEnd):
             resuming from what that server's WELCOME says is stored.
         batch_max_amount: most bets per batch (tp0 ``batch.maxAmount``); a batch
             is also cut before it would exceed the 8 KiB frame limit.
-        max_in_flight: batches sent before their acks return.
+        max_in_flight: batches sent before their acks return (``--max-in-flight``).
         timeout: seconds for connecting and for each reply.
         winners_attempts: tries of the winners query (the seed's client made 5).
         winners_base_delay: first back-off delay between tries, doubled each try.
@@ -90,7 +90,7 @@ class AsyncAgency(RoundEnd):
         *,
         servers: Sequence[tuple[str, int]] | None = None,
         batch_max_amount: int = 200,
-        max_in_flight: int = 8,
+        max_in_flight: int = 16,
         timeout: float = 30.0,
         winners_attempts: int = 5,
         winners_base_delay: float = 0.5,

@@ -154,7 +154,9 @@ class AgencyConfig:
     server_address: str = f"127.0.0.1:{DEFAULT_PORT}"
     bets: str = ""
     batch_max_amount: int = DEFAULT_BATCH_MAX_AMOUNT
-    max_in_flight: int = 8
+    # 16 batches (~128 KiB) in flight: with 8, a 5-agency round on 2 cores left
+    # the cores a third idle waiting for acks (docs/PERFORMANCE.md, issue 13).
+    max_in_flight: int = 16
     timeout: float = 30.0
     winners_attempts: int = 5
     winners_base_delay: float = 0.5

@@ -38,7 +38,6 @@ import hmac
 import re
 import struct
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from . import clock
@@ -176,17 +175,60 @@ class FrameType(enum.IntEnum):
 
 # -- messages -----------------------------------------------------------------
 
+#: Sets a field of a message, which refuses ``obj.field = value`` once built.
+_set = object.__setattr__
 
-@dataclass(frozen=True, slots=True)
-class Hello:
+
+class _Message:
+    """What every message has: fields set once, then compared, hashed and shown by name.
+
+    The messages are written out by hand, not as frozen dataclasses: building
+    21 of those cost every process about 6 ms at import (each class compiles
+    its generated methods on the spot), a tenth of an agency's start-up. A
+    message names its fields in ``__slots__`` (and in ``__match_args__``, for
+    ``case Ack(seq):``) and sets them in ``__init__`` with `_set`.
+    """
+
+    __slots__: tuple[str, ...] = ()
+    #: The fields equality and the hash look at; all of them unless a message says.
+    _compared: tuple[str, ...] = ()
+
+    def _values(self) -> tuple[object, ...]:
+        return tuple(getattr(self, name) for name in self._compared or self.__slots__)
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        assert isinstance(other, _Message)
+        return self._values() == other._values()
+
+    def __hash__(self) -> int:
+        return hash((type(self), self._values()))
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
+        return f"{type(self).__name__}({fields})"
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"{type(self).__name__} is read-only: cannot set {name}")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"{type(self).__name__} is read-only: cannot delete {name}")
+
+
+class Hello(_Message):
     """Client → server, first frame: who is speaking, in which protocol version."""
 
+    __slots__ = __match_args__ = ("agency", "version")
     agency: int
-    version: int = PROTOCOL_VERSION
+    version: int
+
+    def __init__(self, agency: int, version: int = PROTOCOL_VERSION) -> None:
+        _set(self, "agency", agency)
+        _set(self, "version", version)
 
 
-@dataclass(frozen=True, slots=True)
-class Welcome:
+class Welcome(_Message):
     """Server → client, the handshake's answer: how far this agency already got.
 
     A batch whose sequence is at most ``last_seq`` is already stored. An
@@ -197,102 +239,154 @@ class Welcome:
     is the local date).
     """
 
+    __slots__ = __match_args__ = (
+        "last_seq", "committed_bets", "input_rows", "today", "digest", "round_id",
+    )  # fmt: skip
+    #: Not ``round_id``: it says which round, not how far the agency got.
+    _compared = ("last_seq", "committed_bets", "input_rows", "today", "digest")
     last_seq: int
     committed_bets: int
-    input_rows: int = 0
-    today: str = field(default_factory=clock.today)
-    digest: bytes = EMPTY_DIGEST
+    input_rows: int
+    today: str
+    digest: bytes
     #: The round's id, for the agency's log: a rerun against a leftover round shows it.
-    #: Not compared: it says which round, not how far the agency got.
-    round_id: str = field(default="", compare=False)
+    round_id: str
+
+    def __init__(
+        self,
+        last_seq: int,
+        committed_bets: int,
+        input_rows: int = 0,
+        today: str | None = None,
+        digest: bytes = EMPTY_DIGEST,
+        round_id: str = "",
+    ) -> None:
+        _set(self, "last_seq", last_seq)
+        _set(self, "committed_bets", committed_bets)
+        _set(self, "input_rows", input_rows)
+        _set(self, "today", clock.today() if today is None else today)
+        _set(self, "digest", digest)
+        _set(self, "round_id", round_id)
 
 
-@dataclass(frozen=True, slots=True)
-class SingleBet:
+class SingleBet(_Message):
     """Client → server: one bet (tp0 ej5), acknowledged like a batch of one.
 
     ``input_rows`` is the agency's input position just after this bet.
     """
 
+    __slots__ = __match_args__ = ("seq", "record", "input_rows")
     seq: int
     record: Record
-    input_rows: int = 0
+    input_rows: int
+
+    def __init__(self, seq: int, record: Record, input_rows: int = 0) -> None:
+        _set(self, "seq", seq)
+        _set(self, "record", record)
+        _set(self, "input_rows", input_rows)
 
 
-@dataclass(frozen=True, slots=True)
-class Batch:
+class Batch(_Message):
     """Client → server: a numbered batch of bets; ``seq`` counts up per agency.
 
     ``input_rows`` is the agency's input position just after the batch's last
     bet: the rows of its input read so far, rejected ones included.
     """
 
+    __slots__ = __match_args__ = ("seq", "records", "input_rows")
     seq: int
     records: Sequence[Record]
-    input_rows: int = 0
+    input_rows: int
+
+    def __init__(self, seq: int, records: Sequence[Record], input_rows: int = 0) -> None:
+        _set(self, "seq", seq)
+        _set(self, "records", records)
+        _set(self, "input_rows", input_rows)
 
 
-@dataclass(frozen=True, slots=True)
-class Done:
+class Done(_Message):
     """Client → server: this agency has sent all its bets."""
 
+    __slots__ = ()
 
-@dataclass(frozen=True, slots=True)
-class WinnersQuery:
+
+class WinnersQuery(_Message):
     """Client → server: which of my bets won?"""
 
+    __slots__ = ()
 
-@dataclass(frozen=True, slots=True)
-class Ack:
+
+class Ack(_Message):
     """Server → client: the batch ``seq`` is durably stored (0 acknowledges DONE)."""
 
+    __slots__ = __match_args__ = ("seq",)
     seq: int
 
+    def __init__(self, seq: int) -> None:
+        _set(self, "seq", seq)
 
-@dataclass(frozen=True, slots=True)
-class Error:
+
+class Error(_Message):
     """Server → client: a request was refused, with a code and a plain message."""
 
+    __slots__ = __match_args__ = ("code", "message")
     code: int
     message: str
 
+    def __init__(self, code: int, message: str) -> None:
+        _set(self, "code", code)
+        _set(self, "message", message)
 
-@dataclass(frozen=True, slots=True)
-class Winners:
+
+class Winners(_Message):
     """Server → client: winning documents; long lists span frames until ``last``."""
 
+    __slots__ = __match_args__ = ("documents", "last")
     documents: tuple[str, ...]
-    last: bool = True
+    last: bool
+
+    def __init__(self, documents: tuple[str, ...], last: bool = True) -> None:
+        _set(self, "documents", documents)
+        _set(self, "last", last)
 
 
-@dataclass(frozen=True, slots=True)
-class NotReady:
+class NotReady(_Message):
     """Server → client: the draw has not happened yet; ask again later.
 
     It says how many agencies the draw still waits for, and which (the first
     `MAX_LISTED_MISSING` of them), so the agency can tell its operator.
     """
 
-    missing: int = 0
-    agencies: tuple[int, ...] = ()
+    __slots__ = __match_args__ = ("missing", "agencies")
+    missing: int
+    agencies: tuple[int, ...]
+
+    def __init__(self, missing: int = 0, agencies: tuple[int, ...] = ()) -> None:
+        _set(self, "missing", missing)
+        _set(self, "agencies", agencies)
 
 
-@dataclass(frozen=True, slots=True)
-class Challenge:
+class Challenge(_Message):
     """Server → agency, after HELLO when the server has secrets: prove you know yours."""
 
+    __slots__ = __match_args__ = ("nonce",)
     nonce: bytes  # NONCE_SIZE random bytes, new for every connection
 
+    def __init__(self, nonce: bytes) -> None:
+        _set(self, "nonce", nonce)
 
-@dataclass(frozen=True, slots=True)
-class Auth:
+
+class Auth(_Message):
     """Agency → server: `auth_mac` of the agency's secret over the challenge."""
 
+    __slots__ = __match_args__ = ("mac",)
     mac: bytes  # MAC_SIZE bytes
 
+    def __init__(self, mac: bytes) -> None:
+        _set(self, "mac", mac)
 
-@dataclass(frozen=True, slots=True)
-class StatusQuery:
+
+class StatusQuery(_Message):
     """Any peer → server, even before HELLO: how is the round going? (also a ping)
 
     ``token``: empty, or the operator token (`OPERATOR_TOKEN_SIZE` bytes) that
@@ -300,69 +394,99 @@ class StatusQuery:
     with secrets.
     """
 
-    token: bytes = b""
+    __slots__ = __match_args__ = ("token",)
+    token: bytes
+
+    def __init__(self, token: bytes = b"") -> None:
+        _set(self, "token", token)
 
 
-@dataclass(frozen=True, slots=True)
-class Status:
+class Status(_Message):
     """Server → peer: the round's state as JSON text; long texts span frames until ``last``."""
 
+    __slots__ = __match_args__ = ("text", "last")
     text: str
-    last: bool = True
+    last: bool
+
+    def __init__(self, text: str, last: bool = True) -> None:
+        _set(self, "text", text)
+        _set(self, "last", last)
 
 
-@dataclass(frozen=True, slots=True)
-class DrawQuery:
+class DrawQuery(_Message):
     """Agency → server, after WELCOME: how is this round drawn? (docs/DRAW.md)"""
 
+    __slots__ = ()
 
-@dataclass(frozen=True, slots=True)
-class DrawInfo:
+
+class DrawInfo(_Message):
     """Server → agency: the draw mode and, in random mode, the server's commitment."""
 
+    __slots__ = __match_args__ = ("mode", "commitment")
     mode: str  # "fixed" or "random"
-    commitment: bytes = bytes(DIGEST_SIZE)  # SHA-256 of the seed; zeros when fixed
+    commitment: bytes  # SHA-256 of the seed; zeros when fixed
+
+    def __init__(self, mode: str, commitment: bytes = bytes(DIGEST_SIZE)) -> None:
+        _set(self, "mode", mode)
+        _set(self, "commitment", commitment)
 
 
-@dataclass(frozen=True, slots=True)
-class Commit:
+class Commit(_Message):
     """Agency → server, before its bets: its commitment to a secret nonce."""
 
+    __slots__ = __match_args__ = ("commitment",)
     commitment: bytes  # DIGEST_SIZE bytes
 
+    def __init__(self, commitment: bytes) -> None:
+        _set(self, "commitment", commitment)
 
-@dataclass(frozen=True, slots=True)
-class Reveal:
+
+class Reveal(_Message):
     """Agency → server, once betting has closed: the nonce it committed to."""
 
+    __slots__ = __match_args__ = ("nonce",)
     nonce: bytes  # NONCE_SIZE bytes
 
+    def __init__(self, nonce: bytes) -> None:
+        _set(self, "nonce", nonce)
 
-@dataclass(frozen=True, slots=True)
-class RevealWanted:
+
+class RevealWanted(_Message):
     """Server → agency, answering a winners query: betting closed, reveal your nonce."""
 
+    __slots__ = ()
 
-@dataclass(frozen=True, slots=True)
-class Receipt:
+
+class Receipt(_Message):
     """Server → agency, before its winners: what the server holds of its bets."""
 
+    __slots__ = __match_args__ = ("bets", "digest")
     bets: int
     digest: bytes  # DIGEST_SIZE bytes: SHA-256 of the bets' records, in sequence order
 
+    def __init__(self, bets: int, digest: bytes) -> None:
+        _set(self, "bets", bets)
+        _set(self, "digest", digest)
 
-@dataclass(frozen=True, slots=True)
-class RejectedBatch:
+
+class RejectedBatch(_Message):
     """An event, never a frame: a well-formed BATCH or BET held an invalid bet.
 
     Nothing of it may be stored. The server answers ERROR ``INVALID_BET`` and
     the connection goes on, so the agency can fix the row and send the rest.
     """
 
+    __slots__ = __match_args__ = ("seq", "count", "index", "reason")
     seq: int
     count: int  # the bets the frame announced (1 for a BET)
     index: int  # the first invalid bet's position in the batch
     reason: str  # which field, and what is wrong with it
+
+    def __init__(self, seq: int, count: int, index: int, reason: str) -> None:
+        _set(self, "seq", seq)
+        _set(self, "count", count)
+        _set(self, "index", index)
+        _set(self, "reason", reason)
 
     def error(self) -> Error:
         """The ERROR frame that answers it."""

@@ -870,7 +870,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--agencies", type=int, default=5)
     parser.add_argument("--bets", type=int, default=200_000, help="bets per agency")
-    parser.add_argument("--window", type=int, default=8, help="batches in flight per agency")
+    parser.add_argument("--window", type=int, default=16, help="batches in flight per agency")
     parser.add_argument("--batch-max-amount", type=int, default=200, help="most bets per batch")
     parser.add_argument("--sync", type=str.upper, default="FULL", choices=("FULL", "NORMAL", "OFF"))
     parser.add_argument("--repeat", type=int, default=1, help="best of K rounds per figure")

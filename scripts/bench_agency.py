@@ -253,7 +253,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--agencies", type=int, default=5)
     parser.add_argument("--bets", type=int, default=200_000, help="bets per agency")
     parser.add_argument("--batch-max-amount", type=int, default=200)
-    parser.add_argument("--window", type=int, default=8, help="batches in flight per agency")
+    parser.add_argument("--window", type=int, default=16, help="batches in flight per agency")
     parser.add_argument("--repeat", type=int, default=1, help="rounds; each agency's best counts")
     parser.add_argument("--startup-runs", type=int, default=5)
     parser.add_argument("--import-top", type=int, default=12)

@@ -1138,3 +1138,40 @@ def test_skip_records_drops_whole_records_from_the_start() -> None:
     assert protocol.skip_records(data, 2) == (data[11:], 2)
     assert protocol.skip_records(data, 0) == (data, 0)
     assert protocol.skip_records(data, 9) == (b"", 3)
+
+
+# -- the message classes themselves (written by hand, not dataclasses) ------------
+
+
+def test_messages_are_values_compared_by_their_fields() -> None:
+    assert protocol.Ack(3) == protocol.Ack(3)
+    assert protocol.Ack(3) != protocol.Ack(4)
+    assert protocol.Ack(3) != protocol.SingleBet(3, "r")  # another type, same first field
+    assert protocol.Done() == protocol.Done()
+    assert protocol.Done() != protocol.WinnersQuery()
+    assert len({protocol.Ack(1), protocol.Ack(1), protocol.Ack(2)}) == 2
+    assert repr(protocol.Hello(7, 2)) == "Hello(agency=7, version=2)"
+
+
+def test_a_message_cannot_be_changed_once_built() -> None:
+    ack = protocol.Ack(1)
+    with pytest.raises(AttributeError, match="read-only"):
+        ack.seq = 2  # type: ignore[misc]
+    with pytest.raises(AttributeError, match="read-only"):
+        del ack.seq
+    assert ack.seq == 1
+
+
+def test_welcome_equality_leaves_out_the_round_id() -> None:
+    one = protocol.Welcome(4, 800, 810, "2026-12-01", round_id="a")
+    assert one == protocol.Welcome(4, 800, 810, "2026-12-01", round_id="b")
+    assert one != protocol.Welcome(5, 800, 810, "2026-12-01", round_id="a")
+    assert protocol.Welcome(0, 0).today == datetime.date.today().isoformat()
+
+
+def test_messages_match_by_position_and_keyword() -> None:
+    match protocol.Batch(2, ("r",), 9):
+        case protocol.Batch(seq, records, input_rows=rows):
+            assert (seq, records, rows) == (2, ("r",), 9)
+        case _:
+            pytest.fail("a Batch did not match its own pattern")
