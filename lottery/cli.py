@@ -834,13 +834,12 @@ def run() -> NoReturn:
     """
     code = main()
     import atexit
+    import contextlib
 
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
-        try:
+        with contextlib.suppress(OSError, ValueError):  # a closed pipe: nothing more gets out
             stream.flush()
-        except (OSError, ValueError):  # a closed pipe or stream: nothing more can reach it
-            pass
     os._exit(code)
 
 

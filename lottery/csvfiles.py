@@ -21,11 +21,11 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import IO
 
+from .bulkmatch import csv_lines_valid
 from .errors import InvalidBatch, InvalidBet, ProtocolError
 from .models import (
     FS,
     RS,
-    csv_rows_pattern,
     encode_record,
     has_forbidden_utf8,
     validate_records,
@@ -78,7 +78,7 @@ _TO_RECORDS = bytes.maketrans(b",\n", (FS + RS).encode())
 def _plain_lines_valid(data: bytes, crlf: bool, today: str) -> bool:
     """Whether every line of ``data`` (whole lines, none holding a quote) is a valid row.
 
-    `csv_rows_pattern` checks each row's bytes, a name being any bytes but
+    `bulkmatch.csv_lines_valid` checks each row's bytes, a name being any bytes but
     a comma or a control; what it cannot see in bytes is checked on the whole
     block at once: valid UTF-8 holding no C1 or format control.
     """
@@ -91,7 +91,7 @@ def _plain_lines_valid(data: bytes, crlf: bool, today: str) -> bool:
             return False
         if has_forbidden_utf8(data):
             return False
-    return csv_rows_pattern(today, crlf).fullmatch(data) is not None
+    return csv_lines_valid(data, crlf, today)
 
 
 def _quoted_lines_to_records(lines: list[bytes], today: str) -> list[bytes] | None:

@@ -107,21 +107,24 @@ _CONTROL = "\x00-\x1f\x7f-\x9f\ud800-\udfff"
 # "gpj.exe" into "exe.jpg" on screen) let a name disguise its own row in a
 # spreadsheet or a log. No real name needs them, so they count as controls.
 _FORMAT_CONTROL = "\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069"
+#: What no name may hold, as the body of a regex class: controls, format controls.
+NAME_FORBIDDEN = _CONTROL + _FORMAT_CONTROL
 _FORMAT_CONTROLS = frozenset(
     "\u061c\u200e\u200f\u2028\u2029\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
 )
 
 # Month-day pairs that exist in every year, the commonest first (sre tries the
 # branches in order): days 1-28 of any month, then the 29th and 30th (not in
-# February), then the 31st; 29 February only after a leap year (divisible by
-# 4, and not by 100 unless by 400), looked back at once the day is read.
-_LEAP_YEAR = "(?:[0-9]{2}(?:0[48]|[2468][048]|[13579][26])|(?:[02468][048]|[13579][26])00)"
-_MONTH_DAY = (
-    "(?:(?:0[1-9]|1[0-2])-(?:0[1-9]|1[0-9]|2[0-8])"
-    "|(?:0[13-9]|1[0-2])-(?:29|30)"
-    "|(?:0[13578]|1[02])-31"
-    f"|02-29(?<={_LEAP_YEAR}-02-29))"
+# February), then the 31st. 29 February exists in leap years only (divisible
+# by 4, and not by 100 unless by 400): `_MONTH_DAY` looks back at the year
+# once it has read that day, as Python's re can (RE2 cannot: lottery/bulkmatch.py).
+MONTH_DAYS = (
+    "(?:0[1-9]|1[0-2])-(?:0[1-9]|1[0-9]|2[0-8])",
+    "(?:0[13-9]|1[0-2])-(?:29|30)",
+    "(?:0[13578]|1[02])-31",
 )
+_LEAP_YEAR = "(?:[0-9]{2}(?:0[48]|[2468][048]|[13579][26])|(?:[02468][048]|[13579][26])00)"
+_MONTH_DAY = f"(?:{'|'.join(MONTH_DAYS)}|02-29(?<={_LEAP_YEAR}-02-29))"
 _DAYS_IN_MONTH = (31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
 
 
@@ -134,12 +137,12 @@ def _two_digits_upto(n: int) -> str:
     return "|".join(["0[1-9]", *middle, f"{tens}[0-{units}]"])
 
 
-def _years_before(year: str) -> list[str]:
+def years_before(year: str) -> list[str]:
     """Regex branches for the years 0001 up to the one before ``year`` (four digits).
 
     Digit by digit: a smaller digit where ``year`` has a larger one, after the
     same prefix. Year 0000 does not exist, so the branch of leading zeros
-    leaves it out.
+    leaves it out (its other digits are not all zeros).
     """
     branches = []
     for i, digit in enumerate(year):
@@ -152,9 +155,23 @@ def _years_before(year: str) -> list[str]:
             continue
         if below >= 1:
             branches.append(f"{prefix}[1-{below}]{free}")
-        if rest:
-            branches.append(f"{prefix}0(?!0{{{rest}}}){free}")
+        # prefix + 0, then ``rest`` digits that are not all zeros
+        not_all_zeros = [
+            "0" * zeros + "[1-9]" + "[0-9]" * (rest - zeros - 1) for zeros in range(rest)
+        ]
+        if not_all_zeros:
+            branches.append(f"{prefix}0(?:{'|'.join(not_all_zeros)})")
     return branches
+
+
+def this_year_dates(today: str) -> str:
+    """A regex for the dates of ``today``'s year up to ``today`` (ISO), today included."""
+    year, month, day = today[:4], int(today[5:7]), int(today[8:])
+    leap = int(year) % 4 == 0 and (int(year) % 100 != 0 or int(year) % 400 == 0)
+    days = [_DAYS_IN_MONTH[m - 1] - (m == 2 and not leap) for m in range(1, month)]
+    month_days = [f"{m:02d}-(?:{_two_digits_upto(n)})" for m, n in enumerate(days, 1)]
+    month_days.append(f"{month:02d}-(?:{_two_digits_upto(day)})")
+    return f"{year}-(?:{'|'.join(month_days)})"
 
 
 def _birthdate_pattern(today: str) -> str:
@@ -164,16 +181,9 @@ def _birthdate_pattern(today: str) -> str:
     order: a year before this one, then any month-day of it (the commonest
     first); only this year's dates take the branch that stops at today.
     """
-    year, month, day = today[:4], int(today[5:7]), int(today[8:])
-    leap = int(year) % 4 == 0 and (int(year) % 100 != 0 or int(year) % 400 == 0)
-    days = [_DAYS_IN_MONTH[m - 1] - (m == 2 and not leap) for m in range(1, month)]
-    this_year = [f"{m:02d}-(?:{_two_digits_upto(n)})" for m, n in enumerate(days, 1)]
-    this_year.append(f"{month:02d}-(?:{_two_digits_upto(day)})")
-    branches = [f"{year}-(?:{'|'.join(this_year)})"]
-    before = _years_before(year)
-    if before:
-        branches.insert(0, f"(?:{'|'.join(before)})-{_MONTH_DAY}")
-    return f"(?:{'|'.join(branches)})"
+    before = years_before(today[:4])
+    branches = [f"(?:{'|'.join(before)})-{_MONTH_DAY}"] if before else []
+    return f"(?:{'|'.join([*branches, this_year_dates(today)])})"
 
 
 @functools.lru_cache(maxsize=4)
@@ -185,7 +195,7 @@ def field_patterns(today: str) -> tuple[str, ...]:
     never be the separator after it, so giving none back changes no match and
     saves the regex engine its backtracking bookkeeping, about 3× faster.
     """
-    name = f"[^{_CONTROL}{_FORMAT_CONTROL}]{{1,{MAX_NAME_LENGTH}}}+"
+    name = f"[^{NAME_FORBIDDEN}]{{1,{MAX_NAME_LENGTH}}}+"
     return (name, name, "[0-9]{1,10}+", _birthdate_pattern(today), "[0-9]{1,4}+")
 
 

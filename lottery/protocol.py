@@ -41,6 +41,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from . import clock
+from .bulkmatch import check_records
 from .errors import ErrorCode, InvalidBatch, OutOfOrder, ProtocolError
 from .models import (
     DIGEST_SIZE,
@@ -779,7 +780,7 @@ def _decode_records(data: bytes, today: str) -> Records:
         raise ProtocolError(
             f"records are not valid UTF-8 ({exc.reason} at byte {exc.start})"
         ) from None
-    return Records(text, validate_records(text, today), data)
+    return Records(text, check_records(text, data, today), data)
 
 
 def _unpack(layout: struct.Struct, body: bytes, name: str) -> tuple[Any, ...]:

@@ -49,6 +49,9 @@ ROW = ("Ana", "Díaz", "30904465", "1999-03-17", "7574")
 class FaultyStore(SQLiteStore):
     """A real store whose disk can be made full or read-only, and healed again."""
 
+    #: Small pages: a test batch (about 7 KB) always needs a new one.
+    PAGE_SIZE = 4096
+
     def fill_disk(self) -> None:
         # SQLite's own "disk full" path: no page may be added past the current count.
         pages = self._db.execute("PRAGMA page_count").fetchone()[0]
