@@ -7,7 +7,7 @@ one transaction (`AsyncStore.commit`). Batches that arrive while that commit run
 one. With many agencies sending at once, one fsync then covers many batches,
 and no batch is acknowledged before the transaction holding it is on disk.
 
-A group is capped at `max_group_bets` bets (4096 by default) so that, with
+A group is capped at `max_group_bets` bets (8192 by default) so that, with
 hundreds of agencies, one huge transaction cannot hold every acknowledgement
 back for long. The pending list is bounded too: once a group's worth of bets
 waits for a commit, handlers await `wait_for_room` before reading more, and the
@@ -64,7 +64,7 @@ class Committer:
         self,
         store: AsyncStore,
         *,
-        max_group_bets: int = 4096,
+        max_group_bets: int = 8192,
         max_pending_bets: int | None = None,
         lanes: int | None = None,
     ) -> None:

@@ -64,12 +64,12 @@ MISSING_DEPENDENCY = "/metrics needs prometheus_client: pip install 'lottery[met
 READ_TIMEOUT = 2.0
 
 # A commit takes from well under a millisecond (sync=OFF, few bets) to tens of
-# milliseconds (an fsync'd group of 4096 bets); a slow disk shows past that.
+# milliseconds (an fsync'd group of 8192 bets); a slow disk shows past that.
 COMMIT_SECONDS_BUCKETS = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 )  # fmt: skip
 # One batch per commit means no grouping; hundreds mean many agencies share
-# each fsync (a group holds at most max_group_bets bets, 4096 by default).
+# each fsync (a group holds at most max_group_bets bets, 8192 by default).
 COMMIT_BATCHES_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 
 CommitHook = Callable[[float, int], None]
