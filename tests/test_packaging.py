@@ -102,10 +102,10 @@ def test_wheel_is_named_for_the_version(wheel: Path, metadata: Message) -> None:
 
 
 def test_wheel_declares_the_console_script(wheel: Path) -> None:
-    """entry_points.txt declares the console script lottery = lottery.cli:main."""
+    """entry_points.txt declares the console script lottery = lottery.cli:run (main, then exit)."""
     entry_points = configparser.ConfigParser()
     entry_points.read_string(_dist_info(wheel, "entry_points.txt"))
-    assert dict(entry_points["console_scripts"]) == {"lottery": "lottery.cli:main"}
+    assert dict(entry_points["console_scripts"]) == {"lottery": "lottery.cli:run"}
 
 
 def test_wheel_metadata_requires_python_and_extras(metadata: Message) -> None:
