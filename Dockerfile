@@ -19,7 +19,7 @@ WORKDIR /src
 # checkout out of the build context).
 COPY pyproject.toml README.md ./
 COPY lottery/ lottery/
-RUN /opt/lottery/bin/pip install --no-cache-dir ".[metrics,ui]"
+RUN /opt/lottery/bin/pip install --no-cache-dir ".[metrics,ui,fast]"
 
 
 FROM python:3.11.14-slim-bookworm

@@ -6,7 +6,7 @@
 Each is one regular expression over the whole run, the same language as the
 patterns `lottery.models` gives Python's ``re``, which stay the reference
 (`validate_fields` and the tests pin both engines to it). RE2 (the
-``google-re2`` package) runs it as a DFA: about twice as fast on these
+``google-re2`` package, the ``fast`` extra) runs it as a DFA: about twice as fast on these
 patterns (0.06-0.07 µs a bet against 0.12-0.14), and it lets go of the GIL
 while it matches, so the server's store thread runs meanwhile (the server
 alone went from 1.7-1.8M to 2.3-2.4M bets/s; docs/PERFORMANCE.md). Where it

@@ -241,7 +241,7 @@ def test_pip_installs_the_package_with_extras_and_no_cache(dockerfile: list[Inst
     ]
     found = [re.search(r"""["']?\.\[([a-z,]+)\]["']?""", ins.args) for ins in pip_runs]
     extras = {e for match in found if match for e in match.group(1).split(",")}
-    assert extras == {"metrics", "ui"}, f"installed extras {extras}"
+    assert extras == {"metrics", "ui", "fast"}, f"installed extras {extras}"
     assert extras <= set(declared), f"extras not in pyproject.toml: {extras - set(declared)}"
 
 

@@ -34,7 +34,7 @@ pytestmark = [pytest.mark.timeout(180 * UNIT), pytest.mark.packaging]
 ROOT = Path(__file__).resolve().parents[1]
 #: What the wheel is built from; the Dockerfile copies the same (test_docker checks it).
 SOURCES = ("pyproject.toml", "README.md", "lottery")
-EXTRAS = {"metrics", "ui", "bench", "test"}
+EXTRAS = {"metrics", "ui", "fast", "bench", "test"}
 
 
 def _venv_can_build_wheels() -> bool:
@@ -109,7 +109,7 @@ def test_wheel_declares_the_console_script(wheel: Path) -> None:
 
 
 def test_wheel_metadata_requires_python_and_extras(metadata: Message) -> None:
-    """METADATA says Requires-Python >=3.11 and provides the extras metrics, ui, bench and test."""
+    """METADATA: Requires-Python >=3.11, and the extras metrics, ui, fast, bench and test."""
     assert metadata["Requires-Python"] == ">=3.11"
     assert set(metadata.get_all("Provides-Extra") or []) >= EXTRAS
     requires = metadata.get_all("Requires-Dist") or []
@@ -120,6 +120,7 @@ def test_wheel_metadata_requires_python_and_extras(metadata: Message) -> None:
 
     assert "prometheus-client" in {r.replace("_", "-") for r in extra("metrics")}
     assert "rich" in extra("ui")
+    assert "google-re2" in {r.replace("_", "-") for r in extra("fast")}
     assert "matplotlib" in extra("bench")
     assert {"pytest", "pytest-timeout"} <= extra("test")
     base = {re.split(r"[<>=!~; \[]", r)[0].lower() for r in requires if "extra ==" not in r}
