@@ -119,6 +119,8 @@ def _csv_re2(today: str, crlf: bool) -> Any:
 def check_records(text: str, data: bytes, today: str) -> int:
     """`lottery.models.validate_records` for ``text``, whose UTF-8 is ``data``.
 
+    ``text`` must be ``data.decode()``: the decoding is what refuses bytes
+    that are not UTF-8 (RE2 alone would take an encoded surrogate).
     Returns how many records; raises as `validate_records` does.
     """
     matcher = _records_re2(today)

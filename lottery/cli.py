@@ -9,6 +9,7 @@ SIGINT or SIGTERM.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import os
 import sys
@@ -830,16 +831,24 @@ def run() -> NoReturn:
     does, it leaves with `os._exit` once its output is out: by then `main`
     has closed every file and joined every thread it started (the store's,
     the executor's); the ``atexit`` functions still run (the log's queued
-    lines, coverage's data), and the standard streams are flushed.
+    lines, coverage's data), and the standard streams are flushed. Output
+    that cannot be written (a full disk) is said on stderr and fails the
+    command with 120, as the interpreter's own exit does; a reader that
+    went away (a broken pipe) is no failure of the command.
     """
     code = main()
     import atexit
-    import contextlib
 
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(OSError, ValueError):  # a closed pipe: nothing more gets out
+        try:
             stream.flush()
+        except (BrokenPipeError, ValueError):  # the reader left, or the stream was closed
+            pass
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.write(2, f"lottery: the output was not written: {exc}\n".encode())
+            code = code or 120
     os._exit(code)
 
 

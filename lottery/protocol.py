@@ -216,6 +216,11 @@ class _Message:
     def __delattr__(self, name: str) -> None:
         raise AttributeError(f"{type(self).__name__} is read-only: cannot delete {name}")
 
+    def __reduce__(self) -> tuple[type[_Message], tuple[object, ...]]:
+        # copy and pickle rebuild a message through __init__ (never setattr):
+        # every message's __init__ takes its fields in __slots__ order.
+        return type(self), tuple(getattr(self, name) for name in self.__slots__)
+
 
 class Hello(_Message):
     """Client → server, first frame: who is speaking, in which protocol version."""

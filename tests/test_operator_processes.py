@@ -151,3 +151,36 @@ def test_a_server_whose_log_pipe_closes_keeps_serving_and_stops_on_sigterm(
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_output_the_disk_refuses_fails_the_command(tmp_path: Path) -> None:
+    """`lottery` ends with os._exit: output it cannot flush is said, and exits 120."""
+    import os
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # block-buffered
+    with open("/dev/full", "w") as full:
+        done = subprocess.run(
+            [sys.executable, "-m", "lottery", "make-secrets", "1", str(tmp_path / "secrets")],
+            stdout=full, stderr=subprocess.PIPE, text=True, env=env, timeout=30 * UNIT,
+            check=False,
+        )  # fmt: skip
+    assert done.returncode == 120, done.stderr
+    assert "the output was not written" in done.stderr
+
+
+def test_a_reader_that_leaves_early_is_no_failure(tmp_path: Path) -> None:
+    """`lottery ... | head -c1`: the broken pipe at exit neither fails nor tracebacks."""
+    import os
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    lottery = subprocess.Popen(
+        [sys.executable, "-m", "lottery", "make-secrets", "3", str(tmp_path / "secrets")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+    )  # fmt: skip
+    assert lottery.stdout is not None
+    lottery.stdout.close()  # the reader is gone before anything is written
+    _, err = lottery.communicate(timeout=30 * UNIT)
+    assert lottery.returncode == 0, err
+    assert b"Traceback" not in err

@@ -1175,3 +1175,22 @@ def test_messages_match_by_position_and_keyword() -> None:
             assert (seq, records, rows) == (2, ("r",), 9)
         case _:
             pytest.fail("a Batch did not match its own pattern")
+
+
+def test_messages_survive_copy_and_pickle() -> None:
+    import copy
+    import pickle
+
+    for message in (
+        protocol.Ack(3),
+        protocol.Done(),
+        protocol.Welcome(4, 800, 810, "2026-12-01", round_id="r"),
+        protocol.Batch(2, ("r",), 9),
+    ):
+        for again in (
+            copy.copy(message),
+            copy.deepcopy(message),
+            pickle.loads(pickle.dumps(message)),
+        ):
+            assert again == message and type(again) is type(message)
+            assert repr(again) == repr(message)  # the round id too, which equality leaves out
