@@ -374,3 +374,23 @@ def run_lottery(*args: str, cwd: Path | None = None) -> subprocess.CompletedProc
         cwd=cwd,
         check=False,
     )
+
+
+#: Days whose birthdate check has an edge: leap days, the start of a year, short months.
+EDGE_TODAYS = [
+    "2026-12-01", "2024-02-29", "2024-03-01", "2025-01-01", "2000-12-31", "2100-03-01",
+    "2400-02-29", "9999-12-31", "1000-01-01", "0100-01-10", "0001-03-05", "2026-09-30",
+]  # fmt: skip
+
+
+def edge_dates(today: str) -> Iterator[str]:
+    """Every YYYY-MM-DD around the edges, as of ``today``: month and day 00 to past the
+    last, the years around 0000, around leap centuries, and around ``today``'s."""
+    year = int(today[:4])
+    years = {*range(0, 12), *range(96, 105), *range(1896, 1905), *range(1996, 2005)}
+    years |= {*range(2096, 2105), *range(2396, 2405), *range(9990, 10000)}
+    years |= {y for y in range(year - 5, year + 6) if 0 <= y <= 9999}
+    for y in sorted(years):
+        for month in range(0, 14):
+            for day in (0, 1, 9, 10, 19, 20, 27, 28, 29, 30, 31, 32):
+                yield f"{y:04d}-{month:02d}-{day:02d}"
