@@ -41,6 +41,8 @@ class SharedDatabase:
         self.done: set[int] = set()
         self.drawn = False
         self.draws_made = 0
+        #: Which servers asked the store to draw, in order (made or not).
+        self.draw_attempts: list[str] = []
         self.unavailable = False
         #: Every change, in order, as (server id, what): tests assert orders of events.
         self.events: list[tuple[str, str]] = []
@@ -186,6 +188,7 @@ class SharedFake:
 
     async def draw(self) -> bool:
         self._check()
+        self.db.draw_attempts.append(self.server_id)
         if self.db.drawn:
             return False
         self.db.drawn = True

@@ -100,6 +100,26 @@ async def test_two_groups_in_flight_hold_disjoint_agencies() -> None:
     assert store.overlaps == []
 
 
+async def test_a_free_lane_never_takes_an_agency_already_in_flight() -> None:
+    """A lane is free and agency 1 has a later batch waiting, but agency 1 is in
+    flight: the free lane takes only the other agency's batch behind it."""
+    store = LaneStore(gated=True)
+    committer = Committer(store, max_group_bets=1000)  # type: ignore[arg-type]
+    committer.start()
+    first = committer.submit(_batch(1, 1))
+    assert await asyncio.wait_for(store.started.get(), 5) == {1}
+    later = committer.submit(_batch(1, 2))
+    other = committer.submit(_batch(2, 1))
+    assert await asyncio.wait_for(store.started.get(), 5) == {2}
+    store.release()
+    assert [await first, await other] == [Outcome.STORED, Outcome.STORED]
+    assert await asyncio.wait_for(store.started.get(), 5) == {1}
+    store.release()
+    assert await later is Outcome.STORED
+    await committer.close()
+    assert store.overlaps == []
+
+
 async def test_each_agency_is_judged_in_order_across_lanes() -> None:
     """Many agencies sending in order through two lanes of uneven commits: every
     batch STORED once, in order, no false GAP, and two groups did run at once."""

@@ -12,6 +12,7 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -100,14 +101,22 @@ async def test_done_marks_on_two_servers_open_one_barrier_and_make_one_draw(
 
 
 async def test_two_servers_racing_to_draw_make_exactly_one(
-    make_round: MakeRound, db: SharedDatabase
+    make_round: MakeRound, db: SharedDatabase, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The last two DONEs reach two servers at once: both try to draw, the store makes one."""
-    a, _ = await make_round(server_id="A")
-    b, _ = await make_round(server_id="B")
+    a, store_a = await make_round(server_id="A")
+    b, store_b = await make_round(server_id="B")
     await settled(a.submit(1, 1, winning_batch(1)))
+    for store in (store_a, store_b):  # each mark lands, then the other server's, then the reads
+
+        async def mark_then_yield(agency: int, mark: Any = store.mark_done) -> None:
+            await mark(agency)
+            await asyncio.sleep(0)
+
+        monkeypatch.setattr(store, "mark_done", mark_then_yield)
     await settled(asyncio.gather(a.agency_done(1), b.agency_done(2)))
-    await settled(asyncio.gather(a.draw(), b.draw()))  # whichever has not drawn yet, tries
+    # Both servers saw every agency done and asked the store to draw; it made one.
+    assert sorted(db.draw_attempts) == ["A", "B"]
     assert db.draws_made == 1
     assert a.drawn and b.drawn
     assert await settled(a.winners(1, 5.0)) == await settled(b.winners(1, 5.0))
