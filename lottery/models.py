@@ -259,6 +259,11 @@ class Records(Sequence[Record]):
         joined = [FS.join(row) for row in rows]
         return cls("".join(r + RS for r in joined), len(joined))
 
+    @classmethod
+    def of(cls, rows: Sequence[Sequence[str]]) -> Records:
+        """``rows`` in record form: themselves if they are `Records` already."""
+        return rows if isinstance(rows, Records) else cls.from_fields(rows)
+
     def rows(self) -> list[Record]:
         if self._rows is None:
             self._rows = [tuple(r.split(FS)) for r in self.text.split(RS)[:-1]]  # type: ignore[misc]

@@ -249,7 +249,7 @@ class Welcome(_Message):
         "last_seq", "committed_bets", "input_rows", "today", "digest", "round_id",
     )  # fmt: skip
     #: Not ``round_id``: it says which round, not how far the agency got.
-    _compared = ("last_seq", "committed_bets", "input_rows", "today", "digest")
+    _compared = __slots__[:-1]
     last_seq: int
     committed_bets: int
     input_rows: int
@@ -681,8 +681,7 @@ def encode(message: Message) -> bytes:
             body = _BET.pack(seq, input_rows) + (FS.join(record) + RS).encode()
             return _frame(FrameType.BET, body)
         case Batch(seq, records, input_rows):
-            if not isinstance(records, Records):
-                records = Records.from_fields(records)
+            records = Records.of(records)
             return encode_batch_data(seq, records.text.encode(), len(records), input_rows)
         case Done():
             return _frame(FrameType.DONE)

@@ -22,7 +22,7 @@ from lottery.config import ServerConfig
 from lottery.models import DEFAULT_WINNING_NUMBER
 from lottery.protocol import Hello, Message, Welcome, encode
 from lottery.server import Server
-from lottery.store import SQLiteStore, Store
+from lottery.store import AsyncStore, SQLiteStore, Store
 from roundrunner import ReplyReader
 from roundrunner import log_events as _log_events
 
@@ -65,6 +65,8 @@ def data_dir_of(tmp_path: Path) -> Path:
 async def running_server(
     tmp_path: Path,
     open_store: Callable[[ServerConfig], Store] | None = None,
+    *,
+    store: AsyncStore | None = None,
     **config: Any,
 ) -> AsyncIterator[Server]:
     """A started `Server` on 127.0.0.1, port 0, that is always shut down after.
@@ -72,13 +74,14 @@ async def running_server(
     ``config`` overrides `ServerConfig` fields; by default the round has two
     agencies, the store lives in ``tmp_path / "data"`` and commits with
     ``sync="OFF"`` (durability is the store's tests' business, not speed's).
-    ``open_store(config)``, if given, builds the store (a faulty one, say).
+    ``open_store(config)``, if given, builds the store (a faulty one, say);
+    ``store``, an open one to serve instead (a handle on a shared store).
     """
     config.setdefault("agencies", 2)
     config.setdefault("data_dir", str(data_dir_of(tmp_path)))
     config.setdefault("sync", "OFF")
     settings = ServerConfig(host=LOOPBACK, port=0, **config)
-    server = Server(settings, open_store and (lambda: open_store(settings)))
+    server = Server(settings, open_store and (lambda: open_store(settings)), store=store)
     await server.start()
     try:
         yield server

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,6 @@ import pytest
 
 from lottery.client import AsyncAgency
 from lottery.committer import Committer
-from lottery.config import ServerConfig
 from lottery.errors import ErrorCode
 from lottery.protocol import Ack, Batch, Done, Error, Winners, WinnersQuery
 from lottery.round import Round
@@ -27,7 +26,7 @@ from lottery.store import Outcome, Progress
 
 from .conftest import UNIT
 from .fake_store import settled, still_pending
-from .helpers import LOOPBACK, WINNING_NUMBER, make_rows, raw_connection
+from .helpers import LOOPBACK, WINNING_NUMBER, make_rows, raw_connection, running_server
 from .shared_fake import SharedDatabase, SharedFake
 
 pytestmark = pytest.mark.timeout(30)
@@ -257,16 +256,11 @@ async def test_a_store_outage_pauses_the_watcher_which_then_catches_up(
 # -- over the wire: two Servers, one round ----------------------------------------------
 
 
-@asynccontextmanager
-async def shared_server(store: SharedFake, agencies: int) -> AsyncIterator[Server]:
-    config = ServerConfig(host=LOOPBACK, port=0, agencies=agencies, timeout_winners=10.0)
-    server = Server(config, store=store)
-    await server.start()
-    try:
-        yield server
-    finally:
-        server.close()
-        await server.wait_closed()
+def shared_server(
+    tmp_path: Path, store: SharedFake, agencies: int
+) -> AbstractAsyncContextManager[Server]:
+    """`running_server` over one server's handle on the shared store."""
+    return running_server(tmp_path, store=store, agencies=agencies, timeout_winners=10.0)
 
 
 async def test_fencing_over_the_wire_the_agency_moves_from_a_stalled_server(
@@ -274,7 +268,7 @@ async def test_fencing_over_the_wire_the_agency_moves_from_a_stalled_server(
 ) -> None:
     """Agency 3 sends to A, A stalls, 3 moves to B: exact WELCOME, A's late batch refused, once."""
     a_store, b_store = db.handle(), db.handle()
-    async with shared_server(a_store, 3) as a, shared_server(b_store, 3) as b:
+    async with shared_server(tmp_path, a_store, 3) as a, shared_server(tmp_path, b_store, 3) as b:
         assert a_store.server_id == f"{LOOPBACK}:{a.port}"  # named as listened, after binding
         async with raw_connection(a.port, 3) as on_a:
             a_store.commit_gate.clear()
@@ -302,12 +296,12 @@ async def test_fencing_over_the_wire_the_agency_moves_from_a_stalled_server(
 
 
 async def test_an_agency_leaves_a_stalled_server_and_finishes_the_round_on_another(
-    db: SharedDatabase,
+    tmp_path: Path, db: SharedDatabase
 ) -> None:
     """AsyncAgency over [A, B]: A stalls with its batches, the agency moves to B; stored once."""
     a_store, b_store = db.handle(), db.handle()
     rows = make_rows(120, winners=[3, 77])
-    async with shared_server(a_store, 1) as a, shared_server(b_store, 1) as b:
+    async with shared_server(tmp_path, a_store, 1) as a, shared_server(tmp_path, b_store, 1) as b:
         a_store.commit_gate.clear()  # A reads the batches and never commits them...
 
         async def release_a_once_the_agency_is_on_b() -> None:
@@ -328,11 +322,13 @@ async def test_an_agency_leaves_a_stalled_server_and_finishes_the_round_on_anoth
     assert db.draws_made == 1
 
 
-async def test_an_agency_leaves_a_server_cut_off_from_the_store(db: SharedDatabase) -> None:
+async def test_an_agency_leaves_a_server_cut_off_from_the_store(
+    tmp_path: Path, db: SharedDatabase
+) -> None:
     """A refuses the handshake with STORAGE (it cannot reach the store): the agency moves to B."""
     a_store, b_store = db.handle(), db.handle()
     rows = make_rows(60, winners=[7])
-    async with shared_server(a_store, 1) as a, shared_server(b_store, 1) as b:
+    async with shared_server(tmp_path, a_store, 1) as a, shared_server(tmp_path, b_store, 1) as b:
         a_store.partitioned = True
         servers = [(LOOPBACK, a.port), (LOOPBACK, b.port)]
         async with AsyncAgency(1, servers=servers, reconnect_base_delay=0.01) as agency:

@@ -505,9 +505,7 @@ class PostgresStore:
             if refused is not None:
                 outcomes.append(refused)
                 continue
-            records = batch.records
-            if not isinstance(records, Records):
-                records = Records.from_fields(records)
+            records = Records.of(batch.records)
             data = records.utf8()
             running = digests.get(batch.agency)
             if running is None:

@@ -416,9 +416,7 @@ class SQLiteStore:
             if refused is not None:
                 outcomes.append(refused)
                 continue
-            records = batch.records
-            if not isinstance(records, Records):
-                records = Records.from_fields(records)
+            records = Records.of(batch.records)
             # The UTF-8 the wire carried: hashed and stored as it is, never re-encoded.
             data = records.utf8()
             stored.append((batch.agency, batch.seq, len(records), data))
